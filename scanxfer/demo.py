@@ -1,0 +1,111 @@
+"""`make demo`: the whole pipeline on loopback, as a new user first sees it.
+
+Starts a receiver and a watching sender as real processes, lets `simulate`
+write scans the way an instrument does, waits until every scan is stored, then
+runs `verify` and exits with its verdict.  Everything lands under ./demo/.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+DEMO_DIR = Path("demo")
+SCAN_COUNT = 12
+WAIT_SECONDS = 120
+
+
+class Child:
+    """A scanxfer subprocess whose log lines are shown with a prefix and searchable."""
+
+    def __init__(self, label: str, *args: str) -> None:
+        self.label = label
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "scanxfer", *args],
+            stderr=subprocess.PIPE, text=True,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            print(f"[{self.label:>9}] {line}", end="", flush=True)
+            with self.changed:
+                self.lines.append(line)
+                self.changed.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
+        """The first log line matching `pattern`; raises if the process dies or time runs out."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                for line in self.lines:
+                    if match := regex.search(line):
+                        return match
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.label} never logged {pattern!r}")
+                self.changed.wait(0.2)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+
+def _write_sender_config(path: Path, port: int) -> None:
+    path.write_text(
+        f"receiver: 127.0.0.1:{port}\n"
+        f"watch_dir: {DEMO_DIR / 'scans'}\n"
+        f"state_dir: {DEMO_DIR / 'sender-state'}\n"
+        "settle_seconds: 0.5s\n"
+    )
+
+
+def _wait_until_stored(receiver: Child, count: int) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while sum("received " in line for line in receiver.lines) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not all {count} scans arrived within {WAIT_SECONDS} s")
+        time.sleep(0.2)
+
+
+def main() -> int:
+    shutil.rmtree(DEMO_DIR, ignore_errors=True)
+    DEMO_DIR.mkdir()
+    receiver = Child("receiver", "receive", "--listen", "127.0.0.1:0",
+                     "--dir", str(DEMO_DIR / "incoming"), "--state-dir", str(DEMO_DIR / "state"))
+    sender: Child | None = None
+    try:
+        port = int(receiver.wait_for(r"listening on \S+:(\d+)", 30).group(1))
+        config = DEMO_DIR / "sender.yaml"
+        _write_sender_config(config, port)
+        sender = Child("sender", "send", "-c", str(config))
+        sender.wait_for("watching", 30)
+        subprocess.run(
+            [sys.executable, "-m", "scanxfer", "simulate", "--dir", str(DEMO_DIR / "scans"),
+             "--count", str(SCAN_COUNT), "--interval", "0.3"],
+            check=True,
+        )
+        _wait_until_stored(receiver, SCAN_COUNT)
+    finally:
+        if sender is not None:
+            sender.stop()
+        receiver.stop()
+    print(f"\nverifying {DEMO_DIR / 'scans'} against {DEMO_DIR / 'incoming'}:", flush=True)
+    return subprocess.call(
+        [sys.executable, "-m", "scanxfer", "verify",
+         "--source", str(DEMO_DIR / "scans"), "--dest", str(DEMO_DIR / "incoming")]
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

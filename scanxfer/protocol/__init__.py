@@ -1,0 +1,83 @@
+"""scanxfer wire protocol v1, sans-IO: bytes in -> events out, events -> bytes.
+
+No sockets and no files here, so the whole protocol can be tested by joining two
+`Connection` objects in memory, and the receiver and sender share one definition of
+what is legal.  The byte layouts, state machine and codes are specified in
+docs/protocol.md; this module is their only implementation.
+
+Two error types, as in h11: `RemoteProtocolError` means the peer broke the rules
+(close the connection, optionally after sending it an Error frame), and
+`LocalProtocolError` means our own code tried to send something illegal (a bug).
+"""
+
+from .connection import Connection, ConnState, FileInFlight, FileState, negotiate
+from .frames import (
+    DIGEST_SIZE,
+    MAGIC,
+    MAX_BODY,
+    MAX_SIZE,
+    MAX_WINDOW,
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    Ack,
+    Bye,
+    ConnectionClosed,
+    DataChunk,
+    DataEnd,
+    DataHeader,
+    Error,
+    ErrorCode,
+    Event,
+    FrameType,
+    Hello,
+    LocalProtocolError,
+    Nack,
+    NackReason,
+    Offer,
+    Outcome,
+    ProtocolError,
+    Ready,
+    RemoteProtocolError,
+    Role,
+    Welcome,
+    decode_body,
+    encode,
+)
+
+__all__ = [
+    "DIGEST_SIZE",
+    "MAGIC",
+    "MAX_BODY",
+    "MAX_SIZE",
+    "MAX_WINDOW",
+    "NEED_DATA",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "Bye",
+    "ConnState",
+    "Connection",
+    "ConnectionClosed",
+    "DataChunk",
+    "DataEnd",
+    "DataHeader",
+    "Error",
+    "ErrorCode",
+    "Event",
+    "FileInFlight",
+    "FileState",
+    "FrameType",
+    "Hello",
+    "LocalProtocolError",
+    "Nack",
+    "NackReason",
+    "Offer",
+    "Outcome",
+    "ProtocolError",
+    "Ready",
+    "RemoteProtocolError",
+    "Role",
+    "Welcome",
+    "decode_body",
+    "encode",
+    "negotiate",
+]

@@ -1,0 +1,328 @@
+"""Protocol v1 state machine: one end of a connection, sans-IO.
+
+Feed it the bytes read from the peer and it returns events; give it events and it
+returns the bytes to write.  Both ends keep the same table of files in flight, so
+each refuses what the other may not do.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass
+
+from .frames import (
+    DIGEST_SIZE,
+    FRAME_HEAD,
+    MAX_BODY,
+    MAX_SIZE,
+    MAX_WINDOW,
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    Ack,
+    Bye,
+    ConnectionClosed,
+    DataChunk,
+    DataEnd,
+    DataHeader,
+    Error,
+    ErrorCode,
+    Event,
+    FrameType,
+    Hello,
+    LocalProtocolError,
+    Nack,
+    NeedData,
+    Offer,
+    Outcome,
+    ProtocolError,
+    Ready,
+    RemoteProtocolError,
+    Role,
+    Welcome,
+    decode_body,
+    encode,
+    parse_enum,
+)
+
+
+class FileState(enum.Enum):
+    OFFERED = "offered"  # offer sent, no answer yet
+    READY = "ready"  # receiver asked for bytes from an offset
+    STREAMING = "streaming"  # payload under way (receiver side only)
+    SENT = "sent"  # all payload bytes are on the wire / in; waiting for ACK or NACK
+
+
+class ConnState(enum.Enum):
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass(slots=True)
+class FileInFlight:
+    offer: Offer
+    state: FileState = FileState.OFFERED
+    offset: int = 0
+
+
+# Which frames each role may send; the peer may send only the other role's set.
+_SENDS = {
+    Role.SENDER: frozenset({Hello, Offer, DataHeader, Bye, Error}),
+    Role.RECEIVER: frozenset({Welcome, Ready, Ack, Nack, Error}),
+}
+
+
+class Connection:
+    """One end of a scanxfer connection: feed it bytes, get events; give it events, get bytes.
+
+    Both ends track the same table of files in flight, so each side refuses what
+    the other may not do (an ACK for a file never offered, DATA of the wrong
+    length, more files in flight than the window) with a `ProtocolError`.
+    """
+
+    def __init__(self, role: Role, window: int = 64) -> None:
+        if not 1 <= window <= MAX_WINDOW:
+            raise ValueError(f"window must be 1..{MAX_WINDOW}, got {window}")
+        self.role = role
+        self.window = window  # the receiver's limit; a sender learns it from Welcome
+        self.state = ConnState.HANDSHAKE
+        self.version: int | None = None
+        self.files: dict[int, FileInFlight] = {}
+        self._hello: Hello | None = None
+        self._input: deque[memoryview] = deque()
+        self._input_size = 0
+        self._payload: list[int] | None = None  # [file_id, bytes still to come]
+        self._eof = False
+
+    # -- outgoing --------------------------------------------------------------
+
+    def send(self, event: Event) -> bytes:
+        """Check that `event` is legal now, update the state, and return its bytes.
+
+        After a DataHeader the caller must put exactly `length` payload bytes on
+        the wire before anything else (e.g. with socket.sendfile).
+        """
+        if type(event) not in _SENDS[self.role]:
+            raise LocalProtocolError(f"a {self.role.value} cannot send {type(event).__name__}")
+        if isinstance(event, Error):
+            self.state = ConnState.CLOSED
+            return encode(event)
+        if self.state is ConnState.CLOSED:
+            raise LocalProtocolError("connection is closed")
+        self._apply(event, _local)
+        return encode(event)
+
+    # -- incoming --------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Add bytes read from the peer; b"" means the peer closed its end.
+
+        The data is referenced, not copied, until `next_event` returns NEED_DATA,
+        so a reused receive buffer may be refilled only after that.
+        """
+        if self._eof:
+            raise LocalProtocolError("data received after end of stream")
+        if not data:
+            self._eof = True
+            return
+        view = memoryview(data).cast("B")
+        self._input.append(view)
+        self._input_size += len(view)
+
+    def next_event(self) -> Event | NeedData:
+        """The next event from the bytes received so far, or NEED_DATA."""
+        if self._payload is not None:
+            return self._next_payload_event()
+        event = self._next_frame()
+        if event is NEED_DATA:
+            if self._eof:
+                if self._input_size:
+                    raise RemoteProtocolError("connection closed in the middle of a frame")
+                return ConnectionClosed()
+            self._own_leftovers()
+            return NEED_DATA
+        if isinstance(event, Error):
+            self.state = ConnState.CLOSED
+            return event
+        if type(event) not in _SENDS[_other(self.role)]:
+            raise RemoteProtocolError(f"a {self.role.value} cannot receive {type(event).__name__}")
+        if self.state is ConnState.CLOSED:
+            raise RemoteProtocolError(f"{type(event).__name__} after the connection closed")
+        self._apply(event, _remote)
+        if isinstance(event, DataHeader):
+            self._payload = [event.file_id, event.length]
+        return event
+
+    def _next_payload_event(self) -> DataChunk | DataEnd | NeedData:
+        file_id, remaining = self._payload  # type: ignore[misc]
+        if remaining == 0:
+            self._payload = None
+            self.files[file_id].state = FileState.SENT
+            return DataEnd(file_id)
+        if not self._input:
+            if self._eof:
+                raise RemoteProtocolError(f"connection closed with {remaining} payload bytes due")
+            return NEED_DATA
+        chunk = self._input[0]
+        if len(chunk) > remaining:
+            self._input[0] = chunk[remaining:]
+            chunk = chunk[:remaining]
+        else:
+            self._input.popleft()
+        self._input_size -= len(chunk)
+        self._payload[1] -= len(chunk)  # type: ignore[index]
+        return DataChunk(file_id, chunk)
+
+    def _next_frame(self) -> Event | NeedData:
+        if self._input_size < FRAME_HEAD.size:
+            return NEED_DATA
+        kind_value, length = FRAME_HEAD.unpack(self._peek(FRAME_HEAD.size))
+        kind = parse_enum(FrameType, kind_value, "frame type")
+        # Checked before buffering the body: a peer never sizes our allocations.
+        if length > MAX_BODY:
+            raise RemoteProtocolError(f"{kind.name} frame of {length} bytes exceeds {MAX_BODY}")
+        if self._input_size < FRAME_HEAD.size + length:
+            return NEED_DATA
+        self._take(FRAME_HEAD.size)
+        return decode_body(kind, self._take(length))
+
+    def _peek(self, size: int) -> bytes:
+        out = bytearray()
+        for chunk in self._input:
+            out += chunk[: size - len(out)]
+            if len(out) == size:
+                break
+        return bytes(out)
+
+    def _take(self, size: int) -> bytes:
+        out = bytearray()
+        while len(out) < size:
+            chunk = self._input[0]
+            need = size - len(out)
+            out += chunk[:need]
+            if len(chunk) > need:
+                self._input[0] = chunk[need:]
+            else:
+                self._input.popleft()
+        self._input_size -= size
+        return bytes(out)
+
+    def _own_leftovers(self) -> None:
+        """Copy a partial frame out of the caller's buffer before it is reused."""
+        if self._input:
+            rest = memoryview(self._take(self._input_size))
+            self._input.append(rest)
+            self._input_size = len(rest)
+
+    # -- the rules, shared by both directions -----------------------------------
+
+    def _apply(self, event: Event, fail: type[ProtocolError]) -> None:
+        match event:
+            case Hello():
+                self._on_hello(event, fail)
+            case Welcome():
+                self._on_welcome(event, fail)
+            case Offer():
+                self._on_offer(event, fail)
+            case Ready():
+                self._on_ready(event, fail)
+            case DataHeader():
+                self._on_data_header(event, fail)
+            case Ack() | Nack():
+                self._on_answer(event, fail)
+            case Bye():
+                self._require_open(event, fail)
+                if self.files:
+                    raise fail(f"BYE with {len(self.files)} files still in flight")
+                self.state = ConnState.CLOSED
+
+    def _on_hello(self, event: Hello, fail: type[ProtocolError]) -> None:
+        if self.state is not ConnState.HANDSHAKE or self._hello is not None:
+            raise fail("HELLO sent twice")
+        if not 1 <= event.min_version <= event.max_version:
+            raise fail(f"bad version range {event.min_version}..{event.max_version}")
+        self._hello = event
+
+    def _on_welcome(self, event: Welcome, fail: type[ProtocolError]) -> None:
+        hello = self._hello
+        if self.state is not ConnState.HANDSHAKE or hello is None:
+            raise fail("WELCOME before HELLO")
+        if not hello.min_version <= event.version <= hello.max_version:
+            raise fail(f"version {event.version} was not offered", ErrorCode.UNSUPPORTED_VERSION)
+        if not 1 <= event.window <= MAX_WINDOW:
+            raise fail(f"window {event.window} outside 1..{MAX_WINDOW}")
+        self.version, self.window, self.state = event.version, event.window, ConnState.OPEN
+
+    def _on_offer(self, event: Offer, fail: type[ProtocolError]) -> None:
+        self._require_open(event, fail)
+        if event.file_id in self.files:
+            raise fail(f"file id {event.file_id} is already in flight")
+        if len(self.files) >= self.window:
+            raise fail(f"more than {self.window} files in flight")
+        if len(event.digest) != DIGEST_SIZE:
+            raise fail(f"digest must be {DIGEST_SIZE} bytes")
+        if event.size > MAX_SIZE:
+            raise fail(f"size {event.size} exceeds {MAX_SIZE}")
+        self.files[event.file_id] = FileInFlight(event)
+
+    def _on_ready(self, event: Ready, fail: type[ProtocolError]) -> None:
+        entry = self._file(event, FileState.OFFERED, fail)
+        if event.offset > entry.offer.size:
+            raise fail(f"READY offset {event.offset} is past the end ({entry.offer.size})")
+        entry.state, entry.offset = FileState.READY, event.offset
+
+    def _on_data_header(self, event: DataHeader, fail: type[ProtocolError]) -> None:
+        entry = self._file(event, FileState.READY, fail)
+        expected = entry.offer.size - entry.offset
+        if event.offset != entry.offset or event.length != expected:
+            raise fail(
+                f"DATA for file {event.file_id} must cover {entry.offset}+{expected}, "
+                f"got {event.offset}+{event.length}"
+            )
+        # Locally the whole payload goes out right after the header.
+        entry.state = FileState.STREAMING if fail is _remote else FileState.SENT
+
+    def _on_answer(self, event: Ack | Nack, fail: type[ProtocolError]) -> None:
+        entry = self._file(event, None, fail)
+        early = entry.state is FileState.OFFERED
+        if early and isinstance(event, Ack) and event.outcome is not Outcome.DUPLICATE:
+            raise fail(f"file {event.file_id} stored before any data was sent")
+        if not early and entry.state is not FileState.SENT:
+            raise fail(f"answer for file {event.file_id} while it is {entry.state.value}")
+        del self.files[event.file_id]
+
+    def _file(
+        self,
+        event: Ready | DataHeader | Ack | Nack,
+        state: FileState | None,
+        fail: type[ProtocolError],
+    ) -> FileInFlight:
+        self._require_open(event, fail)
+        entry = self.files.get(event.file_id)
+        if entry is None:
+            raise fail(f"{type(event).__name__} for unknown file id {event.file_id}")
+        if state is not None and entry.state is not state:
+            raise fail(
+                f"{type(event).__name__} for file {event.file_id} while it is {entry.state.value}"
+            )
+        return entry
+
+    def _require_open(self, event: Event, fail: type[ProtocolError]) -> None:
+        if self.state is not ConnState.OPEN:
+            raise fail(f"{type(event).__name__} while the connection is {self.state.value}")
+
+
+_local = LocalProtocolError
+_remote = RemoteProtocolError
+
+
+def _other(role: Role) -> Role:
+    return Role.RECEIVER if role is Role.SENDER else Role.SENDER
+
+
+def negotiate(hello: Hello) -> int | None:
+    """The version a receiver should choose for `hello`, or None if none is shared."""
+    if hello.min_version <= PROTOCOL_VERSION <= hello.max_version:
+        return PROTOCOL_VERSION
+    return None

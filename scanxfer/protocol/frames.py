@@ -1,0 +1,347 @@
+"""Protocol v1 frames: events as frozen dataclasses and their byte layouts.
+
+The layouts are specified in docs/protocol.md; `encode` and `decode_body` are their
+only implementation.  Nothing here keeps state: that is `connection.Connection`.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass, field
+
+PROTOCOL_VERSION = 1
+MAGIC = b"SCANXFER"
+DIGEST_SIZE = 16  # xxh3-128
+MAX_BODY = 65536  # largest control-frame body; DATA payload is streamed, not framed
+MAX_WINDOW = 1024
+MAX_U64 = 2**64 - 1
+MAX_SIZE = 2**63 - 1  # a file size or offset must fit a signed 64-bit off_t
+
+FRAME_HEAD = struct.Struct(">BI")  # type, body length
+_DATA_HEAD = struct.Struct(">IQQ")  # file_id, offset, length
+_OFFER_HEAD = struct.Struct(">IQq16s")  # file_id, size, mtime_ns, digest
+_READY = struct.Struct(">IQ")
+_ACK_HEAD = struct.Struct(">IB")
+_NACK_HEAD = struct.Struct(">IHB")
+_HELLO_HEAD = struct.Struct(">8sHH")
+_WELCOME_HEAD = struct.Struct(">HH")
+_U16 = struct.Struct(">H")
+
+
+class FrameType(enum.IntEnum):
+    HELLO = 0x01
+    WELCOME = 0x02
+    ERROR = 0x03
+    BYE = 0x04
+    # 0x05-0x0F are reserved for handshake extensions (authentication).
+    OFFER = 0x10
+    READY = 0x11
+    DATA = 0x12
+    ACK = 0x13
+    NACK = 0x14
+
+
+class ErrorCode(enum.IntEnum):
+    """Why a whole connection ends (the Error frame)."""
+
+    PROTOCOL_ERROR = 1
+    UNSUPPORTED_VERSION = 2
+    AUTH_FAILED = 3
+    SHUTTING_DOWN = 4
+    TOO_MANY_CONNECTIONS = 5
+    TIMEOUT = 6
+    INTERNAL_ERROR = 7
+
+
+class NackReason(enum.IntEnum):
+    """Why one file was refused; the connection goes on."""
+
+    BAD_NAME = 1
+    TOO_LARGE = 2
+    NO_SPACE = 3
+    DIGEST_MISMATCH = 4
+    BUSY = 5
+    IO_ERROR = 6
+    BAD_OFFER = 7
+    INTERNAL = 8
+
+    @property
+    def retryable(self) -> bool:
+        """The default answer to "can sending it again help?" for this reason."""
+        return self not in (NackReason.BAD_NAME, NackReason.TOO_LARGE, NackReason.BAD_OFFER)
+
+
+class Outcome(enum.IntEnum):
+    """How an acknowledged file is stored on the receiver."""
+
+    STORED = 1  # under the offered path
+    DUPLICATE = 2  # an identical file was already stored; nothing new written
+    KEPT_BESIDE = 3  # the path held different content; stored under a clash name
+
+
+class Role(enum.Enum):
+    SENDER = "sender"
+    RECEIVER = "receiver"
+
+
+class ProtocolError(Exception):
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.PROTOCOL_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to send something the protocol forbids: a bug in the caller."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol forbids: drop the connection."""
+
+
+# --- events -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    name: str
+    min_version: int = PROTOCOL_VERSION
+    max_version: int = PROTOCOL_VERSION
+    options: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    name: str
+    window: int
+    version: int = PROTOCOL_VERSION
+    options: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    code: ErrorCode
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    file_id: int
+    path: str
+    size: int
+    mtime_ns: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    file_id: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class DataHeader:
+    """Announces `length` raw payload bytes for the file, starting at `offset`."""
+
+    file_id: int
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class DataChunk:
+    """A slice of payload.  `data` may view the caller's buffer: use it before
+    the next `receive_data` call."""
+
+    file_id: int
+    data: memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class DataEnd:
+    file_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    file_id: int
+    outcome: Outcome
+    stored_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    file_id: int
+    reason: NackReason
+    retryable: bool
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The peer closed the connection at a frame boundary."""
+
+
+class NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA = NeedData()
+
+Event = (
+    Hello
+    | Welcome
+    | Error
+    | Bye
+    | Offer
+    | Ready
+    | DataHeader
+    | DataChunk
+    | DataEnd
+    | Ack
+    | Nack
+    | ConnectionClosed
+)
+
+
+# --- field codecs -------------------------------------------------------------
+
+
+def _pack_str(text: str) -> bytes:
+    raw = text.encode("utf-8", "surrogateescape")
+    if len(raw) > 0xFFFF:
+        raise LocalProtocolError(f"string of {len(raw)} bytes does not fit a frame")
+    return _U16.pack(len(raw)) + raw
+
+
+def _pack_options(options: dict[str, bytes]) -> bytes:
+    parts = [_U16.pack(len(options))]
+    for key, value in options.items():
+        if len(value) > 0xFFFF:
+            raise LocalProtocolError(f"option {key!r} is too long")
+        parts += [_pack_str(key), _U16.pack(len(value)), value]
+    return b"".join(parts)
+
+
+class _Reader:
+    """Cursor over one frame body; every read is bounds-checked against the body."""
+
+    def __init__(self, body: bytes, frame: FrameType) -> None:
+        self._body = body
+        self._pos = 0
+        self._frame = frame
+
+    def fixed(self, layout: struct.Struct) -> tuple:
+        end = self._pos + layout.size
+        if end > len(self._body):
+            raise RemoteProtocolError(f"{self._frame.name} frame is too short")
+        values = layout.unpack_from(self._body, self._pos)
+        self._pos = end
+        return values
+
+    def raw(self) -> bytes:
+        (length,) = self.fixed(_U16)
+        end = self._pos + length
+        if end > len(self._body):
+            raise RemoteProtocolError(f"{self._frame.name} frame: field runs past the frame")
+        value = self._body[self._pos : end]
+        self._pos = end
+        return value
+
+    def text(self) -> str:
+        # surrogateescape keeps undecodable bytes visible to the name check,
+        # which refuses them per file instead of killing the connection.
+        return self.raw().decode("utf-8", "surrogateescape")
+
+    def options(self) -> dict[str, bytes]:
+        (count,) = self.fixed(_U16)
+        return {self.text(): self.raw() for _ in range(count)}
+
+    def done(self) -> None:
+        if self._pos != len(self._body):
+            raise RemoteProtocolError(f"{self._frame.name} frame has trailing bytes")
+
+
+def parse_enum(kind: type[enum.IntEnum], value: int, what: str) -> enum.IntEnum:
+    try:
+        return kind(value)
+    except ValueError:
+        raise RemoteProtocolError(f"unknown {what} {value}") from None
+
+
+def encode(event: Event) -> bytes:
+    """Frame one event.  A DataHeader is followed on the wire by its raw payload."""
+    match event:
+        case Hello():
+            body = _HELLO_HEAD.pack(MAGIC, event.min_version, event.max_version)
+            body += _pack_str(event.name) + _pack_options(event.options)
+            kind = FrameType.HELLO
+        case Welcome():
+            body = _WELCOME_HEAD.pack(event.version, event.window)
+            body += _pack_str(event.name) + _pack_options(event.options)
+            kind = FrameType.WELCOME
+        case Error():
+            body, kind = _U16.pack(event.code) + _pack_str(event.message), FrameType.ERROR
+        case Bye():
+            body, kind = b"", FrameType.BYE
+        case Offer():
+            head = _OFFER_HEAD.pack(event.file_id, event.size, event.mtime_ns, event.digest)
+            body, kind = head + _pack_str(event.path), FrameType.OFFER
+        case Ready():
+            body, kind = _READY.pack(event.file_id, event.offset), FrameType.READY
+        case DataHeader():
+            body = _DATA_HEAD.pack(event.file_id, event.offset, event.length)
+            kind = FrameType.DATA
+        case Ack():
+            head = _ACK_HEAD.pack(event.file_id, event.outcome)
+            body, kind = head + _pack_str(event.stored_path), FrameType.ACK
+        case Nack():
+            head = _NACK_HEAD.pack(event.file_id, event.reason, event.retryable)
+            body, kind = head + _pack_str(event.message), FrameType.NACK
+        case _:
+            raise LocalProtocolError(f"{type(event).__name__} is not a frame")
+    if len(body) > MAX_BODY:
+        raise LocalProtocolError(f"{kind.name} frame body of {len(body)} bytes is too large")
+    return FRAME_HEAD.pack(kind, len(body)) + body
+
+
+def decode_body(kind: FrameType, body: bytes) -> Event:
+    """Parse one control-frame body (everything except the DATA payload)."""
+    reader = _Reader(body, kind)
+    event: Event
+    match kind:
+        case FrameType.HELLO:
+            magic, low, high = reader.fixed(_HELLO_HEAD)
+            if magic != MAGIC:
+                raise RemoteProtocolError("not a scanxfer peer (bad magic in hello)")
+            event = Hello(reader.text(), low, high, reader.options())
+        case FrameType.WELCOME:
+            version, window = reader.fixed(_WELCOME_HEAD)
+            event = Welcome(reader.text(), window, version, reader.options())
+        case FrameType.ERROR:
+            (code,) = reader.fixed(_U16)
+            event = Error(parse_enum(ErrorCode, code, "error code"), reader.text())
+        case FrameType.BYE:
+            event = Bye()
+        case FrameType.OFFER:
+            file_id, size, mtime_ns, digest = reader.fixed(_OFFER_HEAD)
+            event = Offer(file_id, reader.text(), size, mtime_ns, digest)
+        case FrameType.READY:
+            event = Ready(*reader.fixed(_READY))
+        case FrameType.DATA:
+            event = DataHeader(*reader.fixed(_DATA_HEAD))
+        case FrameType.ACK:
+            file_id, outcome = reader.fixed(_ACK_HEAD)
+            event = Ack(file_id, parse_enum(Outcome, outcome, "outcome"), reader.text())
+        case FrameType.NACK:
+            file_id, reason, retryable = reader.fixed(_NACK_HEAD)
+            reason = parse_enum(NackReason, reason, "nack reason")
+            event = Nack(file_id, reason, bool(retryable), reader.text())
+    reader.done()
+    return event

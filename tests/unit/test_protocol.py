@@ -1,0 +1,291 @@
+"""The wire protocol alone: two Connection objects joined in memory, no sockets."""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+import tracemalloc
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scanxfer import protocol as p
+
+DIGEST = bytes(range(16))
+
+
+def pump(source: bytes, conn: p.Connection, splits: list[int] | None = None) -> list[p.Event]:
+    """Feed `source` to `conn` in pieces cut at `splits`; collect events, joining chunks."""
+    cuts = sorted({c for c in (splits or []) if 0 < c < len(source)})
+    events: list[p.Event] = []
+    for start, end in zip([0, *cuts], [*cuts, len(source)], strict=True):
+        conn.receive_data(source[start:end])
+        events += drain(conn, answer_offers=True)
+    return merge_chunks(events)
+
+
+def drain(conn: p.Connection, answer_offers: bool = False) -> list[p.Event]:
+    """All events available now; a receiver may answer each offer with READY from 0."""
+    events = []
+    while (event := conn.next_event()) is not p.NEED_DATA:
+        if answer_offers and isinstance(event, p.Offer):
+            conn.send(p.Ready(event.file_id, 0))
+        if isinstance(event, p.DataChunk):  # copy: the view dies with the input buffer
+            event = p.DataChunk(event.file_id, memoryview(bytes(event.data)))
+        events.append(event)
+        if isinstance(event, p.ConnectionClosed):
+            break
+    return events
+
+
+def merge_chunks(events: list[p.Event]) -> list[p.Event]:
+    merged: list[p.Event] = []
+    for event in events:
+        last = merged[-1] if merged else None
+        if isinstance(event, p.DataChunk) and isinstance(last, p.DataChunk):
+            joined = bytes(last.data) + bytes(event.data)
+            merged[-1] = p.DataChunk(event.file_id, memoryview(joined))
+        else:
+            merged.append(event)
+    return [bytes(e.data) if isinstance(e, p.DataChunk) else e for e in merged]
+
+
+def open_pair(window: int = 8) -> tuple[p.Connection, p.Connection]:
+    sender, receiver = p.Connection(p.Role.SENDER), p.Connection(p.Role.RECEIVER, window)
+    receiver.receive_data(sender.send(p.Hello("host")))
+    hello = receiver.next_event()
+    assert isinstance(hello, p.Hello) and p.negotiate(hello) == p.PROTOCOL_VERSION
+    sender.receive_data(receiver.send(p.Welcome("pi", window)))
+    assert isinstance(sender.next_event(), p.Welcome)
+    assert sender.state is receiver.state is p.ConnState.OPEN
+    return sender, receiver
+
+
+def sender_stream(payloads: list[bytes]) -> tuple[bytes, list[p.Event]]:
+    """Everything a sender puts on the wire for `payloads`, and the events a receiver must see."""
+    sender, _ = open_pair(window=len(payloads) + 1)
+    wire = bytearray()
+    expected: list[p.Event] = []
+    for file_id, payload in enumerate(payloads):
+        offer = p.Offer(file_id, f"d/{file_id}.npy", len(payload), 7, DIGEST)
+        wire += sender.send(offer)
+        expected.append(offer)
+    for file_id, payload in enumerate(payloads):
+        sender.receive_data(p.encode(p.Ready(file_id, 0)))
+        assert sender.next_event() == p.Ready(file_id, 0)
+        header = p.DataHeader(file_id, 0, len(payload))
+        wire += sender.send(header) + payload
+        expected += [header, *([payload] if payload else []), p.DataEnd(file_id)]
+    return bytes(wire), expected
+
+
+def test_every_frame_round_trips() -> None:
+    events = [
+        p.Hello("host", 1, 3, {"auth": b"\x00\x01"}),
+        p.Welcome("pi", 64, 1, {"nonce": b"x" * 32}),
+        p.Error(p.ErrorCode.SHUTTING_DOWN, "bye now"),
+        p.Bye(),
+        p.Offer(2**32 - 1, "a/b/ü.npy", p.MAX_SIZE, -5, DIGEST),
+        p.Ready(3, 2**40),
+        p.DataHeader(3, 10, 20),
+        p.Ack(3, p.Outcome.KEPT_BESIDE, "a/b~1.npy"),
+        p.Nack(4, p.NackReason.NO_SPACE, True, "disk full"),
+    ]
+    for event in events:
+        frame = p.encode(event)
+        kind, length = struct.unpack(">BI", frame[:5])
+        assert length == len(frame) - 5
+        assert p.decode_body(p.FrameType(kind), frame[5:]) == event
+
+
+def test_a_whole_exchange_between_two_endpoints() -> None:
+    sender, receiver = open_pair()
+    payload = b"0123456789" * 1000
+    receiver.receive_data(sender.send(p.Offer(1, "x.npy", len(payload), 1, DIGEST)))
+    receiver.receive_data(sender.send(p.Offer(2, "y.npy", 5, 1, DIGEST)))
+    assert [type(e) for e in drain(receiver)] == [p.Offer, p.Offer]
+    sender.receive_data(receiver.send(p.Ready(1, 4000)))
+    sender.receive_data(receiver.send(p.Ack(2, p.Outcome.DUPLICATE, "y.npy")))
+    assert drain(sender) == [p.Ready(1, 4000), p.Ack(2, p.Outcome.DUPLICATE, "y.npy")]
+    receiver.receive_data(sender.send(p.DataHeader(1, 4000, 6000)) + payload[4000:])
+    events = merge_chunks(drain(receiver))
+    assert events == [p.DataHeader(1, 4000, 6000), payload[4000:], p.DataEnd(1)]
+    sender.receive_data(receiver.send(p.Ack(1, p.Outcome.STORED, "x.npy")))
+    assert drain(sender) == [p.Ack(1, p.Outcome.STORED, "x.npy")]
+    receiver.receive_data(sender.send(p.Bye()))
+    receiver.receive_data(b"")
+    assert drain(receiver) == [p.Bye(), p.ConnectionClosed()]
+    assert not sender.files and not receiver.files
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    payloads=st.lists(st.binary(max_size=300), min_size=1, max_size=6),
+    splits=st.lists(st.integers(min_value=0, max_value=3000), max_size=40),
+)
+def test_any_split_of_a_stream_decodes_to_the_same_events(
+    payloads: list[bytes], splits: list[int]
+) -> None:
+    wire, expected = sender_stream(payloads)
+    whole = pump(wire, open_pair(len(payloads) + 1)[1])
+    split = pump(wire, open_pair(len(payloads) + 1)[1], splits)
+    assert whole == split == expected
+
+
+def test_a_reused_input_buffer_does_not_corrupt_a_partial_frame() -> None:
+    wire, expected = sender_stream([b"abc" * 50, b"", b"z" * 999])
+    receiver = open_pair(4)[1]
+    buffer = bytearray(7)
+    events: list[p.Event] = []
+    for start in range(0, len(wire), 7):
+        piece = wire[start : start + 7]
+        buffer[: len(piece)] = piece
+        receiver.receive_data(memoryview(buffer)[: len(piece)])
+        events += drain(receiver, answer_offers=True)
+        buffer[:] = b"\xff" * 7  # the caller reuses its buffer
+    assert merge_chunks(events) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(garbage=st.binary(min_size=1, max_size=200))
+def test_garbage_raises_only_the_remote_error(garbage: bytes) -> None:
+    receiver = p.Connection(p.Role.RECEIVER)
+    receiver.receive_data(garbage)
+    receiver.receive_data(b"")
+    with pytest.raises(p.RemoteProtocolError):
+        drain(receiver)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_mutated_streams_never_raise_anything_else(data: st.DataObject) -> None:
+    wire, _ = sender_stream([b"payload" * 20, b"x"])
+    mutated = bytearray(wire)
+    for _ in range(data.draw(st.integers(1, 4))):
+        mutated[data.draw(st.integers(0, len(mutated) - 1))] = data.draw(st.integers(0, 255))
+    receiver = open_pair(3)[1]
+    with contextlib.suppress(p.RemoteProtocolError):
+        pump(bytes(mutated), receiver)
+
+
+def test_truncated_stream_raises_the_remote_error() -> None:
+    wire, _ = sender_stream([b"q" * 100])
+    for cut in (3, len(wire) - 50, len(wire) - 1):
+        receiver = open_pair(2)[1]
+        receiver.receive_data(wire[:cut])
+        receiver.receive_data(b"")
+        with pytest.raises(p.RemoteProtocolError, match="closed"):
+            drain(receiver, answer_offers=True)
+
+
+def test_an_oversized_frame_is_refused_before_its_body_arrives() -> None:
+    receiver = p.Connection(p.Role.RECEIVER)
+    receiver.receive_data(struct.pack(">BI", p.FrameType.HELLO, 2**32 - 1))
+    with pytest.raises(p.RemoteProtocolError, match="exceeds"):
+        receiver.next_event()
+
+
+def test_a_huge_declared_payload_is_streamed_not_allocated() -> None:
+    sender, receiver = open_pair()
+    receiver.receive_data(sender.send(p.Offer(1, "big.npy", 2**63 - 1, 0, DIGEST)))
+    drain(receiver)
+    receiver.send(p.Ready(1, 0))
+    tracemalloc.start()
+    receiver.receive_data(p.encode(p.DataHeader(1, 0, 2**63 - 1)) + b"x" * 4096)
+    events = drain(receiver)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert [type(e) for e in events] == [p.DataHeader, p.DataChunk]
+    assert peak < 1 << 20
+
+
+def test_data_of_the_wrong_length_is_a_remote_error() -> None:
+    sender, receiver = open_pair()
+    receiver.receive_data(sender.send(p.Offer(1, "f.npy", 100, 0, DIGEST)))
+    drain(receiver)
+    receiver.send(p.Ready(1, 40))
+    receiver.receive_data(p.encode(p.DataHeader(1, 40, 61)))
+    with pytest.raises(p.RemoteProtocolError, match="must cover 40\\+60"):
+        receiver.next_event()
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        p.Ready(9, 0),  # never offered
+        p.Ack(1, p.Outcome.STORED, "f.npy"),  # stored before any data
+        p.Ready(1, 101),  # past the end
+    ],
+)
+def test_a_sender_refuses_illegal_answers(frame: p.Event) -> None:
+    sender, _ = open_pair()
+    sender.send(p.Offer(1, "f.npy", 100, 0, DIGEST))
+    sender.receive_data(p.encode(frame))
+    with pytest.raises(p.RemoteProtocolError):
+        sender.next_event()
+
+
+def test_the_window_is_enforced_on_both_sides() -> None:
+    sender, receiver = open_pair(window=2)
+    wire = b"".join(sender.send(p.Offer(i, f"{i}.npy", 1, 0, DIGEST)) for i in range(2))
+    with pytest.raises(p.LocalProtocolError, match="more than 2"):
+        sender.send(p.Offer(2, "2.npy", 1, 0, DIGEST))
+    receiver.receive_data(wire + p.encode(p.Offer(2, "2.npy", 1, 0, DIGEST)))
+    with pytest.raises(p.RemoteProtocolError, match="more than 2"):
+        drain(receiver)
+
+
+def test_offers_before_the_handshake_are_refused() -> None:
+    receiver = p.Connection(p.Role.RECEIVER)
+    receiver.receive_data(p.encode(p.Offer(1, "f.npy", 1, 0, DIGEST)))
+    with pytest.raises(p.RemoteProtocolError, match="handshake"):
+        receiver.next_event()
+
+
+def test_a_peer_with_the_wrong_magic_is_refused() -> None:
+    frame = bytearray(p.encode(p.Hello("x")))
+    frame[5:13] = b"NOTSCANX"
+    receiver = p.Connection(p.Role.RECEIVER)
+    receiver.receive_data(bytes(frame))
+    with pytest.raises(p.RemoteProtocolError, match="magic"):
+        receiver.next_event()
+
+
+def test_the_prototype_wire_format_is_refused() -> None:
+    receiver = p.Connection(p.Role.RECEIVER)
+    receiver.receive_data(struct.pack(">Q", 1234) + b"\x93NUMPY")
+    with pytest.raises(p.RemoteProtocolError, match="frame type"):
+        receiver.next_event()
+
+
+def test_version_negotiation() -> None:
+    assert p.negotiate(p.Hello("h", 1, 5)) == 1
+    assert p.negotiate(p.Hello("h", 2, 5)) is None
+    sender = p.Connection(p.Role.SENDER)
+    sender.send(p.Hello("h", 1, 1))
+    sender.receive_data(p.encode(p.Welcome("pi", 4, version=2)))
+    with pytest.raises(p.RemoteProtocolError) as caught:
+        sender.next_event()
+    assert caught.value.code is p.ErrorCode.UNSUPPORTED_VERSION
+
+
+def test_bye_with_files_in_flight_is_refused() -> None:
+    sender, _ = open_pair()
+    sender.send(p.Offer(1, "f.npy", 1, 0, DIGEST))
+    with pytest.raises(p.LocalProtocolError, match="in flight"):
+        sender.send(p.Bye())
+
+
+def test_an_error_frame_closes_the_connection() -> None:
+    sender, receiver = open_pair()
+    sender.receive_data(receiver.send(p.Error(p.ErrorCode.SHUTTING_DOWN, "stopping")))
+    assert drain(sender) == [p.Error(p.ErrorCode.SHUTTING_DOWN, "stopping")]
+    with pytest.raises(p.LocalProtocolError, match="closed"):
+        sender.send(p.Offer(1, "f.npy", 1, 0, DIGEST))
+
+
+def test_undecodable_path_bytes_survive_for_the_name_check() -> None:
+    frame = p.encode(p.Offer(1, "ab", 1, 0, DIGEST)).replace(b"ab", b"a\xff")
+    event = p.decode_body(p.FrameType.OFFER, frame[5:])
+    assert isinstance(event, p.Offer) and event.path == "a\udcff"
