@@ -7,6 +7,7 @@ runs `verify` and exits with its verdict.  Everything lands under ./demo/.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import signal
@@ -22,25 +23,38 @@ WAIT_SECONDS = 120
 
 
 class Child:
-    """A scanxfer subprocess whose log lines are shown with a prefix and searchable."""
+    """A scanxfer subprocess whose log lines are echoed with a prefix and kept for searching.
 
-    def __init__(self, label: str, *args: str) -> None:
-        self.label = label
+    The tests drive their processes with it too, so the demo and the tests start,
+    watch and stop scanxfer the same way.
+    """
+
+    def __init__(self, label: str, *args: str, echo: bool = True) -> None:
+        self.label, self.echo = label, echo
         self.lines: list[str] = []
         self.changed = threading.Condition()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "scanxfer", *args],
-            stderr=subprocess.PIPE, text=True,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
+        self.peak_rss_kib = 0
 
     def _pump(self) -> None:
         assert self.process.stderr is not None
         for line in self.process.stderr:
-            print(f"[{self.label:>9}] {line}", end="", flush=True)
+            if self.echo:
+                print(f"[{self.label:>9}] {line}", end="", flush=True)
             with self.changed:
                 self.lines.append(line)
                 self.changed.notify_all()
+
+    @property
+    def log(self) -> str:
+        with self.changed:
+            return "".join(self.lines)
 
     def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
         """The first log line matching `pattern`; raises if the process dies or time runs out."""
@@ -52,13 +66,36 @@ class Child:
                     if match := regex.search(line):
                         return match
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.label} never logged {pattern!r}")
+                    raise RuntimeError(
+                        f"{self.label} never logged {pattern!r}:\n{''.join(self.lines)}"
+                    )
                 self.changed.wait(0.2)
 
-    def stop(self) -> int:
+    def wait(self, timeout: float | None = None) -> int:
+        """Reap the process and return its exit code, noting its peak resident memory."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.process.poll() is None:
+            self._note_peak_rss()
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.process.args, timeout or 0)
+            time.sleep(0.02)
+        self._reader.join(timeout=10)
+        return self.process.returncode
+
+    def _note_peak_rss(self) -> None:
+        # VmHWM belongs to the process's own address space; ru_maxrss from wait4
+        # would also count the parent's memory inherited across fork and exec.
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak_rss_kib = max(self.peak_rss_kib, int(line.split()[1]))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
+            self._note_peak_rss()
+            self.process.send_signal(sig)
+        return self.wait(timeout)
 
 
 def _write_sender_config(path: Path, port: int) -> None:
@@ -81,8 +118,16 @@ def _wait_until_stored(receiver: Child, count: int) -> None:
 def main() -> int:
     shutil.rmtree(DEMO_DIR, ignore_errors=True)
     DEMO_DIR.mkdir()
-    receiver = Child("receiver", "receive", "--listen", "127.0.0.1:0",
-                     "--dir", str(DEMO_DIR / "incoming"), "--state-dir", str(DEMO_DIR / "state"))
+    receiver = Child(
+        "receiver",
+        "receive",
+        "--listen",
+        "127.0.0.1:0",
+        "--dir",
+        str(DEMO_DIR / "incoming"),
+        "--state-dir",
+        str(DEMO_DIR / "state"),
+    )
     sender: Child | None = None
     try:
         port = int(receiver.wait_for(r"listening on \S+:(\d+)", 30).group(1))
@@ -91,8 +136,18 @@ def main() -> int:
         sender = Child("sender", "send", "-c", str(config))
         sender.wait_for("watching", 30)
         subprocess.run(
-            [sys.executable, "-m", "scanxfer", "simulate", "--dir", str(DEMO_DIR / "scans"),
-             "--count", str(SCAN_COUNT), "--interval", "0.3"],
+            [
+                sys.executable,
+                "-m",
+                "scanxfer",
+                "simulate",
+                "--dir",
+                str(DEMO_DIR / "scans"),
+                "--count",
+                str(SCAN_COUNT),
+                "--interval",
+                "0.3",
+            ],
             check=True,
         )
         _wait_until_stored(receiver, SCAN_COUNT)
@@ -102,8 +157,16 @@ def main() -> int:
         receiver.stop()
     print(f"\nverifying {DEMO_DIR / 'scans'} against {DEMO_DIR / 'incoming'}:", flush=True)
     return subprocess.call(
-        [sys.executable, "-m", "scanxfer", "verify",
-         "--source", str(DEMO_DIR / "scans"), "--dest", str(DEMO_DIR / "incoming")]
+        [
+            sys.executable,
+            "-m",
+            "scanxfer",
+            "verify",
+            "--source",
+            str(DEMO_DIR / "scans"),
+            "--dest",
+            str(DEMO_DIR / "incoming"),
+        ]
     )
 
 

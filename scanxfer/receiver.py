@@ -119,6 +119,10 @@ class ConnectionHandler:
             self._send_error(p.ErrorCode.TIMEOUT, "timed out")
         except OSError as error:
             log.info("%s: connection lost: %s", self.peer, error)
+        except Exception:
+            # A bug must cost one connection, never the daemon and its other senders.
+            log.exception("%s: internal error, closing the connection", self.peer)
+            self._send_error(p.ErrorCode.INTERNAL_ERROR, "internal error on the receiver")
         finally:
             self._release_partials()
             self.sock.close()
@@ -190,18 +194,22 @@ class ConnectionHandler:
             log.warning("%s: refused %r: %s", self.peer, offer.path, refusal.message)
             self._reply(refusal)
             return
-        identical = self.store.find_identical(offer.path, offer.size, offer.digest)
+        try:
+            identical = self.store.find_identical(offer.path, offer.size, offer.digest)
+            partial = (
+                None if identical else self.store.open_partial(offer.path, offer.size, offer.digest)
+            )
+        except StoreError as error:
+            log.warning("%s: refused %r: %s", self.peer, offer.path, error)
+            self._reply(_nack(offer.file_id, error))
+            return
         if identical is not None:
             log.info(
                 "%s: %s is already stored as %s (duplicate)", self.peer, offer.path, identical.path
             )
             self._reply(p.Ack(offer.file_id, p.Outcome.DUPLICATE, identical.path))
             return
-        try:
-            partial = self.store.open_partial(offer.path, offer.size, offer.digest)
-        except StoreError as error:
-            self._reply(_nack(offer.file_id, error))
-            return
+        assert partial is not None
         if partial.offset:
             log.info(
                 "%s: resuming %s at %d of %d bytes",

@@ -1,0 +1,340 @@
+"""The `scanxfer` command: receive, send, simulate, verify.
+
+Each subcommand imports its module only when it runs, so a module that fails to import
+breaks only its own subcommand, and `scanxfer --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from scanxfer import __version__
+from scanxfer.config import (
+    RECEIVER_CONFIG_PATH,
+    ConfigError,
+    ReceiverConfig,
+    SenderConfig,
+    load_receiver_config,
+    load_sender_config,
+    parse_duration,
+)
+from scanxfer.systemd import setup_logging
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger(__name__)
+
+_EPILOG = """\
+exit status:
+  0    success
+  1    a transfer or verification failed
+  2    usage or configuration error
+  3    receiver unreachable, or the service could not start
+  130  interrupted (Ctrl-C)
+
+Run 'scanxfer COMMAND --help' for the options of a command.
+"""
+
+
+class UsageError(Exception):
+    """Options that parse one by one but do not make sense together."""
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Wraps one-line paragraphs to the terminal; keeps multi-line ones (examples) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n\n".join(
+            textwrap.indent(block, indent)
+            if "\n" in block
+            else textwrap.fill(block, width, initial_indent=indent, subsequent_indent=indent)
+            for block in text.split("\n\n")
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line `argv` (default: sys.argv[1:]) and return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error argparse has reported
+        return int(exc.code or 0)
+    setup_logging(args.verbose - args.quiet)
+    try:
+        return args.run(args)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    except UsageError as exc:
+        args.parser.print_usage(sys.stderr)
+        print(f"{args.parser.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser; separate from main() so tests can inspect parsed options."""
+    parser = argparse.ArgumentParser(
+        prog="scanxfer",
+        description="Move .npy scan files from an instrument PC to a Raspberry Pi over TCP: "
+        "checksummed, resumable, and stored durably before they are acknowledged.",
+        epilog=_EPILOG,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_verbosity(parser, default=0)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_receive(commands)
+    _add_send(commands)
+    _add_simulate(commands)
+    _add_verify(commands)
+    return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, default: Any) -> None:
+    # Accepted before and after the command; the subcommand's copies default to SUPPRESS so
+    # they do not overwrite a value given before the command.
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=default, help="more detail (debug messages)"
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=default, help="only warnings and errors"
+    )
+
+
+def _command(
+    commands: Any, name: str, run: Callable[[argparse.Namespace], int], **texts: str
+) -> argparse.ArgumentParser:
+    sub: argparse.ArgumentParser = commands.add_parser(name, formatter_class=_Formatter, **texts)
+    _add_verbosity(sub, default=argparse.SUPPRESS)
+    sub.set_defaults(run=run, parser=sub)
+    return sub
+
+
+def _add_receive(commands: Any) -> None:
+    sub = _command(
+        commands,
+        "receive",
+        _receive,
+        help="accept files from senders and store them",
+        description="Accept files from senders, check each against its checksum, and store it "
+        "durably under the incoming directory. Runs until stopped; the scanxfer-receiver "
+        "service runs this.",
+        epilog=f"Settings are read from {RECEIVER_CONFIG_PATH} when it exists (or from -c FILE); "
+        "the options below override them.\n\n"
+        "example:\n  scanxfer receive --listen :5000 --dir ./data/incoming --state-dir ./data",
+    )
+    sub.add_argument("-c", "--config", type=Path, metavar="FILE", help="settings file to read")
+    sub.add_argument(
+        "--listen", metavar="HOST:PORT", help="address to accept senders on, e.g. 0.0.0.0:5000"
+    )
+    sub.add_argument("--dir", type=Path, metavar="DIR", help="where completed files appear")
+    sub.add_argument(
+        "--state-dir", type=Path, metavar="DIR", help="where the receiver keeps its state"
+    )
+
+
+def _add_send(commands: Any) -> None:
+    sub = _command(
+        commands,
+        "send",
+        _send,
+        help="watch a directory and deliver completed files",
+        description="Watch a directory and deliver every completed file to the receiver exactly "
+        "once, reconnecting and resuming after failures. Runs until stopped unless --once "
+        "is given; the scanxfer-sender user service runs this.",
+        epilog="Settings are read from ~/.config/scanxfer/sender.yaml when it exists (or from "
+        "-c FILE); the options below override them.\n\n"
+        "example:\n  scanxfer send --to 192.168.1.50:5000 --watch ./scans",
+    )
+    sub.add_argument("-c", "--config", type=Path, metavar="FILE", help="settings file to read")
+    sub.add_argument(
+        "--to", metavar="HOST:PORT", help="the receiver's address, e.g. 192.168.1.50:5000"
+    )
+    sub.add_argument("--watch", type=Path, metavar="DIR", help="directory to send files from")
+    sub.add_argument(
+        "--once",
+        action="store_true",
+        help="send what is there now, wait for the receiver to confirm it, then exit",
+    )
+
+
+def _add_simulate(commands: Any) -> None:
+    sub = _command(
+        commands,
+        "simulate",
+        _simulate,
+        help="write synthetic .npy scans, like an instrument",
+        description="Write synthetic .npy scan files into a directory like an instrument: one "
+        "every --interval, each in --chunks writes. Use it to try a sender without an "
+        "instrument.",
+        epilog="example:\n  scanxfer simulate --dir ./scans --count 100 --interval 250ms "
+        "--shape 1024x1024 --dtype float32",
+    )
+    sub.add_argument(
+        "--dir", type=Path, default=Path("scans"), metavar="DIR", help="where to write (./scans)"
+    )
+    sub.add_argument(
+        "--count", type=_positive_int, default=10, metavar="N", help="files to write (10)"
+    )
+    sub.add_argument(
+        "--interval",
+        type=_seconds,
+        default=1.0,
+        metavar="S",
+        help="pause between files: seconds or a duration like 250ms (1s)",
+    )
+    sub.add_argument(
+        "--shape", type=_shape, default=(512, 512), metavar="AxB", help="array shape (512x512)"
+    )
+    sub.add_argument("--dtype", type=_dtype, default="uint16", help="NumPy element type (uint16)")
+    sub.add_argument(
+        "--chunks", type=_positive_int, default=4, metavar="N", help="writes per file (4)"
+    )
+
+
+def _add_verify(commands: Any) -> None:
+    sub = _command(
+        commands,
+        "verify",
+        _verify,
+        help="check that received files match the originals",
+        description="Check that received files match the originals: size, checksum and, for "
+        ".npy files, the arrays. Compares two files, two directory trees, or (with no "
+        "arguments) the newest file in ./scans with the newest in ./data/incoming.",
+        epilog="examples:\n"
+        "  scanxfer verify scans/scan_1.npy data/incoming/scan_1.npy\n"
+        "  scanxfer verify --source ./scans --dest /var/lib/scanxfer/incoming\n"
+        "  scanxfer verify --scans ./scans --incoming ./data/incoming",
+    )
+    sub.add_argument("files", nargs="*", type=Path, metavar="FILE", help="two files to compare")
+    sub.add_argument("--source", type=Path, metavar="DIR", help="tree of original files")
+    sub.add_argument("--dest", type=Path, metavar="DIR", help="tree of received files")
+    sub.add_argument(
+        "--scans", type=Path, metavar="DIR", help="newest original from here (./scans)"
+    )
+    sub.add_argument(
+        "--incoming",
+        type=Path,
+        metavar="DIR",
+        help="newest received file from here (./data/incoming)",
+    )
+
+
+# --- argument types: raise ArgumentTypeError so argparse prints our message, exit 2 ---------
+
+
+def _positive_int(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    parts = text.lower().split("x")
+    if not all(part.isascii() and part.isdigit() and int(part) > 0 for part in parts):
+        raise argparse.ArgumentTypeError(
+            f"expected positive whole numbers joined by 'x', like 512x512, 100 or 4x4x4, "
+            f"got {text!r}"
+        )
+    return tuple(int(part) for part in parts)
+
+
+def _dtype(text: str) -> str:
+    import numpy
+
+    try:
+        dtype = numpy.dtype(text)
+    except TypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a NumPy dtype; try uint16, int32 or float32"
+        ) from None
+    if dtype.hasobject:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} holds Python objects, which .npy files can only store by pickling; "
+            f"choose a numeric dtype such as uint16"
+        )
+    if dtype.itemsize == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} has no size; give one, like S8 or U4")
+    return text
+
+
+# --- subcommands ---------------------------------------------------------------------------
+
+
+def _receiver_config(args: argparse.Namespace) -> ReceiverConfig:
+    overrides = {"listen": args.listen, "incoming_dir": args.dir, "state_dir": args.state_dir}
+    return load_receiver_config(args.config, overrides)
+
+
+def _sender_config(args: argparse.Namespace) -> SenderConfig:
+    return load_sender_config(args.config, {"receiver": args.to, "watch_dir": args.watch})
+
+
+def _receive(args: argparse.Namespace) -> int:
+    config = _receiver_config(args)
+    from scanxfer import receiver
+
+    return receiver.serve(config)
+
+
+def _send(args: argparse.Namespace) -> int:
+    config = _sender_config(args)
+    from scanxfer import sender
+
+    return sender.run(config, once=args.once)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from scanxfer import simulate
+
+    written = simulate.run(
+        directory=args.dir,
+        count=args.count,
+        interval=args.interval,
+        shape=args.shape,
+        dtype=args.dtype,
+        chunks=args.chunks,
+    )
+    log.info("wrote %d file(s) into %s", len(written), args.dir)
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    pair = args.source is not None or args.dest is not None
+    latest = args.scans is not None or args.incoming is not None
+    if args.files and len(args.files) != 2:
+        raise UsageError(f"give two files to compare, not {len(args.files)}")
+    if pair and (args.source is None or args.dest is None):
+        raise UsageError("--source and --dest go together")
+    if bool(args.files) + pair + latest > 1:
+        raise UsageError("choose one: two files, --source with --dest, or --scans/--incoming")
+    from scanxfer import verify
+
+    if args.files:
+        return verify.verify_pair(a=args.files[0], b=args.files[1], out=sys.stdout)
+    if pair:
+        return verify.verify_trees(source=args.source, dest=args.dest, out=sys.stdout)
+    return verify.verify_latest(
+        scans=args.scans or Path("scans"),
+        incoming=args.incoming or Path("data/incoming"),
+        out=sys.stdout,
+    )

@@ -1,0 +1,229 @@
+"""scanxfer receive / send --once as real processes over loopback."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from scanxfer import protocol as p
+from scanxfer.verify import verify_trees
+
+from .harness import (
+    ReceiverProcess,
+    count_matches,
+    send_once,
+    send_once_in_background,
+    sender_config,
+    write_big_scan,
+    write_scan,
+)
+
+
+def assert_identical(source: Path, dest: Path) -> None:
+    report = io.StringIO()
+    assert verify_trees(source, dest, report) == 0, report.getvalue()
+
+
+def test_300_nested_files_and_a_256_mib_file_arrive_identical(
+    tmp_path: Path, receiver: ReceiverProcess
+) -> None:
+    scans = tmp_path / "scans"
+    for index in range(300):
+        write_scan(
+            scans / f"run{index % 5}" / f"day{index % 3}" / f"s{index:03}.npy", (16, 16), index
+        )
+    write_big_scan(scans / "big" / "volume.npy", 256)
+    sender = send_once(sender_config(tmp_path / "sender.yaml", receiver.port, scans))
+    assert sender.process.returncode == 0, sender.log
+    assert_identical(scans, receiver.incoming)
+    assert count_matches(r"received ", receiver.log) == 301
+    assert "all 301 files delivered" in sender.log
+    assert receiver.partials() == []
+    # Streaming, not buffering: a 256 MiB file must not show up in either process's memory.
+    assert sender.peak_rss_kib < 100 * 1024, sender.peak_rss_kib
+    receiver.stop()
+    assert receiver.child is not None and receiver.child.peak_rss_kib < 100 * 1024
+
+
+def test_killed_receiver_resumes_the_big_file_from_an_offset(tmp_path: Path) -> None:
+    scans = tmp_path / "scans"
+    big = write_big_scan(scans / "volume.npy", 256)
+    receiver = ReceiverProcess(tmp_path / "pi").start()
+    config = sender_config(tmp_path / "sender.yaml", receiver.port, scans)
+    sender = send_once_in_background(config)
+    held = wait_for_partial_bytes(receiver, at_least=32 << 20)
+    receiver.stop(signal.SIGKILL)
+    assert not (receiver.incoming / "volume.npy").exists()  # no half file under its name
+    # With no receiver the --once sender gives up, saying why.
+    assert sender.wait(120) == 3, sender.log
+    assert "gave up" in sender.log
+
+    receiver.start()  # same directories, same port
+    try:
+        resumed = send_once(config)
+        assert resumed.process.returncode == 0, resumed.log
+        offset = int(receiver.child.wait_for(r"resuming volume.npy at (\d+)", 10).group(1))
+        assert offset > 0 and offset >= held // 2
+        assert f"resuming volume.npy at byte {offset}" in resumed.log
+        assert_identical(scans, receiver.incoming)
+        assert receiver.stored_files() == ["volume.npy"]
+        assert (receiver.incoming / "volume.npy").stat().st_size == big.stat().st_size
+    finally:
+        receiver.stop()
+
+
+def wait_for_partial_bytes(receiver: ReceiverProcess, at_least: int) -> int:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        sizes = [path.stat().st_size for path in receiver.partials() if path.exists()]
+        if sizes and max(sizes) >= at_least:
+            return max(sizes)
+        time.sleep(0.005)
+    raise AssertionError(f"the partial never reached {at_least} bytes:\n{receiver.log}")
+
+
+def test_a_resent_file_is_a_duplicate_and_a_changed_one_is_kept_beside(
+    tmp_path: Path, receiver: ReceiverProcess
+) -> None:
+    scans = tmp_path / "scans"
+    first = write_scan(scans / "a" / "scan.npy", (32, 32), seed=1)
+    write_scan(scans / "b.npy", (8,), seed=2)
+    config = sender_config(tmp_path / "sender.yaml", receiver.port, scans)
+    assert send_once(config).process.returncode == 0
+    original = first.read_bytes()
+
+    again = send_once(config)
+    assert again.process.returncode == 0, again.log
+    assert count_matches(r"already on the receiver", again.log) == 2
+    assert receiver.stored_files() == ["a/scan.npy", "b.npy"]
+
+    write_scan(first, (32, 32), seed=99)  # same name, new content
+    changed = send_once(config)
+    assert changed.process.returncode == 0, changed.log
+    assert receiver.stored_files() == ["a/scan.npy", "a/scan~1.npy", "b.npy"]
+    assert (receiver.incoming / "a" / "scan.npy").read_bytes() == original
+    assert (receiver.incoming / "a" / "scan~1.npy").read_bytes() == first.read_bytes()
+    assert "kept the new file beside it as a/scan~1.npy" in receiver.log
+
+
+class RawSender:
+    """A hand-driven protocol client, for offers the real sender would never make."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.conn = p.Connection(p.Role.SENDER)
+        self.sock.sendall(self.conn.send(p.Hello("raw")))
+        assert isinstance(self.next_event(), p.Welcome)
+        self.ids = iter(range(1, 10**6))
+
+    def next_event(self) -> p.Event:
+        while (event := self.conn.next_event()) is p.NEED_DATA:
+            self.conn.receive_data(self.sock.recv(65536))
+        return event
+
+    def send_file(self, path: str, payload: bytes) -> p.Ack | p.Nack:
+        """Offer, stream if asked, and return the final answer."""
+        file_id = next(self.ids)
+        digest = xxhash.xxh3_128(payload).digest()
+        self.sock.sendall(self.conn.send(p.Offer(file_id, path, len(payload), 0, digest)))
+        answer = self.next_event()
+        if isinstance(answer, p.Ready):
+            header = p.DataHeader(file_id, answer.offset, len(payload) - answer.offset)
+            self.sock.sendall(self.conn.send(header) + payload[answer.offset :])
+            answer = self.next_event()
+        assert isinstance(answer, p.Ack | p.Nack), answer
+        return answer
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../x.npy",
+        "/etc/x.npy",
+        "a/../../x.npy",
+        "a\0b.npy",
+        "a\\b.npy",
+        "a//b.npy",
+        "..",
+        "line\nbreak.npy",
+        "\udcff.npy",
+        "x" * 300,
+        "/".join(["d"] * 40),
+    ],
+)
+def test_bad_names_are_refused_and_nothing_is_written(
+    name: str, receiver: ReceiverProcess, outside: Path
+) -> None:
+    client = RawSender(receiver.port)
+    answer = client.send_file(name, b"payload")
+    assert isinstance(answer, p.Nack) and answer.reason is p.NackReason.BAD_NAME, answer
+    assert not answer.retryable
+    assert client.send_file("fine.npy", b"ok").outcome is p.Outcome.STORED
+    assert receiver.stored_files() == ["fine.npy"]
+    assert list(outside.iterdir()) == []
+    assert list(receiver.root.parent.glob("x.npy")) == []
+
+
+def test_a_symlink_planted_in_incoming_is_never_followed(
+    receiver: ReceiverProcess, outside: Path
+) -> None:
+    (receiver.incoming / "evil").symlink_to(outside)
+    (receiver.incoming / "trap.npy").symlink_to(outside / "trap.npy")
+    client = RawSender(receiver.port)
+    answer = client.send_file("evil/x.npy", b"payload")
+    assert isinstance(answer, p.Nack) and answer.reason is p.NackReason.BAD_NAME
+    beside = client.send_file("trap.npy", b"payload")
+    assert isinstance(beside, p.Ack) and beside.outcome is p.Outcome.KEPT_BESIDE
+    assert list(outside.iterdir()) == []
+    assert (receiver.incoming / beside.stored_path).read_bytes() == b"payload"
+
+
+def test_garbage_clients_do_not_disturb_a_good_transfer(
+    tmp_path: Path, receiver: ReceiverProcess
+) -> None:
+    scans = tmp_path / "scans"
+    write_big_scan(scans / "volume.npy", 64)
+    for index in range(20):
+        write_scan(scans / f"s{index}.npy", (64, 64), index)
+    config = sender_config(tmp_path / "sender.yaml", receiver.port, scans)
+    sender = send_once_in_background(config)
+    attackers = [
+        threading.Thread(target=hostile_client, args=(receiver.port, kind))
+        for kind in ("random", "prototype", "oversized", "half-hello") * 3
+    ]
+    for thread in attackers:
+        thread.start()
+    for thread in attackers:
+        thread.join(60)
+    assert sender.wait(300) == 0, sender.log
+    assert_identical(scans, receiver.incoming)
+    assert receiver.child is not None and receiver.child.process.poll() is None
+    assert count_matches(r"protocol error", receiver.log) >= 9
+    assert receiver.stored_files() == sorted(
+        path.relative_to(scans).as_posix() for path in scans.rglob("*.npy")
+    )
+
+
+def hostile_client(port: int, kind: str) -> None:
+    payloads = {
+        "random": os.urandom(4096),
+        "prototype": (1000).to_bytes(8, "big") + b"\x93NUMPY" + b"\0" * 994,
+        "oversized": bytes([p.FrameType.HELLO]) + (2**32 - 1).to_bytes(4, "big") + b"x" * 100,
+        "half-hello": p.encode(p.Hello("x"))[:9],
+    }
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        try:
+            sock.sendall(payloads[kind])
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(4096):
+                pass
+        except OSError:
+            pass  # the receiver may reset us: that is the point

@@ -1,0 +1,523 @@
+"""Tests for scanxfer.store on real files.
+
+Mocks appear only for faults a test cannot produce for real: ENOSPC from write(), EIO from fsync(),
+short writes, and a filesystem without hard links.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from scanxfer.store import (
+    BadName,
+    Busy,
+    DigestMismatch,
+    LeftoverPartial,
+    NoSpace,
+    Outcome,
+    StorageIOError,
+    Store,
+    StoredFile,
+    StoreError,
+    StoreLimits,
+    StoreSetupError,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+LIMITS = StoreLimits(max_path_length=200, max_path_depth=4)
+MTIME_NS = 1_700_000_000_123_456_789
+
+
+def digest(data: bytes) -> bytes:
+    return xxhash.xxh3_128_digest(data)
+
+
+def payload(n: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+@pytest.fixture
+def incoming(tmp_path: Path) -> Path:
+    return tmp_path / "incoming"
+
+
+@pytest.fixture
+def store(tmp_path: Path, incoming: Path) -> Store:
+    return Store(incoming, tmp_path / "partial", LIMITS)
+
+
+def receive(store: Store, relpath: str, data: bytes) -> StoredFile:
+    """Receive a whole file in one go, as the receiver does for a fresh offer."""
+    partial = store.open_partial(relpath, len(data), digest(data))
+    partial.write(data[partial.offset :])
+    return partial.commit(MTIME_NS)
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if not p.is_dir())
+
+
+def fail_on_part_fds(func: Callable[..., object], err: int) -> Callable[..., object]:
+    """Wrap an os function so it fails with ``err`` only on the store's .part files."""
+
+    def failing(fd: int, *args: object) -> object:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".part"):
+            raise OSError(err, os.strerror(err))
+        return func(fd, *args)
+
+    return failing
+
+
+# -- storing -------------------------------------------------------------------------------------
+
+
+def test_store_and_commit(store: Store, incoming: Path) -> None:
+    data = payload(3 * 1024 * 1024 + 17)
+    stored = receive(store, "scan_001.npy", data)
+    assert stored == StoredFile("scan_001.npy", Outcome.STORED, len(data))
+    assert (incoming / "scan_001.npy").read_bytes() == data
+    assert (incoming / "scan_001.npy").stat().st_mtime_ns == MTIME_NS
+    assert store.leftover_partials() == []
+    assert os.listdir(store.partial_dir) == []
+
+
+def test_empty_file(store: Store, incoming: Path) -> None:
+    assert receive(store, "empty.npy", b"").outcome is Outcome.STORED
+    assert (incoming / "empty.npy").read_bytes() == b""
+
+
+def test_nested_dirs_are_created(store: Store, incoming: Path) -> None:
+    stored = receive(store, "2024/run 7/é/scan.npy", b"abc")
+    assert stored.path == "2024/run 7/é/scan.npy"
+    assert (incoming / "2024" / "run 7" / "é" / "scan.npy").read_bytes() == b"abc"
+
+
+def test_resume_after_release(store: Store, incoming: Path) -> None:
+    data = payload(2_500_000)
+    partial = store.open_partial("r/scan.npy", len(data), digest(data))
+    assert partial.offset == 0
+    partial.write(data[:1_000_000])
+    partial.write(memoryview(data)[1_000_000:1_200_000])
+    partial.release()
+    assert [(p.path, p.size, p.held) for p in store.leftover_partials()] == [
+        ("r/scan.npy", len(data), 1_200_000)
+    ]
+
+    resumed = Store(incoming, store.partial_dir, LIMITS).open_partial(
+        "r/scan.npy", len(data), digest(data)
+    )
+    assert resumed.offset == 1_200_000
+    resumed.write(data[resumed.offset :])
+    assert resumed.commit(MTIME_NS).outcome is Outcome.STORED
+    assert (incoming / "r" / "scan.npy").read_bytes() == data
+
+
+def test_partial_longer_than_size_starts_over(store: Store, incoming: Path) -> None:
+    data = payload(1000)
+    partial = store.open_partial("a.npy", len(data), digest(data))
+    partial.write(data[:600])
+    partial.release()
+    (part,) = store.partial_dir.glob("*.part")
+    with part.open("ab") as f:
+        f.write(b"x" * 1000)
+    again = store.open_partial("a.npy", len(data), digest(data))
+    assert again.offset == 0
+    again.write(data)
+    assert again.commit(MTIME_NS).outcome is Outcome.STORED
+    assert (incoming / "a.npy").read_bytes() == data
+
+
+def test_digest_mismatch_discards(store: Store, incoming: Path) -> None:
+    partial = store.open_partial("bad.npy", 4, digest(b"good"))
+    partial.write(b"evil")
+    with pytest.raises(DigestMismatch, match="send the file again"):
+        partial.commit(MTIME_NS)
+    assert files_under(incoming) == []
+    assert os.listdir(store.partial_dir) == []
+
+
+def test_commit_before_all_bytes_keeps_partial(store: Store) -> None:
+    partial = store.open_partial("x.npy", 10, digest(b"0123456789"))
+    partial.write(b"01234")
+    with pytest.raises(StoreError, match="5 of 10"):
+        partial.commit(MTIME_NS)
+    partial.release()
+    assert [p.held for p in store.leftover_partials()] == [5]
+
+
+def test_more_bytes_than_declared_discards(store: Store, incoming: Path) -> None:
+    partial = store.open_partial("x.npy", 3, digest(b"abc"))
+    with pytest.raises(StoreError, match="more bytes than"):
+        partial.write(b"abcd")
+    assert os.listdir(store.partial_dir) == []
+    with pytest.raises(StoreError, match="closed"):
+        partial.write(b"a")
+    assert files_under(incoming) == []
+
+
+# -- duplicates and clashes ----------------------------------------------------------------------
+
+
+def test_duplicate_same_content_same_path(store: Store, incoming: Path) -> None:
+    data = payload(5000)
+    receive(store, "d/scan.npy", data)
+    expected = StoredFile("d/scan.npy", Outcome.DUPLICATE, len(data))
+    assert store.find_identical("d/scan.npy", len(data), digest(data)) == expected
+    assert receive(store, "d/scan.npy", data) == expected
+    assert files_under(incoming) == ["d/scan.npy"]
+    assert os.listdir(store.partial_dir) == []
+
+
+def test_find_identical_misses(store: Store) -> None:
+    data = payload(100)
+    assert store.find_identical("nope/scan.npy", 100, digest(data)) is None
+    receive(store, "scan.npy", data)
+    assert store.find_identical("scan.npy", 99, digest(data[:99])) is None
+    assert store.find_identical("scan.npy", 100, digest(payload(100, seed=2))) is None
+
+
+def test_different_content_is_kept_beside(store: Store, incoming: Path) -> None:
+    first, second, third = payload(100, 1), payload(100, 2), payload(200, 3)
+    assert receive(store, "d/scan.npy", first).outcome is Outcome.STORED
+    assert receive(store, "d/scan.npy", second) == StoredFile(
+        "d/scan~1.npy", Outcome.KEPT_BESIDE, 100
+    )
+    assert receive(store, "d/scan.npy", third).path == "d/scan~2.npy"
+    assert (incoming / "d/scan.npy").read_bytes() == first
+    assert (incoming / "d/scan~1.npy").read_bytes() == second
+    assert (incoming / "d/scan~2.npy").read_bytes() == third
+
+    expected = StoredFile("d/scan~1.npy", Outcome.DUPLICATE, 100)
+    assert store.find_identical("d/scan.npy", 100, digest(second)) == expected
+    assert receive(store, "d/scan.npy", second) == expected
+    assert files_under(incoming) == ["d/scan.npy", "d/scan~1.npy", "d/scan~2.npy"]
+
+
+@pytest.mark.parametrize(
+    ("name", "clash"),
+    [("a.tar.gz", "a.tar~1.gz"), ("README", "README~1"), (".hidden", ".hidden~1")],
+)
+def test_clash_names_use_last_suffix(store: Store, name: str, clash: str) -> None:
+    receive(store, name, b"one")
+    assert receive(store, name, b"two").path == clash
+
+
+def test_directory_at_final_name_is_kept_beside(store: Store, incoming: Path) -> None:
+    (incoming / "scan.npy").mkdir(parents=True)
+    assert receive(store, "scan.npy", b"data").path == "scan~1.npy"
+
+
+def test_changed_file_is_hashed_again(store: Store, incoming: Path) -> None:
+    receive(store, "scan.npy", b"AAAA")
+    assert store.find_identical("scan.npy", 4, digest(b"AAAA")) is not None
+    (incoming / "scan.npy").write_bytes(b"BBBB")
+    os.utime(incoming / "scan.npy", ns=(1, 1))
+    assert store.find_identical("scan.npy", 4, digest(b"AAAA")) is None
+    assert store.find_identical("scan.npy", 4, digest(b"BBBB")) is not None
+
+
+# -- names ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("relpath", "rule"),
+    [
+        ("", "empty"),
+        ("/etc/passwd", "absolute"),
+        ("a//b.npy", "empty component"),
+        ("a/b/", "empty component"),
+        ("./a.npy", r"'\.' or '\.\.'"),
+        ("a/../../b.npy", r"'\.' or '\.\.'"),
+        ("..", r"'\.' or '\.\.'"),
+        ("a\0b", "U\\+0000"),
+        ("a\nb", "U\\+000A"),
+        ("a\x1bb", "U\\+001B"),
+        ("a\x7fb", "U\\+007F"),
+        ("a\x85b", "U\\+0085"),
+        ("dir\\scan.npy", "backslash"),
+        ("a/b/c/d/e", "5 components"),
+        ("é" * 101, "202 UTF-8 bytes"),
+        ("bad\udcff.npy", "not valid UTF-8"),
+    ],
+)
+def test_check_name_refuses(store: Store, relpath: str, rule: str) -> None:
+    with pytest.raises(BadName, match=rule) as info:
+        store.check_name(relpath)
+    assert repr(relpath) in str(info.value)
+    with pytest.raises(BadName):
+        store.open_partial(relpath, 1, digest(b"x"))
+
+
+def test_check_name_component_limit(tmp_path: Path) -> None:
+    store = Store(tmp_path / "in", tmp_path / "part", StoreLimits(1000, 4))
+    with pytest.raises(BadName, match="longer than 255"):
+        store.check_name("a/" + "x" * 256)
+    with pytest.raises(BadName, match="longer than 255"):
+        store.check_name("é" * 128)
+
+
+def test_check_name_accepts(tmp_path: Path) -> None:
+    store = Store(tmp_path / "in", tmp_path / "part", StoreLimits(300, 4))
+    assert store.check_name("a/b c/d/é.npy") == ("a", "b c", "d", "é.npy")
+    assert store.check_name("x" * 255) == ("x" * 255,)
+    assert store.check_name("...npy") == ("...npy",)
+
+
+# -- symlinks planted in incoming ----------------------------------------------------------------
+
+
+def test_symlinked_subdir_is_refused(store: Store, incoming: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (incoming / "sub").symlink_to(outside)
+    with pytest.raises(BadName, match="symlink"):
+        store.open_partial("sub/scan.npy", 3, digest(b"abc"))
+    with pytest.raises(BadName, match="symlink"):
+        store.find_identical("sub/scan.npy", 3, digest(b"abc"))
+    assert list(outside.iterdir()) == []
+
+
+def test_symlink_planted_before_commit(store: Store, incoming: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    partial = store.open_partial("a/deep/scan.npy", 3, digest(b"abc"))
+    partial.write(b"abc")
+    incoming.joinpath("a").symlink_to(outside)
+    with pytest.raises(BadName, match="symlink"):
+        partial.commit(MTIME_NS)
+    assert list(outside.iterdir()) == []
+    assert os.listdir(store.partial_dir) == []
+
+
+def test_file_where_a_directory_is_needed(store: Store, incoming: Path) -> None:
+    incoming.joinpath("a").write_bytes(b"keep me")
+    with pytest.raises(BadName, match="is a file"):
+        store.open_partial("a/scan.npy", 1, digest(b"x"))
+    assert incoming.joinpath("a").read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize("target_exists", [True, False])
+def test_symlink_at_final_name(
+    store: Store, incoming: Path, tmp_path: Path, target_exists: bool
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = outside / "target.npy"
+    if target_exists:
+        target.write_bytes(b"secret")
+    (incoming / "scan.npy").symlink_to(target)
+    # Even content identical to the symlink's target is not a duplicate: links are not followed.
+    assert store.find_identical("scan.npy", 6, digest(b"secret")) is None
+    assert receive(store, "scan.npy", b"secret").path == "scan~1.npy"
+    assert files_under(outside) == (["target.npy"] if target_exists else [])
+    if target_exists:
+        assert target.read_bytes() == b"secret"
+    assert (incoming / "scan.npy").is_symlink()
+    assert (incoming / "scan~1.npy").read_bytes() == b"secret"
+
+
+# -- concurrency ---------------------------------------------------------------------------------
+
+
+def test_busy_until_release_or_discard(store: Store) -> None:
+    partial = store.open_partial("scan.npy", 3, digest(b"abc"))
+    with pytest.raises(Busy, match="another connection"):
+        store.open_partial("scan.npy", 3, digest(b"abc"))
+    other = store.open_partial("scan.npy", 3, digest(b"xyz"))  # another file, another key
+    other.discard()
+    partial.write(b"a")
+    partial.release()
+    again = store.open_partial("scan.npy", 3, digest(b"abc"))
+    assert again.offset == 1
+    again.discard()
+    assert store.open_partial("scan.npy", 3, digest(b"abc")).offset == 0
+
+
+def test_eight_threads_commit_into_one_new_directory(store: Store, incoming: Path) -> None:
+    barrier = threading.Barrier(8)
+    results: dict[int, StoredFile | BaseException] = {}
+
+    def worker(i: int) -> None:
+        data = payload(200_000, seed=i)
+        barrier.wait()
+        try:
+            results[i] = receive(store, f"run/a/b/scan_{i}.npy", data)
+        except BaseException as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {
+        i: StoredFile(f"run/a/b/scan_{i}.npy", Outcome.STORED, 200_000) for i in range(8)
+    }
+    for i in range(8):
+        assert (incoming / f"run/a/b/scan_{i}.npy").read_bytes() == payload(200_000, seed=i)
+
+
+# -- faults --------------------------------------------------------------------------------------
+
+
+def test_enospc_on_write(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    partial = store.open_partial("scan.npy", 10, digest(b"0123456789"))
+    partial.write(b"01234")
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "write", fail_on_part_fds(os.write, errno.ENOSPC))
+        with pytest.raises(NoSpace, match="free some space"):
+            partial.write(b"56789")
+    assert os.listdir(store.partial_dir) == []
+    assert store.open_partial("scan.npy", 10, digest(b"0123456789")).offset == 0  # not Busy
+
+
+def test_short_writes_are_completed(
+    store: Store, incoming: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(data[:7])))
+    data = payload(100)
+    assert receive(store, "scan.npy", data).outcome is Outcome.STORED
+    assert (incoming / "scan.npy").read_bytes() == data
+
+
+def test_eio_on_fsync(store: Store, incoming: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    partial = store.open_partial("d/scan.npy", 3, digest(b"abc"))
+    partial.write(b"abc")
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "fsync", fail_on_part_fds(os.fsync, errno.EIO))
+        with pytest.raises(StorageIOError, match="journalctl"):
+            partial.commit(MTIME_NS)
+    assert files_under(incoming) == []
+    assert os.listdir(store.partial_dir) == []
+
+
+def test_without_hard_links_rename_never_overwrites(
+    store: Store, incoming: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_link(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_link)
+    assert receive(store, "scan.npy", b"one").outcome is Outcome.STORED
+    assert receive(store, "scan.npy", b"two").path == "scan~1.npy"
+    assert (incoming / "scan.npy").read_bytes() == b"one"
+    assert (incoming / "scan~1.npy").read_bytes() == b"two"
+    assert os.listdir(store.partial_dir) == []
+
+
+# -- leftovers, setup, space ---------------------------------------------------------------------
+
+
+def test_leftover_and_stale_partials(store: Store) -> None:
+    old = store.open_partial("old.npy", 10, digest(b"0123456789"))
+    old.write(b"0123")
+    old.release()
+    (old_part,) = store.partial_dir.glob("*.part")
+    os.utime(old_part, (1_000_000, 1_000_000))
+    fresh = store.open_partial("fresh.npy", 5, digest(b"abcde"))
+    fresh.write(b"ab")
+    fresh.release()
+    in_use = store.open_partial("in_use.npy", 3, digest(b"xyz"))
+    for part in store.partial_dir.glob("*.part"):
+        if part != old_part:
+            os.utime(part)
+
+    leftovers = store.leftover_partials()
+    assert [(p.path, p.size, p.held) for p in leftovers] == [
+        ("fresh.npy", 5, 2),
+        ("in_use.npy", 3, 0),
+        ("old.npy", 10, 4),
+    ]
+    assert leftovers[2].age_seconds > 3600
+    assert leftovers[0].age_seconds < leftovers[2].age_seconds
+
+    removed = store.remove_stale_partials(max_age_seconds=3600)
+    assert [p.path for p in removed] == ["old.npy"]
+    assert [p.path for p in store.leftover_partials()] == ["fresh.npy", "in_use.npy"]
+    assert [p.path for p in store.remove_stale_partials(0)] == ["fresh.npy"]  # not in_use
+    in_use.write(b"xyz")
+    assert in_use.commit(MTIME_NS).outcome is Outcome.STORED
+
+
+def test_leftover_without_sidecar(store: Store) -> None:
+    (store.partial_dir / f"{'0' * 32}.part").write_bytes(b"12345")
+    (leftover,) = store.leftover_partials()
+    assert leftover == LeftoverPartial("", -1, 5, leftover.age_seconds)
+
+
+@pytest.fixture
+def shm_dir() -> Iterator[Path]:
+    path = Path("/dev/shm") / f"scanxfer-test-{uuid.uuid4().hex}"
+    yield path
+    if path.exists():
+        path.rmdir()
+
+
+def test_partial_dir_on_another_filesystem(tmp_path: Path, shm_dir: Path) -> None:
+    if not Path("/dev/shm").is_dir() or os.stat("/dev/shm").st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a different filesystem from tmp_path")
+    with pytest.raises(StoreSetupError, match="set partial_dir"):
+        Store(tmp_path / "incoming", shm_dir, LIMITS)
+
+
+def test_free_bytes(store: Store) -> None:
+    st = os.statvfs(store.incoming_dir)
+    assert 0 < store.free_bytes() <= st.f_blocks * st.f_frsize
+
+
+# -- a real crash --------------------------------------------------------------------------------
+
+CHILD = """
+import sys, time, random
+from pathlib import Path
+import xxhash
+from scanxfer.store import Store, StoreLimits
+data = random.Random(5).randbytes(int(sys.argv[3]))
+store = Store(Path(sys.argv[1]), Path(sys.argv[2]), StoreLimits(200, 4))
+partial = store.open_partial("c/scan.npy", len(data), xxhash.xxh3_128_digest(data))
+partial.write(data[: len(data) // 2])
+print("half", flush=True)
+time.sleep(600)
+"""
+
+
+def test_sigkill_mid_file_then_resume(tmp_path: Path, incoming: Path) -> None:
+    size = 3_000_001
+    partial_dir = tmp_path / "partial"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(incoming), str(partial_dir), str(size)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "half\n"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+    assert files_under(incoming) == []
+
+    data = random.Random(5).randbytes(size)
+    store = Store(incoming, partial_dir, LIMITS)
+    partial = store.open_partial("c/scan.npy", size, digest(data))
+    assert partial.offset == size // 2
+    partial.write(data[partial.offset :])
+    assert partial.commit(MTIME_NS).outcome is Outcome.STORED
+    assert (incoming / "c" / "scan.npy").read_bytes() == data
