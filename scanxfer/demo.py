@@ -135,21 +135,12 @@ def main() -> int:
         _write_sender_config(config, port)
         sender = Child("sender", "send", "-c", str(config))
         sender.wait_for("watching", 30)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "scanxfer",
-                "simulate",
-                "--dir",
-                str(DEMO_DIR / "scans"),
-                "--count",
-                str(SCAN_COUNT),
-                "--interval",
-                "0.3",
-            ],
-            check=True,
+        scans = str(DEMO_DIR / "scans")
+        simulate = Child(
+            "simulate", "simulate", "--dir", scans, "--count", str(SCAN_COUNT), "--interval", "0.3"
         )
+        if simulate.wait() != 0:
+            raise RuntimeError("simulate failed")
         _wait_until_stored(receiver, SCAN_COUNT)
     finally:
         if sender is not None:

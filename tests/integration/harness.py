@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +105,55 @@ def write_big_scan(path: Path, size_mib: int) -> Path:
 
 def count_matches(pattern: str, text: str) -> int:
     return len(re.findall(pattern, text, flags=re.MULTILINE))
+
+
+class StallingProxy:
+    """A TCP relay on 127.0.0.1 that stops forwarding upstream after `stall_after` bytes.
+
+    It freezes a transfer at a known point, so a test can kill the receiver
+    mid-file without racing the transfer to its end.
+    """
+
+    def __init__(self, target_port: int, stall_after: int) -> None:
+        self.target_port, self.stall_after = target_port, stall_after
+        self.forwarded = 0
+        self.stalled = threading.Event()
+        self._closing = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+                self._sockets += [client, upstream]
+                threading.Thread(
+                    target=self._pump, args=(client, upstream, True), daemon=True
+                ).start()
+                threading.Thread(
+                    target=self._pump, args=(upstream, client, False), daemon=True
+                ).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(1 << 16):
+                if upstream:
+                    data = data[: self.stall_after - self.forwarded]
+                    self.forwarded += len(data)
+                sink.sendall(data)
+                if upstream and self.forwarded >= self.stall_after:
+                    self.stalled.set()
+                    self._closing.wait()
+                    return
+
+    def close(self) -> None:
+        """Drop every relayed connection and stop accepting: the sender sees a dead link."""
+        self._closing.set()
+        self.listener.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()

@@ -18,6 +18,7 @@ from scanxfer.verify import verify_trees
 
 from .harness import (
     ReceiverProcess,
+    StallingProxy,
     count_matches,
     send_once,
     send_once_in_background,
@@ -57,10 +58,13 @@ def test_killed_receiver_resumes_the_big_file_from_an_offset(tmp_path: Path) -> 
     scans = tmp_path / "scans"
     big = write_big_scan(scans / "volume.npy", 256)
     receiver = ReceiverProcess(tmp_path / "pi").start()
-    config = sender_config(tmp_path / "sender.yaml", receiver.port, scans)
-    sender = send_once_in_background(config)
-    held = wait_for_partial_bytes(receiver, at_least=32 << 20)
+    # The proxy freezes the transfer at 100 MiB, so the kill lands mid-file every time.
+    proxy = StallingProxy(receiver.port, stall_after=100 << 20)
+    sender = send_once_in_background(sender_config(tmp_path / "via-proxy.yaml", proxy.port, scans))
+    assert proxy.stalled.wait(120), sender.log
+    held = wait_for_partial_bytes(receiver, at_least=90 << 20)
     receiver.stop(signal.SIGKILL)
+    proxy.close()
     assert not (receiver.incoming / "volume.npy").exists()  # no half file under its name
     # With no receiver the --once sender gives up, saying why.
     assert sender.wait(120) == 3, sender.log
@@ -68,10 +72,10 @@ def test_killed_receiver_resumes_the_big_file_from_an_offset(tmp_path: Path) -> 
 
     receiver.start()  # same directories, same port
     try:
-        resumed = send_once(config)
+        resumed = send_once(sender_config(tmp_path / "direct.yaml", receiver.port, scans))
         assert resumed.process.returncode == 0, resumed.log
         offset = int(receiver.child.wait_for(r"resuming volume.npy at (\d+)", 10).group(1))
-        assert offset > 0 and offset >= held // 2
+        assert offset == held > 0
         assert f"resuming volume.npy at byte {offset}" in resumed.log
         assert_identical(scans, receiver.incoming)
         assert receiver.stored_files() == ["volume.npy"]
@@ -81,12 +85,15 @@ def test_killed_receiver_resumes_the_big_file_from_an_offset(tmp_path: Path) -> 
 
 
 def wait_for_partial_bytes(receiver: ReceiverProcess, at_least: int) -> int:
+    """The partial's size once it holds `at_least` bytes and has stopped growing."""
     deadline = time.monotonic() + 120
+    last = -1
     while time.monotonic() < deadline:
-        sizes = [path.stat().st_size for path in receiver.partials() if path.exists()]
-        if sizes and max(sizes) >= at_least:
-            return max(sizes)
-        time.sleep(0.005)
+        sizes = [path.stat().st_size for path in receiver.partials()]
+        if sizes and max(sizes) >= at_least and max(sizes) == last:
+            return last
+        last = max(sizes, default=-1)
+        time.sleep(0.2)
     raise AssertionError(f"the partial never reached {at_least} bytes:\n{receiver.log}")
 
 
@@ -227,3 +234,21 @@ def hostile_client(port: int, kind: str) -> None:
                 pass
         except OSError:
             pass  # the receiver may reset us: that is the point
+
+
+def test_several_senders_at_once_into_one_receiver(
+    tmp_path: Path, receiver: ReceiverProcess
+) -> None:
+    senders = []
+    for name in ("alpha", "beta", "gamma"):
+        scans = tmp_path / name
+        write_big_scan(scans / name / "volume.npy", 16)
+        for index in range(40):
+            write_scan(scans / name / f"s{index:02}.npy", (32, 32), index)
+        config = sender_config(tmp_path / f"{name}.yaml", receiver.port, scans)
+        senders.append((scans, send_once_in_background(config)))
+    for scans, sender in senders:
+        assert sender.wait(300) == 0, sender.log
+        assert_identical(scans, receiver.incoming)
+    assert len(receiver.stored_files()) == 3 * 41
+    assert count_matches(r"connected", receiver.log) == 3
