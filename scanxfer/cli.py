@@ -293,7 +293,8 @@ def _receive(args: argparse.Namespace) -> int:
     config = _receiver_config(args)
     from scanxfer import receiver
 
-    return receiver.serve(config)
+    # SIGHUP re-reads the same file with the same command-line overrides.
+    return receiver.serve(config, reload=lambda: _receiver_config(args))
 
 
 def _send(args: argparse.Namespace) -> int:

@@ -15,11 +15,12 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
 from . import protocol as p
-from .config import ReceiverConfig
+from .config import ConfigError, ReceiverConfig
 from .store import (
     BadName,
     Busy,
@@ -37,6 +38,8 @@ log = logging.getLogger("scanxfer.receiver")
 
 RECV_BUFFER = 1 << 20
 EXIT_OK, EXIT_UNAVAILABLE = 0, 3
+# Settings bound at start (the socket, the store); a reload only warns that they changed.
+RESTART_ONLY = ("listen", "state_dir", "incoming_dir", "partial_dir")
 
 
 @dataclass
@@ -326,8 +329,11 @@ def _nack(file_id: int, error: StoreError) -> p.Nack:
 class Server:
     """Accept loop, signals, sd_notify; connections run in their own threads."""
 
-    def __init__(self, config: ReceiverConfig, store: Store) -> None:
-        self.config, self.store = config, store
+    def __init__(
+        self, config: ReceiverConfig, store: Store, reload: Callable[[], ReceiverConfig] | None
+    ) -> None:
+        self.config, self.store, self.reload = config, store, reload
+        self.reload_requested = threading.Event()
         self.stats = Stats()
         self.notifier = Notifier()
         self.stopping = threading.Event()
@@ -356,6 +362,8 @@ class Server:
                     self._accept()
                 else:
                     self._wake_read.recv(64)
+            if self.reload_requested.is_set():
+                self._reload()
             self._reap_threads()
             self.notifier.watchdog()
             self.notifier.status(self.stats.status_line())
@@ -367,8 +375,35 @@ class Server:
             self.stopping.set()
             self._wake_write.send(b"\0")
 
+        def request_reload(signum: int, _frame: FrameType | None) -> None:
+            self.reload_requested.set()
+            self._wake_write.send(b"\0")
+
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGHUP, request_reload)
+
+    def _reload(self) -> None:
+        """Apply new settings to new connections; the ones open keep theirs."""
+        self.reload_requested.clear()
+        if self.reload is None:
+            return
+        self.notifier.reloading()
+        try:
+            config = self.reload()
+        except ConfigError as error:
+            log.error("reload failed, keeping the previous settings: %s", error)
+        else:
+            for key in RESTART_ONLY:
+                if getattr(config, key) != getattr(self.config, key):
+                    log.warning(
+                        "%s changed to %s; restart the receiver to apply it",
+                        key,
+                        getattr(config, key),
+                    )
+            self.config = config
+            log.info("settings reloaded")
+        self.notifier.ready()
 
     def _accept(self) -> None:
         sock, address = self.listener.accept()
@@ -411,8 +446,11 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def serve(config: ReceiverConfig) -> int:
-    """Run the receiver until SIGTERM/SIGINT; the exit code for `scanxfer receive`."""
+def serve(config: ReceiverConfig, reload: Callable[[], ReceiverConfig] | None = None) -> int:
+    """Run the receiver until SIGTERM/SIGINT; the exit code for `scanxfer receive`.
+
+    `reload` yields fresh settings on SIGHUP (config file and command line again).
+    """
     try:
         store = Store(
             config.incoming_dir,
@@ -424,7 +462,7 @@ def serve(config: ReceiverConfig) -> int:
         return EXIT_UNAVAILABLE
     _clean_leftovers(store, config.partial_max_age)
     try:
-        server = Server(config, store)
+        server = Server(config, store, reload)
     except OSError as error:
         log.error(
             "cannot listen on %s:%d: %s (is another receiver running?)",

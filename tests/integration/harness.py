@@ -16,17 +16,20 @@ from scanxfer.demo import Child
 class ReceiverProcess:
     """`scanxfer receive` on 127.0.0.1 with its directories under one root."""
 
-    def __init__(self, root: Path, port: int = 0) -> None:
+    def __init__(self, root: Path, port: int = 0, config: Path | None = None) -> None:
         self.root = root
+        self.config = config
         self.incoming = root / "incoming"
         self.state = root / "state"
         self.port = port
         self.child: Child | None = None
 
     def start(self) -> ReceiverProcess:
+        config = ["-c", str(self.config)] if self.config else []
         self.child = Child(
             "receiver",
             "receive",
+            *config,
             "--listen",
             f"127.0.0.1:{self.port}",
             "--dir",

@@ -252,3 +252,22 @@ def test_several_senders_at_once_into_one_receiver(
         assert_identical(scans, receiver.incoming)
     assert len(receiver.stored_files()) == 3 * 41
     assert count_matches(r"connected", receiver.log) == 3
+
+
+def test_sighup_reloads_the_settings_for_new_connections(tmp_path: Path) -> None:
+    config = tmp_path / "receiver.yaml"
+    config.write_text("max_file_size: 1GiB\n")
+    receiver = ReceiverProcess(tmp_path / "pi", config=config).start()
+    try:
+        assert isinstance(RawSender(receiver.port).send_file("a.npy", b"x" * 100), p.Ack)
+        config.write_text("max_file_size: 10\n")
+        receiver.child.process.send_signal(signal.SIGHUP)
+        receiver.child.wait_for("settings reloaded", 30)
+        answer = RawSender(receiver.port).send_file("b.npy", b"x" * 100)
+        assert isinstance(answer, p.Nack) and answer.reason is p.NackReason.TOO_LARGE
+        config.write_text("max_file_size: [not a size\n")
+        receiver.child.process.send_signal(signal.SIGHUP)
+        receiver.child.wait_for("reload failed, keeping the previous settings", 30)
+        assert receiver.child.process.poll() is None
+    finally:
+        receiver.stop()
