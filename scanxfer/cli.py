@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_receive(commands)
     _add_send(commands)
+    _add_status(commands)
     _add_simulate(commands)
     _add_verify(commands)
     return parser
@@ -168,6 +169,23 @@ def _add_send(commands: Any) -> None:
         action="store_true",
         help="send what is there now, wait for the receiver to confirm it, then exit",
     )
+
+
+def _add_status(commands: Any) -> None:
+    sub = _command(
+        commands,
+        "status",
+        _status,
+        help="show the sender's backlog, deliveries and failures",
+        description="Show what the sender has waiting (files, bytes, age of the oldest), what it "
+        "delivered last and how fast, which files it gave up on and why, and which .npy files "
+        "in the watch directory are incomplete and will not be sent. Safe while the sender runs.",
+        epilog="Reads the same settings as 'scanxfer send' (~/.config/scanxfer/sender.yaml or "
+        "-c FILE).\n\nexample:\n  scanxfer status --json",
+    )
+    sub.add_argument("-c", "--config", type=Path, metavar="FILE", help="settings file to read")
+    sub.add_argument("--watch", type=Path, metavar="DIR", help="the directory the sender watches")
+    sub.add_argument("--json", action="store_true", help="print JSON, for scripts")
 
 
 def _add_simulate(commands: Any) -> None:
@@ -301,7 +319,15 @@ def _send(args: argparse.Namespace) -> int:
     config = _sender_config(args)
     from scanxfer import sender
 
-    return sender.run(config, once=args.once)
+    # SIGHUP re-reads the same file with the same command-line overrides.
+    return sender.run(config, once=args.once, reload=lambda: _sender_config(args))
+
+
+def _status(args: argparse.Namespace) -> int:
+    config = load_sender_config(args.config, {"watch_dir": args.watch})
+    from scanxfer.sender import status
+
+    return status.print_status(config, as_json=args.json, out=sys.stdout)
 
 
 def _simulate(args: argparse.Namespace) -> int:

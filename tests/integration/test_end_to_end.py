@@ -16,9 +16,9 @@ import xxhash
 from scanxfer import protocol as p
 from scanxfer.verify import verify_trees
 
+from .faultproxy import FaultProxy, Plan
 from .harness import (
     ReceiverProcess,
-    StallingProxy,
     count_matches,
     send_once,
     send_once_in_background,
@@ -59,9 +59,9 @@ def test_killed_receiver_resumes_the_big_file_from_an_offset(tmp_path: Path) -> 
     big = write_big_scan(scans / "volume.npy", 256)
     receiver = ReceiverProcess(tmp_path / "pi").start()
     # The proxy freezes the transfer at 100 MiB, so the kill lands mid-file every time.
-    proxy = StallingProxy(receiver.port, stall_after=100 << 20)
+    proxy = FaultProxy(receiver.port, [Plan(stall_after=100 << 20, stall_downstream=False)])
     sender = send_once_in_background(sender_config(tmp_path / "via-proxy.yaml", proxy.port, scans))
-    assert proxy.stalled.wait(120), sender.log
+    assert proxy.link(1).stalled.wait(120), sender.log
     held = wait_for_partial_bytes(receiver, at_least=90 << 20)
     receiver.stop(signal.SIGKILL)
     proxy.close()
@@ -107,9 +107,18 @@ def test_a_resent_file_is_a_duplicate_and_a_changed_one_is_kept_beside(
     assert send_once(config).process.returncode == 0
     original = first.read_bytes()
 
+    # The sender's journal knows both are delivered: nothing is offered again.
     again = send_once(config)
     assert again.process.returncode == 0, again.log
-    assert count_matches(r"already on the receiver", again.log) == 2
+    assert "nothing to send: 2 files already delivered" in again.log
+    # A sender without that journal (lost state, another machine) offers them again:
+    # the receiver recognises identical content and stores no second copy.
+    fresh_state = sender_config(
+        tmp_path / "fresh.yaml", receiver.port, scans, state_dir=str(tmp_path / "fresh-state")
+    )
+    resent = send_once(fresh_state)
+    assert resent.process.returncode == 0, resent.log
+    assert count_matches(r"already on the receiver", resent.log) == 2
     assert receiver.stored_files() == ["a/scan.npy", "b.npy"]
 
     write_scan(first, (32, 32), seed=99)  # same name, new content
@@ -119,6 +128,7 @@ def test_a_resent_file_is_a_duplicate_and_a_changed_one_is_kept_beside(
     assert (receiver.incoming / "a" / "scan.npy").read_bytes() == original
     assert (receiver.incoming / "a" / "scan~1.npy").read_bytes() == first.read_bytes()
     assert "kept the new file beside it as a/scan~1.npy" in receiver.log
+    assert "a/scan.npy changed after delivery; sending the new version" in changed.log
 
 
 class RawSender:

@@ -113,7 +113,16 @@ def test_sender_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
         stall_timeout=30.0,
         retry_initial=0.5,
         retry_max=60.0,
+        after_send="keep",
+        sent_dir=Path.home() / "sent",
     )
+
+
+def test_sent_dir_inside_watch_dir_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "sender.yaml"
+    config.write_text(f"watch_dir: {tmp_path / 'scans'}\nsent_dir: {tmp_path / 'scans' / 'sent'}\n")
+    with pytest.raises(ConfigError, match=r"key 'sent_dir': .* lies inside watch_dir"):
+        load_sender_config(config)
 
 
 @pytest.mark.parametrize("value", [None, "", "relative/state"])

@@ -473,6 +473,21 @@ def test_partial_dir_on_another_filesystem(tmp_path: Path, shm_dir: Path) -> Non
         Store(tmp_path / "incoming", shm_dir, LIMITS)
 
 
+@pytest.mark.parametrize("partial", ["incoming", "incoming/partial", "link/partial"])
+def test_partial_dir_inside_incoming_is_refused(
+    tmp_path: Path, incoming: Path, partial: str
+) -> None:
+    incoming.mkdir()
+    (tmp_path / "link").symlink_to(incoming)
+    with pytest.raises(StoreSetupError, match="outside incoming_dir"):
+        Store(incoming, tmp_path / partial, LIMITS)
+
+
+def test_partial_dir_beside_incoming_with_a_longer_name(tmp_path: Path, incoming: Path) -> None:
+    store = Store(incoming, tmp_path / "incoming.partial", LIMITS)
+    assert receive(store, "scan.npy", b"abc").outcome is Outcome.STORED
+
+
 def test_free_bytes(store: Store) -> None:
     st = os.statvfs(store.incoming_dir)
     assert 0 < store.free_bytes() <= st.f_blocks * st.f_frsize

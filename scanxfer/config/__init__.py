@@ -11,16 +11,11 @@ ssh on a Pi and has nothing else to go on.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
-import ipaddress
-import math
 import os
-import re
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
@@ -28,227 +23,50 @@ from typing import Any, TypeVar
 
 import yaml
 
+from .values import (
+    Address,
+    Parser,
+    _choice,
+    _did_you_mean,
+    _parse_int,
+    _parse_name,
+    _parse_path,
+    _patterns,
+    _ranged,
+    _show,
+    parse_address,
+    parse_duration,
+    parse_size,
+)
+
+__all__ = [
+    "AFTER_SEND_MODES",
+    "COMMAND_LINE",
+    "RECEIVER_CONFIG_PATH",
+    "WATCH_METHODS",
+    "Address",
+    "ConfigError",
+    "Parser",
+    "ReceiverConfig",
+    "SenderConfig",
+    "default_sender_config_path",
+    "load_receiver_config",
+    "load_sender_config",
+    "parse_address",
+    "parse_duration",
+    "parse_size",
+]
+
 RECEIVER_CONFIG_PATH = Path("/etc/scanxfer/receiver.yaml")
 COMMAND_LINE = "command line"
 WATCH_METHODS = ("auto", "inotify", "poll")
+AFTER_SEND_MODES = ("keep", "move", "delete")
 
-Parser = Callable[[object], Any]
 _Config = TypeVar("_Config")
 
 
 class ConfigError(Exception):
     """A setting the user has to fix; the message says where it came from and what would do."""
-
-
-@dataclass(frozen=True)
-class Address:
-    """A TCP endpoint; `host` is bare (no IPv6 brackets), ready for socket calls."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-# --- value parsers: each raises ValueError with a hint; the loader adds file and key ---------
-
-_SIZE_UNITS = {
-    "": 1, "b": 1,
-    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
-}  # fmt: skip
-_DURATION_UNITS = {"": 1, "ms": Decimal("0.001"), "s": 1, "m": 60, "h": 3600, "d": 86400}
-_NUMBER_WITH_UNIT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", re.IGNORECASE | re.ASCII)
-_WHOLE_NUMBER = re.compile(r"\s*\d+\s*", re.ASCII)
-_HOSTNAME = re.compile(r"[A-Za-z0-9_.-]{1,253}")
-
-
-def _show(value: object) -> str:
-    """Render a value the way the user wrote it in YAML, so they can find it."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _is_int(value: object) -> bool:
-    # YAML turns `yes`/`true` into bool, a subclass of int; a count of `true` is a mistake.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _number_with_unit(value: object, units: Mapping[str, int | Decimal]) -> Decimal | None:
-    """'64GiB' -> 64 * 2**30 as a Decimal, or None when `value` is not of that form."""
-    if not isinstance(value, str):
-        return None
-    match = _NUMBER_WITH_UNIT.fullmatch(value)
-    if match is None or match[2].lower() not in units:
-        return None
-    return Decimal(match[1]) * units[match[2].lower()]
-
-
-def parse_size(value: object) -> int:
-    """Bytes from 4096, '4096', '10MB' or '64GiB' (KB = 1000 bytes, KiB = 1024)."""
-    total = Decimal(value) if _is_int(value) else _number_with_unit(value, _SIZE_UNITS)
-    if total is None or total < 0 or total != total.to_integral_value():
-        raise ValueError(
-            f"expected a size like '64GiB', '512MiB', '10MB' or a number of bytes, "
-            f"got {_show(value)}"
-        )
-    return int(total)
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from 30, 1.5, '30s', '5m', '2h', '7d' or '250ms'."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        number = _number_with_unit(value, _DURATION_UNITS)
-        seconds = math.nan if number is None else float(number)
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(
-            f"expected a duration like '30s', '5m', '250ms' or a number of seconds, "
-            f"got {_show(value)}"
-        )
-    return seconds
-
-
-def parse_address(value: object, default_host: str, *, listening: bool = False) -> Address:
-    """An Address from 'HOST:PORT', '[::1]:PORT', ':PORT', 'PORT' or a bare port number.
-
-    Without a host, `default_host` is used: all interfaces for a listener, this machine for
-    a client.  Only a listener may use port 0, which asks the kernel for a free port (tests
-    and demos run receivers side by side that way).
-    """
-    example = "expected HOST:PORT like '192.168.1.50:5000', '[::1]:5000' or ':5000'"
-    if _is_int(value):
-        host, port = "", str(value)
-    elif isinstance(value, str):
-        host, port = _split_host_port(value.strip(), example)
-    else:
-        raise ValueError(f"{example}, got {_show(value)}")
-    lowest = 0 if listening else 1
-    if not (port.isascii() and port.isdigit()) or not lowest <= int(port) <= 65535:
-        raise ValueError(
-            f"expected a port from {lowest} to 65535 after the ':', got {_show(value)}"
-        )
-    return Address(host or default_host, int(port))
-
-
-def _split_host_port(text: str, example: str) -> tuple[str, str]:
-    """('host', 'port') from the text; host is '' when only a port was given."""
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or not rest.startswith(":"):
-            raise ValueError(f"{example}, got {text!r}")
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{host!r} in {text!r} is not an IPv6 address") from None
-        return host, rest[1:]
-    if text.count(":") > 1:
-        raise ValueError(f"write IPv6 addresses in brackets, like '[::1]:5000', got {text!r}")
-    host, colon, port = text.rpartition(":")
-    if not colon:
-        if not text.isdigit():
-            raise ValueError(f"{example}, got {text!r}, which has no port")
-        return "", text
-    if host:
-        _check_host(host, text)
-    return host, port
-
-
-def _check_host(host: str, text: str) -> None:
-    if not _HOSTNAME.fullmatch(host):
-        raise ValueError(f"expected a host name or IP address before the ':', got {text!r}")
-    if re.fullmatch(r"[\d.]+", host):
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            raise ValueError(f"{host!r} in {text!r} is not an IPv4 address") from None
-
-
-def _parse_int(value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and _WHOLE_NUMBER.fullmatch(value):
-        return int(value)  # from the command line, where everything is text
-    raise ValueError(f"expected a whole number, got {_show(value)}")
-
-
-def _parse_name(value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(
-            f"expected a name (quote it if it looks like a number), got {_show(value)}"
-        )
-    if not value.isprintable() or len(value.encode()) > 255:
-        raise ValueError(f"expected at most 255 bytes of printable text, got {_show(value)}")
-    return value.strip()
-
-
-def _parse_path(value: object) -> Path:
-    if isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a path, got {_show(value)}")
-    if "\0" in value:
-        raise ValueError(f"a path cannot contain a NUL character, got {_show(value)}")
-    return Path(value).expanduser()
-
-
-def _patterns(*, allow_empty: bool) -> Parser:
-    def parse(value: object) -> tuple[str, ...]:
-        if not isinstance(value, list | tuple) or not all(
-            isinstance(item, str) and item for item in value
-        ):
-            raise ValueError(
-                f"expected a list of wildcard patterns like ['*.npy'], got {_show(value)}"
-            )
-        if not value and not allow_empty:
-            raise ValueError("expected at least one pattern; with none, nothing would be sent")
-        return tuple(value)
-
-    return parse
-
-
-def _choice(options: tuple[str, ...]) -> Parser:
-    def parse(value: object) -> str:
-        if isinstance(value, str) and value in options:
-            return value
-        raise ValueError(
-            f"expected one of {', '.join(options)}, got {_show(value)}"
-            + _did_you_mean(str(value), options)
-        )
-
-    return parse
-
-
-def _ranged(parse: Parser, low: float, high: float | None, unit: str = "") -> Parser:
-    """Wrap `parse` so results outside low..high are refused with the allowed range."""
-
-    def number(x: float) -> str:
-        return str(x) if isinstance(x, int) else f"{x:g}"
-
-    if high is None:
-        allowed = f"at least {number(low)}{unit}"
-    else:
-        allowed = f"from {number(low)}{unit} to {number(high)}{unit}"
-
-    def parse_in_range(value: object) -> Any:
-        result = parse(value)
-        if result < low or (high is not None and result > high):
-            raise ValueError(f"expected {allowed}, got {_show(value)}")
-        return result
-
-    return parse_in_range
-
-
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 # --- the settings --------------------------------------------------------------------------
@@ -307,6 +125,8 @@ class SenderConfig:
     stall_timeout: float = field(metadata=_spec(_timeout))
     retry_initial: float = field(metadata=_spec(_timeout))
     retry_max: float = field(metadata=_spec(_timeout))
+    after_send: str = field(metadata=_spec(_choice(AFTER_SEND_MODES)))
+    sent_dir: Path = field(metadata=_spec(_parse_path, nullable=True))
 
 
 def load_receiver_config(
@@ -364,6 +184,14 @@ def _finish_sender(values: dict[str, Any], where: Mapping[str, str]) -> SenderCo
         values["name"] = socket.gethostname()
     if values["state_dir"] is None:
         values["state_dir"] = _xdg_dir("XDG_STATE_HOME", ".local/state") / "scanxfer"
+    if values["sent_dir"] is None:
+        values["sent_dir"] = Path(values["watch_dir"]).parent / "sent"
+    watch = Path(os.path.abspath(values["watch_dir"]))
+    if Path(os.path.abspath(values["sent_dir"])).is_relative_to(watch):
+        raise ConfigError(
+            f"{where['sent_dir']}: key 'sent_dir': {values['sent_dir']} lies inside watch_dir "
+            f"{watch}, so moved files would be sent again; choose a folder beside it"
+        )
     if values["retry_initial"] > values["retry_max"]:
         raise ConfigError(
             f"{where['retry_initial']}: key 'retry_initial': {values['retry_initial']:g}s is "

@@ -1,261 +1,40 @@
-"""Find scan files under the watched directory and decide when each one is complete.
-
-An instrument writes a scan under its final name while it acquires, so "the file exists" says
-nothing about "the file is finished". Two independent signals must agree before a file is handed
-to the sender: it has been quiet for ``settle_seconds`` (no inotify event for it, or unchanged
-size and mtime when polling), and -- for ``.npy`` files -- its size is exactly what its own header
-promises. The header check catches writers that pause for longer than the settle time.
-"""
+"""CompletionWatcher: hands out each scan file once it is quiet and, for .npy, complete."""
 
 from __future__ import annotations
 
-import ast
-import fnmatch
 import logging
-import math
 import os
 import queue
 import stat
-import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any
 
-import watchdog.events as wd_events
-from numpy.lib import format as npy_format
 from watchdog.observers.api import BaseObserver
 
-log = logging.getLogger("scanxfer.watcher")
+from .events import _EventHandler
+from .npy import npy_complete
+from .scan import (
+    Version,
+    _ignored,
+    _log_scan_error,
+    _require_directory,
+    _version,
+    _walk,
+    matches,
+)
 
-NPY_MAGIC = b"\x93NUMPY"
-# numpy refuses to parse headers longer than this (its _MAX_HEADER_SIZE); so do we, so that a
-# length field read from a garbage file can never size an allocation.
-MAX_NPY_HEADER = 10_000
-# Header-length field per format major version: 1.0 has 2 bytes, 2.0 and 3.0 have 4 bytes.
-_HEADER_LEN_FORMAT = {1: "<H", 2: "<I", 3: "<I"}
-# Version 3.0 only differs from 2.0 in allowing UTF-8 field names in the header.
-_HEADER_ENCODING = {1: "latin1", 2: "latin1", 3: "utf8"}
+log = logging.getLogger("scanxfer.watcher")
 
 METHODS = ("auto", "inotify", "poll")
 # A full rescan in inotify mode catches what inotify can lose: events dropped when the kernel
 # queue overflows (watchdog 2.2 discards that signal) and files in a directory moved in from
 # outside the tree, which watchdog 2.2 never adds a watch for.
 DEFAULT_RESCAN_SECONDS = 60.0
-
-Version = tuple[int, int]  # (st_size, st_mtime_ns): a file is handed out once per version
-ErrorHandler = Callable[[OSError], None]
-
-
-# --- .npy completeness ---------------------------------------------------------------------
-
-
-def npy_expected_size(fp: BinaryIO) -> int | None:
-    """Return the total size a complete .npy file must have, or None if the header is unusable.
-
-    Reads at most MAX_NPY_HEADER + 12 bytes from the start of ``fp``. None means "cannot be
-    proven complete": truncated or garbage header, unknown version, or an object dtype (such
-    files are pickles, which we refuse to handle and cannot size-check).
-    """
-    prefix = fp.read(8)
-    if len(prefix) < 8 or prefix[:6] != NPY_MAGIC:
-        return None
-    major, minor = prefix[6], prefix[7]
-    if minor != 0 or major not in _HEADER_LEN_FORMAT:
-        return None
-    len_format = _HEADER_LEN_FORMAT[major]
-    len_field = fp.read(struct.calcsize(len_format))
-    if len(len_field) != struct.calcsize(len_format):
-        return None
-    (header_len,) = struct.unpack(len_format, len_field)
-    if header_len > MAX_NPY_HEADER:
-        return None
-    header = fp.read(header_len)
-    if len(header) != header_len:
-        return None
-    data_size = _npy_data_size(header, _HEADER_ENCODING[major])
-    if data_size is None:
-        return None
-    return len(prefix) + len(len_field) + header_len + data_size
-
-
-def _npy_data_size(header: bytes, encoding: str) -> int | None:
-    """Byte count of the array data described by a header dict literal, or None if invalid."""
-    try:
-        fields = ast.literal_eval(header.decode(encoding))
-    except (UnicodeDecodeError, ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return None
-    if not isinstance(fields, dict) or set(fields) != {"descr", "fortran_order", "shape"}:
-        return None
-    shape = fields["shape"]
-    if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape):
-        return None
-    if not isinstance(fields["fortran_order"], bool):
-        return None
-    try:
-        dtype = npy_format.descr_to_dtype(fields["descr"])
-    except (TypeError, ValueError, KeyError, OverflowError, RecursionError):
-        return None
-    if dtype.hasobject:
-        return None
-    return math.prod(shape) * dtype.itemsize
-
-
-def npy_complete(path: Path) -> bool:
-    """True unless ``path`` is a .npy file lacking (or exceeding) the bytes its header promises.
-
-    Opened non-blocking so that a FIFO that happens to be named ``*.npy`` cannot hang the caller.
-    """
-    if path.suffix.lower() != ".npy":
-        return True
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
-        return False
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        return False
-    with os.fdopen(fd, "rb") as fp:
-        expected = npy_expected_size(fp)
-    return expected is not None and expected == st.st_size
-
-
-# --- matching and scanning -----------------------------------------------------------------
-
-
-def _ignored(name: str, ignore: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatch(name, pattern) for pattern in ignore)
-
-
-def matches(relpath: PurePosixPath, patterns: Sequence[str], ignore: Sequence[str]) -> bool:
-    """True if the file name matches a pattern and no path component matches an ignore rule.
-
-    Ignore rules apply to directories too, so ``.*`` also hides everything below ``.cache/``.
-    """
-    if any(_ignored(part, ignore) for part in relpath.parts):
-        return False
-    return any(fnmatch.fnmatch(relpath.name, pattern) for pattern in patterns)
-
-
-def _log_scan_error(exc: OSError) -> None:
-    log.warning("cannot read %s (%s); files below it are skipped", exc.filename, exc.strerror)
-
-
-def _require_directory(root: Path) -> None:
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"scan directory {root} does not exist or is not a directory; "
-            "create it or point the sender at the right directory"
-        )
-
-
-def _walk(
-    root: Path,
-    start: PurePosixPath,
-    patterns: Sequence[str],
-    ignore: Sequence[str],
-    on_error: ErrorHandler,
-) -> Iterator[tuple[PurePosixPath, os.stat_result]]:
-    """Yield (relative path, lstat) of matching regular files below ``root / start``.
-
-    Never follows symlinks. Entries that vanish mid-scan are skipped silently (an instrument
-    may delete or rename files at any time); other errors go to ``on_error``.
-    """
-    pending = [start]
-    while pending:
-        reldir = pending.pop()
-        try:
-            with os.scandir(root / reldir) as it:
-                entries = list(it)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        except OSError as exc:
-            on_error(exc)
-            continue
-        for entry in entries:
-            if _ignored(entry.name, ignore):
-                continue
-            rel = reldir / entry.name
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append(rel)
-                elif entry.is_file(follow_symlinks=False) and any(
-                    fnmatch.fnmatch(entry.name, pattern) for pattern in patterns
-                ):
-                    yield rel, entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                on_error(exc)
-
-
-def scan(
-    root: Path,
-    patterns: Sequence[str],
-    ignore: Sequence[str],
-    on_error: ErrorHandler = _log_scan_error,
-) -> list[PurePosixPath]:
-    """Matching regular files under ``root`` as POSIX relative paths, oldest mtime first.
-
-    Oldest first so that a backlog is delivered in acquisition order. Raises
-    FileNotFoundError if ``root`` itself is missing, because that is a configuration error,
-    not an empty directory.
-    """
-    _require_directory(root)
-    found = list(_walk(root, PurePosixPath(), patterns, ignore, on_error))
-    found.sort(key=lambda item: (item[1].st_mtime_ns, str(item[0])))
-    return [rel for rel, _ in found]
-
-
-def _version(st: os.stat_result) -> Version:
-    return st.st_size, st.st_mtime_ns
-
-
-# --- the watcher -----------------------------------------------------------------------------
-
-# Events that mean "this file is being written". Attribute events exist only in watchdog >= 3
-# (2.2 reports IN_ATTRIB as a modification); they matter because copy tools set the mtime after
-# the last write. Opened and closed-without-write events are deliberately absent: our own header
-# check and the sender's reads produce them, and counting them would postpone a file forever.
-_ACTIVITY_EVENTS: tuple[type[wd_events.FileSystemEvent], ...] = (
-    wd_events.FileCreatedEvent,
-    wd_events.FileModifiedEvent,
-    wd_events.FileClosedEvent,
-    *((wd_events.FileAttribEvent,) if hasattr(wd_events, "FileAttribEvent") else ()),
-)
-
-
-class _EventHandler(wd_events.FileSystemEventHandler):
-    """Forwards watchdog events to the watcher.
-
-    Overrides dispatch(), the single entry point that watchdog 2.2 and 7.x both call, because
-    the on_* hooks differ between those versions.
-    """
-
-    def __init__(self, watcher: CompletionWatcher) -> None:
-        super().__init__()
-        self._watcher = watcher
-
-    def dispatch(self, event: wd_events.FileSystemEvent) -> None:
-        w = self._watcher
-        if isinstance(event, wd_events.FileMovedEvent):
-            w._file_gone(event.src_path)
-            w._file_active(event.dest_path)
-        elif isinstance(event, wd_events.DirMovedEvent):
-            w._dir_gone(event.src_path)
-            w._dir_appeared(event.dest_path)
-        elif isinstance(event, _ACTIVITY_EVENTS):
-            w._file_active(event.src_path)
-        elif isinstance(event, wd_events.FileDeletedEvent):
-            w._file_gone(event.src_path)
-        elif isinstance(event, wd_events.DirDeletedEvent):
-            w._dir_gone(event.src_path)
-        elif isinstance(event, wd_events.DirCreatedEvent):
-            w._dir_appeared(event.src_path)
 
 
 class CompletionWatcher:

@@ -1,0 +1,166 @@
+"""The sender: deliver every complete scan exactly once, durably, across any failure.
+
+`scanxfer send --once` delivers what is there and exits; without it the sender
+watches the directory until SIGTERM, re-reading its settings on SIGHUP.  The
+pieces: `session` (one connection), `delivery` (queue, retries, journal),
+`handoff` (keep / move / delete after the ACK), `status` (`scanxfer status`).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+from ..config import ConfigError, SenderConfig
+from ..ledger import Ledger
+from ..systemd import Notifier
+from ..watcher import CompletionWatcher, npy_complete, scan
+from .delivery import Delivery
+from .progress import ProgressBar
+
+log = logging.getLogger("scanxfer.sender")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def run(config: SenderConfig, once: bool, reload: Callable[[], SenderConfig] | None = None) -> int:
+    """`scanxfer send`: deliver what is there (--once) or keep watching."""
+    stop, reload_requested = threading.Event(), threading.Event()
+    _install_signal_handlers(stop, reload_requested)
+    ledger = Ledger(config.state_dir)
+    try:
+        if once:
+            return _run_once(Delivery(config, ledger, once=True, stop=stop))
+        return _run_daemon(config, ledger, stop, reload_requested, reload)
+    finally:
+        ledger.close()
+
+
+def _install_signal_handlers(stop: threading.Event, reload_requested: threading.Event) -> None:
+    # Handlers only set flags; the loops notice within a fraction of a second.
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    def request_reload(signum: int, _frame: FrameType | None) -> None:
+        reload_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, request_reload)
+
+
+def _run_once(delivery: Delivery) -> int:
+    config = delivery.config
+    if not config.watch_dir.is_dir():
+        log.error(
+            "watch directory %s does not exist; pass --watch DIR or set watch_dir", config.watch_dir
+        )
+        return EXIT_USAGE
+    for relpath in scan(config.watch_dir, config.patterns, config.ignore):
+        if npy_complete(config.watch_dir / relpath):
+            delivery.add(relpath.as_posix())
+        else:
+            log.warning("skipping %s: not a complete .npy file yet (still being written?)", relpath)
+    total = delivery.progress.files_total
+    log.info("sending %d files from %s to %s", total, config.watch_dir, config.receiver)
+    with ProgressBar.for_terminal(delivery.progress) as bar:
+        while not delivery.finished:
+            delivery.step()
+            bar.draw()
+    delivery.close()
+    return _once_result(delivery, total)
+
+
+def _once_result(delivery: Delivery, total: int) -> int:
+    done = delivery.progress.files_done
+    if delivery.unreachable:
+        log.error("gave up: %s; %d of %d files delivered", delivery.unreachable, done, total)
+        return EXIT_UNREACHABLE
+    if delivery.failed or done < total:
+        names = ", ".join(path for path, _ in delivery.failed[:10]) or "interrupted"
+        log.error("%d of %d files delivered; not delivered: %s", done, total, names)
+        return EXIT_FAILED
+    if total:
+        log.info("all %d files delivered and stored durably", total)
+    else:
+        skipped = delivery.progress.files_already_delivered
+        log.info("nothing to send: %d files already delivered", skipped)
+    return EXIT_OK
+
+
+def _run_daemon(
+    config: SenderConfig,
+    ledger: Ledger,
+    stop: threading.Event,
+    reload_requested: threading.Event,
+    reload: Callable[[], SenderConfig] | None,
+) -> int:
+    notifier = Notifier()
+    delivered = 0
+    while not stop.is_set():
+        delivery = Delivery(config, ledger, once=False, stop=stop)
+        _watch_and_deliver(delivery, notifier, reload_requested)
+        delivered += delivery.progress.files_done
+        delivery.close()
+        if reload_requested.is_set():
+            config = _reloaded(config, reload, reload_requested, notifier)
+    notifier.stopping()
+    log.info("stopped; %d files delivered", delivered)
+    return EXIT_OK
+
+
+def _watch_and_deliver(
+    delivery: Delivery, notifier: Notifier, reload_requested: threading.Event
+) -> None:
+    """Run one watcher and delivery until a stop or a reload is requested."""
+    config = delivery.config
+    config.watch_dir.mkdir(parents=True, exist_ok=True)
+    watcher = CompletionWatcher(
+        config.watch_dir,
+        config.patterns,
+        config.ignore,
+        config.settle_seconds,
+        config.watch_method,
+    )
+    with watcher:
+        log.info("watching %s, delivering to %s", config.watch_dir, config.receiver)
+        notifier.ready()
+        while not delivery.stop.is_set() and not reload_requested.is_set():
+            # Block on the watcher only when there is nothing else to do.
+            wait = 0.5 if delivery.finished else 0.0
+            while (relpath := watcher.get(timeout=wait)) is not None:
+                delivery.add(relpath.as_posix())
+                wait = 0.0
+            delivery.step()
+            notifier.watchdog()
+            notifier.status(_status_line(delivery))
+
+
+def _reloaded(
+    config: SenderConfig,
+    reload: Callable[[], SenderConfig] | None,
+    reload_requested: threading.Event,
+    notifier: Notifier,
+) -> SenderConfig:
+    reload_requested.clear()
+    if reload is None:
+        return config
+    notifier.reloading()
+    try:
+        config = reload()
+    except ConfigError as error:
+        log.error("reload failed, keeping the previous settings: %s", error)
+    else:
+        log.info("settings reloaded")
+    return config
+
+
+def _status_line(delivery: Delivery) -> str:
+    waiting = len(delivery.pending) + len(delivery.delayed)
+    in_flight = len(delivery.session.inflight) if delivery.session else 0
+    return (
+        f"{delivery.progress.files_done} files delivered; {waiting} waiting, {in_flight} in flight"
+    )

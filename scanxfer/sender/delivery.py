@@ -1,0 +1,261 @@
+"""The sender's queue, retry policy and journal, carried by any number of sessions.
+
+A lost connection puts its files back at the front of the queue and the
+receiver's partials let the next session resume them.  Every state change is
+written to the ledger first, so a crash at any moment costs at most a
+duplicate offer, which the receiver ACKs without storing a second copy.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from .. import protocol as p
+from ..config import SenderConfig
+from ..ledger import Ledger, Verdict
+from ..receiver import human_size, rate
+from .handoff import after_delivery
+from .session import ConnectionLost, FileChanged, FileJob, Session, where
+
+log = logging.getLogger("scanxfer.sender")
+
+# --once gives up when this many connection attempts in a row fail.
+ONCE_CONNECT_ATTEMPTS = 6
+# --once stops retrying a file after this many retryable refusals (a later run tries again).
+ONCE_FILE_ATTEMPTS = 5
+# A daemon closes an idle connection after this long; the next file reconnects.
+IDLE_DISCONNECT_SECONDS = 15.0
+
+
+class Backoff:
+    """Exponential backoff with jitter, so many senders do not retry in lockstep."""
+
+    def __init__(self, initial: float, maximum: float, failures: int = 0) -> None:
+        self.initial, self.maximum = initial, maximum
+        self.failures = failures
+
+    def next_delay(self) -> float:
+        delay = min(self.maximum, self.initial * 2**self.failures)
+        self.failures += 1
+        return delay * random.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+@dataclass
+class Progress:
+    """What this run has done, for the progress bar and the final summary."""
+
+    files_total: int = 0
+    files_already_delivered: int = 0
+    bytes_total: int = 0
+    files_done: int = 0
+    bytes_done: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Delivery:
+    """The queue of files, the retry policy, the journal, and the sessions that carry them."""
+
+    config: SenderConfig
+    ledger: Ledger
+    once: bool
+    stop: threading.Event = field(default_factory=threading.Event)
+    pending: deque[FileJob] = field(default_factory=deque)
+    delayed: list[tuple[float, int, FileJob]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    progress: Progress = field(default_factory=Progress)
+    unreachable: str = ""
+    session: Session | None = None
+    paused_until: float = 0.0
+    last_activity: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.connect_backoff = Backoff(self.config.retry_initial, self.config.retry_max)
+        self.space_backoff = Backoff(self.config.retry_initial, self.config.retry_max)
+        self._tiebreak = itertools.count()
+
+    def add(self, relpath: str) -> None:
+        """Consider a complete file: queue it unless the journal says it is done."""
+        path = self.config.watch_dir / relpath
+        try:
+            stat = path.stat()
+        except OSError:
+            self.ledger.forget(relpath)
+            return
+        verdict = self.ledger.observe(relpath, stat.st_size, stat.st_mtime_ns)
+        if verdict is Verdict.ALREADY_DELIVERED:
+            self.progress.files_already_delivered += 1
+            after_delivery(self.config, relpath, stat.st_size, stat.st_mtime_ns)
+            return
+        if verdict is Verdict.FAILED_BEFORE:
+            if self.once:
+                self.failed.append((relpath, "refused before and unchanged since"))
+            return
+        if verdict is Verdict.NEW_VERSION:
+            log.info("%s changed after delivery; sending the new version", relpath)
+        elif verdict is Verdict.RETRY_CHANGED:
+            log.info("%s changed since it was refused; trying again", relpath)
+        self.pending.append(FileJob(relpath, path))
+        self.progress.files_total += 1
+        self.progress.bytes_total += stat.st_size
+
+    @property
+    def finished(self) -> bool:
+        """Nothing left to do, or told to stop, or (--once) the receiver is out of reach."""
+        return (
+            self.stop.is_set()
+            or bool(self.unreachable)
+            or (not self.pending and not self.delayed and not self.busy)
+        )
+
+    @property
+    def busy(self) -> bool:
+        return self.session is not None and self.session.busy
+
+    def step(self) -> None:
+        """Make some progress: connect if needed, fill the window, exchange once.
+
+        Returns at once when there is nothing to send, so a daemon can wait on
+        its watcher instead.
+        """
+        now = time.monotonic()
+        while self.delayed and self.delayed[0][0] <= now:
+            self.pending.append(heapq.heappop(self.delayed)[2])
+        if not self.pending and not self.busy:
+            self._maybe_disconnect(now)
+            self.stop.wait(min(0.2, self.delayed[0][0] - now) if self.delayed else 0)
+            return
+        if now < self.paused_until:
+            self.stop.wait(min(0.2, self.paused_until - now))
+            return
+        if self.session is None and not self._connect():
+            return
+        try:
+            self._exchange()
+        except (ConnectionLost, FileChanged) as error:
+            self._lost(error)
+
+    def _exchange(self) -> None:
+        session = self.session
+        assert session is not None
+        while self.pending and session.free_slots > 0:
+            job = self.pending.popleft()
+            if self._prepare(job):
+                session.offer(job)
+        for job, answer in session.step(wait=0.2):
+            self._answered(job, answer)
+
+    def _prepare(self, job: FileJob) -> bool:
+        try:
+            job.prepare()
+        except OSError as error:
+            log.warning("skipping %s: %s", job.relpath, error.strerror or error)
+            self.ledger.forget(job.relpath)
+            return False
+        self.ledger.sending(job.relpath, job.size, job.mtime_ns, job.digest)
+        return True
+
+    def _connect(self) -> bool:
+        try:
+            self.session = Session(self.config)
+        except ConnectionLost as error:
+            self._connection_failed(str(error))
+            return False
+        log.info("connected to %s", where(self.config))
+        self.last_activity = time.monotonic()
+        return True
+
+    def _connection_failed(self, reason: str) -> None:
+        delay = self.connect_backoff.next_delay()
+        if self.once and self.connect_backoff.failures >= ONCE_CONNECT_ATTEMPTS:
+            self.unreachable = reason
+            return
+        log.warning("%s; retrying in %.1f s", reason, delay)
+        self.stop.wait(delay)
+
+    def _lost(self, error: Exception) -> None:
+        assert self.session is not None
+        jobs = self.session.requeue()
+        self.session = None
+        self.pending.extendleft(reversed(jobs))
+        if isinstance(error, FileChanged):
+            log.warning("%s; it will be offered again", error)
+            return
+        self._connection_failed(str(error))
+
+    def _answered(self, job: FileJob, answer: p.Ack | p.Nack) -> None:
+        self.last_activity = time.monotonic()
+        if isinstance(answer, p.Ack):
+            self._acked(job, answer)
+        else:
+            self._refused(job, answer)
+
+    def _acked(self, job: FileJob, ack: p.Ack) -> None:
+        # Journal first: a crash before the hand-off redoes the hand-off, never the send.
+        self.ledger.delivered(job.relpath, ack.stored_path)
+        self.progress.files_done += 1
+        self.progress.bytes_done += job.size
+        self.connect_backoff.reset()
+        self.space_backoff.reset()
+        if ack.outcome is p.Outcome.DUPLICATE:
+            log.info("%s is already on the receiver as %s", job.relpath, ack.stored_path)
+        else:
+            beside = (
+                f" as {ack.stored_path} (beside a different file)"
+                if ack.outcome is p.Outcome.KEPT_BESIDE
+                else ""
+            )
+            speed = rate(job.size, time.monotonic() - job.started)
+            log.info("sent %s (%s, %s)%s", job.relpath, human_size(job.size), speed, beside)
+        after_delivery(self.config, job.relpath, job.size, job.mtime_ns)
+
+    def _refused(self, job: FileJob, nack: p.Nack) -> None:
+        job.attempts += 1
+        reason = f"{nack.reason.name.lower()}: {nack.message}"
+        gave_up = self.once and job.attempts >= ONCE_FILE_ATTEMPTS
+        self.ledger.refused(job.relpath, reason, final=not nack.retryable)
+        if not nack.retryable or gave_up:
+            log.error("cannot deliver %s: %s (not retried)", job.relpath, reason)
+            self.failed.append((job.relpath, reason))
+        elif nack.reason is p.NackReason.DIGEST_MISMATCH:
+            log.warning(
+                "%s: digest mismatch on the receiver (changed while sending, or corrupted "
+                "in flight); sending it again from the start",
+                job.relpath,
+            )
+            self.pending.appendleft(job)
+        elif nack.reason is p.NackReason.NO_SPACE:
+            delay = self.space_backoff.next_delay()
+            log.warning("receiver has no space for %s; pausing %.1f s", job.relpath, delay)
+            self.paused_until = time.monotonic() + delay
+            self.pending.appendleft(job)
+        else:
+            self._retry_later(job, reason)
+
+    def _retry_later(self, job: FileJob, reason: str) -> None:
+        backoff = Backoff(self.config.retry_initial, self.config.retry_max, job.attempts - 1)
+        seconds = backoff.next_delay()
+        log.warning(
+            "receiver refused %s for now (%s); retrying in %.1f s", job.relpath, reason, seconds
+        )
+        heapq.heappush(self.delayed, (time.monotonic() + seconds, next(self._tiebreak), job))
+
+    def _maybe_disconnect(self, now: float) -> None:
+        if self.session and now - self.last_activity > IDLE_DISCONNECT_SECONDS:
+            self.session.close()
+            self.session = None
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None

@@ -1,0 +1,215 @@
+"""One connection to the receiver: handshake, pipelined offers, streamed payloads.
+
+A `Session` keeps up to `window` files in flight so many small files are not
+bound by round trips, and streams each payload with `socket.sendfile` (the file
+never passes through Python).  It knows nothing of retries or the journal:
+`delivery.Delivery` decides what to offer and what an answer means.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import select
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import xxhash
+
+from .. import protocol as p
+from ..config import SenderConfig
+
+log = logging.getLogger("scanxfer.sender")
+
+READ_CHUNK = 1 << 20
+RECV_CHUNK = 1 << 16
+
+
+class ConnectionLost(Exception):
+    """The session is unusable; its files go back to the queue."""
+
+
+class FileChanged(Exception):
+    """The file shrank while being streamed; its DATA frame cannot be completed."""
+
+
+@dataclass
+class FileJob:
+    """One file to deliver, with the identity it is offered under."""
+
+    relpath: str
+    path: Path
+    size: int = 0
+    mtime_ns: int = 0
+    digest: bytes = b""
+    attempts: int = 0
+    started: float = 0.0
+
+    def prepare(self) -> None:
+        """Take the file's current size, mtime and digest (it may have changed since queued)."""
+        with self.path.open("rb") as handle:
+            stat = os.fstat(handle.fileno())
+            self.digest = _digest(handle)
+        self.size, self.mtime_ns = stat.st_size, stat.st_mtime_ns
+
+
+def _digest(handle: BinaryIO) -> bytes:
+    hasher = xxhash.xxh3_128()
+    buffer = bytearray(READ_CHUNK)
+    view = memoryview(buffer)
+    while count := handle.readinto(buffer):
+        hasher.update(view[:count])
+    return hasher.digest()
+
+
+class Session:
+    """One connection to the receiver: handshake, then offers, streams and answers."""
+
+    def __init__(self, config: SenderConfig) -> None:
+        address = (config.receiver.host, config.receiver.port)
+        try:
+            self.sock = socket.create_connection(address, timeout=config.connect_timeout)
+        except OSError as error:
+            raise ConnectionLost(f"cannot connect to {where(config)}: {error}") from error
+        # A blocking send or sendfile that makes no progress this long is a stall.
+        self.sock.settimeout(config.stall_timeout)
+        self.stall_timeout = config.stall_timeout
+        self.conn = p.Connection(p.Role.SENDER)
+        self.inflight: dict[int, FileJob] = {}
+        self.ready: deque[p.Ready] = deque()
+        self.answers: list[tuple[FileJob, p.Ack | p.Nack]] = []
+        self._ids = itertools.count(1)
+        self._outbox = bytearray(self.conn.send(p.Hello(config.name)))
+        self.last_heard = time.monotonic()
+        try:
+            self._handshake()
+        except ConnectionLost:
+            self.sock.close()
+            raise
+
+    def _handshake(self) -> None:
+        self._flush()
+        deadline = time.monotonic() + self.stall_timeout
+        while self.conn.state is p.ConnState.HANDSHAKE:
+            if time.monotonic() > deadline:
+                raise ConnectionLost("the receiver did not answer the handshake")
+            self._poll(0.2)
+
+    @property
+    def free_slots(self) -> int:
+        return self.conn.window - len(self.conn.files) if self.conn.version else 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.inflight)
+
+    def offer(self, job: FileJob) -> None:
+        file_id = next(self._ids) % 2**32
+        self.inflight[file_id] = job
+        self._outbox += self.conn.send(
+            p.Offer(file_id, job.relpath, job.size, job.mtime_ns, job.digest)
+        )
+
+    def step(self, wait: float) -> list[tuple[FileJob, p.Ack | p.Nack]]:
+        """Send queued offers, stream one ready file or wait up to `wait` s for answers."""
+        self._flush()
+        if self.ready:
+            self._stream(self.ready.popleft())
+            self.last_heard = time.monotonic()  # waiting for its answer starts now
+            self._poll(0)
+        else:
+            self._poll(wait)
+            silent = time.monotonic() - self.last_heard
+            if self.inflight and silent > self.stall_timeout:
+                raise ConnectionLost(f"no answer from the receiver for {silent:.0f} s")
+        answers, self.answers = self.answers, []
+        return answers
+
+    def requeue(self) -> list[FileJob]:
+        """Close without ceremony and hand back the files still in flight, oldest first."""
+        self.close()
+        jobs = list(self.inflight.values())
+        self.inflight.clear()
+        return jobs
+
+    def close(self) -> None:
+        if not self.inflight and self.conn.state is p.ConnState.OPEN:
+            with contextlib.suppress(OSError, p.LocalProtocolError):
+                self.sock.sendall(self.conn.send(p.Bye()))
+        self.sock.close()
+
+    def _stream(self, ready: p.Ready) -> None:
+        job = self.inflight[ready.file_id]
+        length = job.size - ready.offset
+        if ready.offset:
+            log.info("resuming %s at byte %d of %d", job.relpath, ready.offset, job.size)
+        job.started = time.monotonic()
+        header = self.conn.send(p.DataHeader(ready.file_id, ready.offset, length))
+        with job.path.open("rb") as handle:
+            self._sendall(header)
+            sent = self._sendfile(handle, ready.offset, length) if length else 0
+        if sent != length:
+            raise FileChanged(f"{job.relpath} shrank while being sent ({sent} of {length} bytes)")
+
+    def _sendfile(self, handle: BinaryIO, offset: int, length: int) -> int:
+        try:
+            return self.sock.sendfile(handle, offset, length)
+        except OSError as error:
+            raise ConnectionLost(f"connection lost while streaming: {error}") from error
+
+    def _flush(self) -> None:
+        if self._outbox:
+            self._sendall(self._outbox)
+            self._outbox.clear()
+
+    def _sendall(self, data: bytes | bytearray) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as error:
+            raise ConnectionLost(f"connection lost: {error}") from error
+
+    def _poll(self, wait: float) -> None:
+        """Read whatever answers have arrived, waiting up to `wait` s for the first."""
+        # recv only after select said readable: with a socket timeout set, a
+        # bare recv would wait for the whole stall timeout.
+        while select.select([self.sock], [], [], wait)[0]:
+            try:
+                data = self.sock.recv(RECV_CHUNK)
+            except OSError as error:
+                raise ConnectionLost(f"connection lost: {error}") from error
+            self.last_heard = time.monotonic()
+            self._feed(data)
+            if not data:
+                return
+            wait = 0
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self.conn.receive_data(data)
+            while (event := self.conn.next_event()) is not p.NEED_DATA:
+                self._on_event(event)
+        except p.RemoteProtocolError as error:
+            raise ConnectionLost(f"receiver broke the protocol: {error}") from error
+
+    def _on_event(self, event: p.Event) -> None:
+        match event:
+            case p.Ready():
+                self.ready.append(event)
+            case p.Ack() | p.Nack():
+                self.answers.append((self.inflight.pop(event.file_id), event))
+            case p.Error():
+                raise ConnectionLost(
+                    f"receiver ended the connection: {event.code.name}: {event.message}"
+                )
+            case p.ConnectionClosed():
+                raise ConnectionLost("receiver closed the connection")
+
+
+def where(config: SenderConfig) -> str:
+    return f"receiver {config.receiver.host}:{config.receiver.port}"

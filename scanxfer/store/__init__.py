@@ -1,0 +1,288 @@
+"""The receiver's durable storage: partial files, fsync, no-overwrite placement, name checks.
+
+No sockets and no wire format here. One `Store` is shared by all connection threads; each file
+being received is a `PartialFile` used by one thread.
+
+Durability. Bytes go into a partial file (see `partial`). On commit the whole-file xxh3-128 digest
+is checked, the file is fsynced, hard-linked (renamed, where the filesystem has no hard links) to
+its final name, and the destination directory is fsynced. A crash never leaves a partial file
+under a final name, and a stored file is never overwritten.
+
+Name clashes. If the final name is free the file is stored there (``stored``). If anything is
+there (a file, a directory, or a symlink, which is never followed):
+
+* an identical file (same size and xxh3-128 digest) at the name or at one of its clash names means
+  nothing new is stored (``duplicate``);
+* otherwise the file is kept beside, under the first free clash name (see `names`)
+  (``kept_beside``).
+
+Everything under the incoming directory is reached through directory file descriptors opened with
+``O_NOFOLLOW`` (see `dirs`), so a symlink planted there can never make the receiver write outside
+it. Errors live in `errors`; this module holds the shared state (claims, digest cache) and the
+placement of finished files.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import stat
+import threading
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import xxhash
+
+from .dirs import opened_dir, opened_subdir
+from .errors import (
+    BadName,
+    Busy,
+    DigestMismatch,
+    NoSpace,
+    StorageIOError,
+    StoreError,
+    StoreSetupError,
+    io_error,
+)
+from .names import StoreLimits, check_name, clash_entries, free_name
+from .partial import (
+    LeftoverPartial,
+    PartialFile,
+    hash_fd,
+    partial_key,
+    remove_partial,
+    scan_partials,
+)
+
+__all__ = [
+    "BadName",
+    "Busy",
+    "DigestMismatch",
+    "LeftoverPartial",
+    "NoSpace",
+    "Outcome",
+    "PartialFile",
+    "StorageIOError",
+    "Store",
+    "StoreError",
+    "StoreLimits",
+    "StoreSetupError",
+    "StoredFile",
+]
+
+_DIGEST_CACHE_SIZE = 4096
+_PLACE_ATTEMPTS = 100
+_NO_HARDLINK_ERRNOS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK}
+
+
+class Outcome(enum.Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    KEPT_BESIDE = "kept_beside"
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    path: str  # posix, relative to the incoming directory, as actually stored
+    outcome: Outcome
+    size: int
+
+
+class Store:
+    """Durable storage for received files; safe to share between threads."""
+
+    def __init__(self, incoming_dir: Path, partial_dir: Path, limits: StoreLimits) -> None:
+        self.incoming_dir = Path(incoming_dir)
+        self.partial_dir = Path(partial_dir)
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._busy: set[str] = set()
+        self._digests: dict[tuple[str, int, int, int], bytes] = {}
+        try:
+            self.incoming_dir.mkdir(parents=True, exist_ok=True)
+            self.partial_dir.mkdir(parents=True, exist_ok=True)
+            # Resolved, so that a symlink cannot hide the nesting.
+            nested = self.partial_dir.resolve().is_relative_to(self.incoming_dir.resolve())
+            same_fs = self.incoming_dir.stat().st_dev == self.partial_dir.stat().st_dev
+        except OSError as exc:
+            raise StoreSetupError(
+                f"cannot use the storage directories: {exc}; fix the path or its permissions"
+            ) from exc
+        if nested:
+            raise StoreSetupError(
+                f"partial_dir {str(partial_dir)!r} lies inside incoming_dir {str(incoming_dir)!r}, "
+                "so a sender could offer a path that lands in the partial area; "
+                "set partial_dir to a directory outside incoming_dir, on the same filesystem"
+            )
+        if not same_fs:
+            raise StoreSetupError(
+                f"partial_dir {str(partial_dir)!r} is not on the same filesystem as incoming_dir "
+                f"{str(incoming_dir)!r}, so files cannot be moved into place atomically; "
+                "set partial_dir to a directory on the incoming_dir filesystem"
+            )
+
+    def check_name(self, relpath: str) -> tuple[str, ...]:
+        """Validate an offered relative path and return its components, or raise BadName."""
+        return check_name(relpath, self.limits)
+
+    def find_identical(self, relpath: str, size: int, digest: bytes) -> StoredFile | None:
+        """Return the stored file identical to this offer (as DUPLICATE), if there is one.
+
+        Only when ``relpath`` itself exists, as commit stores into a free name without looking
+        further. Raises BadName for an invalid name or a symlinked directory.
+        """
+        parts = self.check_name(relpath)
+        try:
+            with opened_subdir(self.incoming_dir, parts[:-1], relpath, create=False) as dir_fd:
+                if dir_fd is None:
+                    return None
+                entries = clash_entries(dir_fd, parts[-1])
+                return self._identical_in(dir_fd, parts, entries, size, digest)
+        except OSError as exc:
+            raise io_error(exc, f"looking for a stored copy of {relpath!r}") from exc
+
+    def _identical_in(
+        self,
+        dir_fd: int,
+        parts: tuple[str, ...],
+        entries: dict[str, os.stat_result],
+        size: int,
+        digest: bytes,
+    ) -> StoredFile | None:
+        for name, st in entries.items():
+            if stat.S_ISREG(st.st_mode) and st.st_size == size:
+                path = "/".join((*parts[:-1], name))
+                if self._digest_of(dir_fd, name, path, st) == digest:
+                    return StoredFile(path, Outcome.DUPLICATE, size)
+        return None
+
+    def _digest_of(self, dir_fd: int, name: str, path: str, st: os.stat_result) -> bytes:
+        """xxh3-128 of a stored regular file, cached by identity so repeated offers are cheap."""
+        cache_key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            cached = self._digests.get(cache_key)
+        if cached is not None:
+            return cached
+        hasher = xxhash.xxh3_128()
+        # O_NONBLOCK: a FIFO swapped in after the lstat must not hang the connection.
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd
+        )
+        try:
+            if os.fstat(fd).st_ino != st.st_ino:
+                return b""  # replaced since the lstat: matches no digest
+            hash_fd(hasher, fd, st.st_size)
+        finally:
+            os.close(fd)
+        with self._lock:
+            if len(self._digests) >= _DIGEST_CACHE_SIZE:
+                del self._digests[next(iter(self._digests))]
+            self._digests[cache_key] = hasher.digest()
+        return hasher.digest()
+
+    def open_partial(self, relpath: str, size: int, digest: bytes) -> PartialFile:
+        """Open or resume the partial file for this offer; raises BadName or Busy."""
+        parts = self.check_name(relpath)
+        key = partial_key(relpath, size, digest)
+        try:
+            with opened_subdir(self.incoming_dir, parts[:-1], relpath, create=False):
+                pass  # refuse a symlinked directory now, not after the whole transfer
+            if not self._claim(key):
+                raise Busy(f"{relpath!r} is being received on another connection; offer it later")
+        except OSError as exc:
+            raise io_error(exc, f"checking the directories of {relpath!r}") from exc
+        try:
+            return PartialFile(self, key, relpath, parts, size, digest)
+        except OSError as exc:
+            self._unclaim(key)
+            raise io_error(exc, f"opening the partial file for {relpath!r}") from exc
+        except BaseException:
+            self._unclaim(key)
+            raise
+
+    def _claim(self, key: str) -> bool:
+        with self._lock:
+            if key in self._busy:
+                return False
+            self._busy.add(key)
+            return True
+
+    def _unclaim(self, key: str) -> None:
+        with self._lock:
+            self._busy.discard(key)
+
+    def leftover_partials(self) -> list[LeftoverPartial]:
+        """Partial files on disk, for the startup scan and logging."""
+        return [leftover for _, leftover in scan_partials(self.partial_dir)]
+
+    def remove_stale_partials(self, max_age_seconds: float) -> list[LeftoverPartial]:
+        """Delete partials untouched for ``max_age_seconds`` (never ones in use); return them."""
+        removed = []
+        for key, leftover in scan_partials(self.partial_dir):
+            if leftover.age_seconds >= max_age_seconds and self._claim(key):
+                try:
+                    remove_partial(self.partial_dir, key)
+                finally:
+                    self._unclaim(key)
+                removed.append(leftover)
+        return removed
+
+    def free_bytes(self) -> int:
+        """Space available to the receiver in the incoming directory."""
+        st = os.statvfs(self.incoming_dir)
+        return st.f_bavail * st.f_frsize
+
+    def _place(self, key: str, parts: tuple[str, ...], size: int, digest: bytes) -> StoredFile:
+        """Move a verified, fsynced partial to its final name, never overwriting anything."""
+        relpath = "/".join(parts)
+        with opened_subdir(self.incoming_dir, parts[:-1], relpath, create=True) as dir_fd:
+            assert dir_fd is not None  # create=True never yields None
+            for _ in range(_PLACE_ATTEMPTS):
+                entries = clash_entries(dir_fd, parts[-1])
+                stored = self._identical_in(dir_fd, parts, entries, size, digest)
+                if stored is not None:
+                    return stored
+                name = free_name(parts, entries)
+                if self._link_partial(key, dir_fd, name):
+                    break
+                # Another connection took `name` between our look and our link: look again.
+            else:
+                raise StorageIOError(
+                    f"found no free name for {relpath!r} in {_PLACE_ATTEMPTS} attempts while "
+                    "others kept taking them; send the file again"
+                )
+            try:
+                os.fsync(dir_fd)
+            except OSError:
+                with suppress(OSError):  # withdraw the name so no ACK rests on a lost rename
+                    os.unlink(name, dir_fd=dir_fd)
+                raise
+        outcome = Outcome.STORED if name == parts[-1] else Outcome.KEPT_BESIDE
+        return StoredFile("/".join((*parts[:-1], name)), outcome, size)
+
+    def _link_partial(self, key: str, dir_fd: int, name: str) -> bool:
+        """Give the partial its final name; False if the name was taken meanwhile.
+
+        After a hard link the partial's own name stays until PartialFile.discard() removes it.
+        """
+        part = f"{key}.part"
+        with opened_dir(self.partial_dir) as part_fd:
+            try:
+                os.link(part, name, src_dir_fd=part_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                if exc.errno not in _NO_HARDLINK_ERRNOS:
+                    raise
+                # No hard links here, and rename() would overwrite: check first, under the lock
+                # so that no other connection of this receiver can slip in between.
+                with self._lock:
+                    try:
+                        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                        return False
+                    except FileNotFoundError:
+                        os.rename(part, name, src_dir_fd=part_fd, dst_dir_fd=dir_fd)
+                        return True
+            return True

@@ -1,0 +1,208 @@
+"""The partial area: files still arriving, their sidecars, and what earlier runs left behind.
+
+Bytes go into ``<partial_dir>/<key>.part``, where ``key`` identifies *path + size + digest*, so a
+sender that reconnects resumes the bytes already held. A ``<key>.meta`` JSON sidecar records which
+file a partial belongs to, for the startup scan and the stale-partial cleanup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import xxhash
+
+from .dirs import opened_dir
+from .errors import DigestMismatch, StoreError, io_error
+
+if TYPE_CHECKING:
+    from . import Store, StoredFile
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class LeftoverPartial:
+    path: str  # "" (and size -1) when the sidecar is missing or unreadable
+    size: int
+    held: int
+    age_seconds: float
+
+
+def partial_key(relpath: str, size: int, digest: bytes) -> str:
+    """Name a partial by what it will become; JSON keeps the fields unambiguous."""
+    ident = json.dumps([relpath, size, digest.hex()], ensure_ascii=False)
+    return xxhash.xxh3_128_hexdigest(ident.encode("utf-8"))
+
+
+def hash_fd(hasher: xxhash.xxh3_128, fd: int, length: int) -> int:
+    """Feed up to ``length`` bytes of ``fd`` into ``hasher`` in 1 MiB reads; return bytes fed."""
+    done = 0
+    while done < length:
+        chunk = os.pread(fd, min(_CHUNK, length - done), done)
+        if not chunk:
+            break
+        hasher.update(chunk)
+        done += len(chunk)
+    return done
+
+
+def write_meta(partial_dir: Path, key: str, relpath: str, size: int, digest: bytes) -> None:
+    """Write the sidecar atomically so a leftover scan never reads half of one."""
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    meta = {"path": relpath, "size": size, "digest": digest.hex(), "created": created}
+    tmp = partial_dir / f"{key}.meta.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, partial_dir / f"{key}.meta")
+
+
+def remove_partial(partial_dir: Path, key: str) -> None:
+    """Best effort: remove a partial and its sidecars, then make that durable."""
+    for suffix in (".part", ".meta", ".meta.tmp"):
+        with suppress(OSError):
+            os.unlink(partial_dir / f"{key}{suffix}")
+    with suppress(OSError), opened_dir(partial_dir) as fd:
+        os.fsync(fd)
+
+
+def scan_partials(partial_dir: Path) -> list[tuple[str, LeftoverPartial]]:
+    """Group the partial directory by key; a sidecar without its .part counts as held=0."""
+    parts: dict[str, os.stat_result] = {}
+    sidecars: dict[str, float] = {}
+    with os.scandir(partial_dir) as it:
+        for entry in it:
+            key, _, suffix = entry.name.partition(".")
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            with suppress(FileNotFoundError):  # a commit may remove it under our feet
+                if suffix == "part":
+                    parts[key] = entry.stat(follow_symlinks=False)
+                elif suffix in ("meta", "meta.tmp"):
+                    mtime = entry.stat(follow_symlinks=False).st_mtime
+                    sidecars[key] = max(sidecars.get(key, 0.0), mtime)
+    now = time.time()
+    leftovers = []
+    for key in parts.keys() | sidecars.keys():
+        st = parts.get(key)
+        held, mtime = (st.st_size, st.st_mtime) if st else (0, sidecars[key])
+        path, size = _read_meta(partial_dir, key)
+        leftovers.append((key, LeftoverPartial(path, size, held, max(0.0, now - mtime))))
+    return sorted(leftovers, key=lambda kl: (kl[1].path, kl[0]))
+
+
+def _read_meta(partial_dir: Path, key: str) -> tuple[str, int]:
+    try:
+        meta = json.loads((partial_dir / f"{key}.meta").read_text("utf-8"))
+        return str(meta["path"]), int(meta["size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "", -1
+
+
+class PartialFile:
+    """One file being received, used by one connection thread.
+
+    ``offset`` is the number of bytes held: the point to resume from.
+    """
+
+    def __init__(
+        self, store: Store, key: str, relpath: str, parts: tuple[str, ...], size: int, digest: bytes
+    ) -> None:
+        self._store, self._key, self._relpath, self._parts = store, key, relpath, parts
+        self._size, self._digest = size, digest
+        self._hasher = xxhash.xxh3_128()
+        if not (store.partial_dir / f"{key}.meta").exists():
+            write_meta(store.partial_dir, key, relpath, size, digest)
+        fd = os.open(
+            store.partial_dir / f"{key}.part", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+        )
+        try:
+            held = os.fstat(fd).st_size
+            if held > size:
+                os.ftruncate(fd, 0)  # not this file's bytes after all: start over
+                held = 0
+            self.offset = hash_fd(self._hasher, fd, held)
+            os.lseek(fd, self.offset, os.SEEK_SET)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd: int | None = fd
+
+    def _require_fd(self) -> int:
+        if self._fd is None:
+            raise StoreError(f"the partial file for {self._relpath!r} is already closed")
+        return self._fd
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append ``data`` at ``offset``; on failure the partial is dropped, never retried."""
+        fd = self._require_fd()
+        view = memoryview(data).cast("B")
+        if self.offset + len(view) > self._size:
+            self.discard()
+            raise StoreError(
+                f"more bytes than the {self._size} declared for {self._relpath!r}; "
+                "the partial was dropped, send the file again"
+            )
+        try:
+            written = 0
+            while written < len(view):
+                written += os.write(fd, view[written:])
+        except OSError as exc:
+            self.discard()
+            raise io_error(exc, f"writing {self._relpath!r}") from exc
+        self._hasher.update(view)
+        self.offset += len(view)
+
+    def commit(self, mtime_ns: int) -> StoredFile:
+        """Verify, fsync and place the file under its final (or a clash) name."""
+        fd = self._require_fd()
+        if self.offset != self._size:
+            raise StoreError(f"only {self.offset} of {self._size} bytes of {self._relpath!r} held")
+        if self._hasher.digest() != self._digest:
+            self.discard()
+            raise DigestMismatch(
+                f"the bytes received for {self._relpath!r} do not match the sender's digest; "
+                "the partial was dropped, send the file again"
+            )
+        try:
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+            os.fsync(fd)
+            stored = self._store._place(self._key, self._parts, self._size, self._digest)
+        except OSError as exc:
+            raise io_error(exc, f"storing {self._relpath!r}") from exc
+        finally:
+            self.discard()  # after success only the sidecar (or a duplicate's bytes) is left
+        return stored
+
+    def release(self) -> None:
+        """Keep the bytes on disk for a later resume; close and let others open this file."""
+        if self._close_fd():
+            self._store._unclaim(self._key)
+
+    def discard(self) -> None:
+        """Delete the partial and its sidecar; close and let others open this file."""
+        if self._close_fd():
+            try:
+                remove_partial(self._store.partial_dir, self._key)
+            finally:
+                # Only now: a new open of this key must not find files we are deleting.
+                self._store._unclaim(self._key)
+
+    def _close_fd(self) -> bool:
+        """Close once; True if this call did the closing (so the key is still ours)."""
+        if self._fd is None:
+            return False
+        fd, self._fd = self._fd, None
+        with suppress(OSError):
+            os.close(fd)
+        return True
