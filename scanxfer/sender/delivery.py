@@ -159,8 +159,11 @@ class Delivery:
         try:
             job.prepare()
         except OSError as error:
-            log.warning("skipping %s: %s", job.relpath, error.strerror or error)
+            reason = f"cannot be read: {error.strerror or error}"
+            log.warning("skipping %s: %s", job.relpath, reason)
             self.ledger.forget(job.relpath)
+            if self.once:
+                self.failed.append((job.relpath, reason))
             return False
         self.ledger.sending(job.relpath, job.size, job.mtime_ns, job.digest)
         return True

@@ -150,8 +150,13 @@ class Session:
         if ready.offset:
             log.info("resuming %s at byte %d of %d", job.relpath, ready.offset, job.size)
         job.started = time.monotonic()
+        try:
+            handle = job.path.open("rb")
+        except OSError as error:
+            # The DATA frame is owed and cannot be sent: only closing the connection ends it.
+            raise FileChanged(f"{job.relpath} cannot be read any more: {error}") from error
         header = self.conn.send(p.DataHeader(ready.file_id, ready.offset, length))
-        with job.path.open("rb") as handle:
+        with handle:
             self._sendall(header)
             sent = self._sendfile(handle, ready.offset, length) if length else 0
         if sent != length:

@@ -1,0 +1,86 @@
+"""The sender against a scripted receiver, for moments a real receiver cannot be made to hit."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+from scanxfer import protocol as p
+
+from .harness import send_once_in_background, sender_config, write_scan
+
+
+class ScriptedReceiver:
+    """Speaks the receiver's side by hand: handshake, then whatever the test says."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.listener.settimeout(60)
+
+    def accept(self) -> tuple[socket.socket, p.Connection]:
+        sock, _ = self.listener.accept()
+        sock.settimeout(60)
+        conn = p.Connection(p.Role.RECEIVER)
+        assert isinstance(next_event(sock, conn), p.Hello)
+        sock.sendall(conn.send(p.Welcome("scripted", 8)))
+        return sock, conn
+
+
+def next_event(sock: socket.socket, conn: p.Connection) -> p.Event:
+    while (event := conn.next_event()) is p.NEED_DATA:
+        conn.receive_data(sock.recv(65536))
+    return event
+
+
+def test_a_file_deleted_between_offer_and_ready_is_skipped(tmp_path: Path) -> None:
+    scans = tmp_path / "scans"
+    scan = write_scan(scans / "doomed.npy", (8, 8), seed=1)
+    receiver = ScriptedReceiver()
+    sender = send_once_in_background(sender_config(tmp_path / "s.yaml", receiver.port, scans))
+    sock, conn = receiver.accept()
+    offer = next_event(sock, conn)
+    assert isinstance(offer, p.Offer) and offer.path == "doomed.npy"
+    scan.unlink()
+    sock.sendall(conn.send(p.Ready(offer.file_id, 0)))
+    # The DATA it owes cannot be sent, so the sender must end the connection.
+    assert isinstance(next_event(sock, conn), p.ConnectionClosed)
+    sock.close()
+    second, conn = receiver.accept()
+    # Nothing is left to offer: the sender says goodbye and reports the file.
+    assert isinstance(next_event(second, conn), p.Bye)
+    second.close()
+    assert sender.wait(60) == 1, sender.log
+    assert "doomed.npy cannot be read any more" in sender.log
+    assert "not delivered: doomed.npy" in sender.log
+
+
+def test_a_receiver_that_never_answers_the_handshake_is_left(tmp_path: Path) -> None:
+    scans = tmp_path / "scans"
+    write_scan(scans / "a.npy", (8, 8), seed=1)
+    silent = socket.create_server(("127.0.0.1", 0))
+    config = sender_config(
+        tmp_path / "s.yaml", silent.getsockname()[1], scans, stall_timeout="0.5s"
+    )
+    stop = threading.Event()
+    accepted: list[socket.socket] = []
+
+    def accept_and_ignore() -> None:
+        silent.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(silent.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept_and_ignore, daemon=True)
+    thread.start()
+    sender = send_once_in_background(config)
+    try:
+        assert sender.wait(120) == 3, sender.log
+    finally:
+        stop.set()
+        thread.join()
+    assert "did not answer the handshake" in sender.log
+    assert len(accepted) >= 2  # it retried before giving up
