@@ -154,7 +154,8 @@ class ConnectionHandler:
                 case p.DataChunk():
                     self._on_chunk(event.data)
                 case p.Hello():
-                    return self._on_hello(event)
+                    if self._on_hello(event):
+                        return True
                 case p.Offer():
                     self._on_offer(event)
                 case p.DataHeader():
