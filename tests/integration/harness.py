@@ -1,16 +1,27 @@
-"""Real scanxfer processes on loopback: a receiver, `send --once` runs, scan files."""
+"""Real scanxfer processes on loopback: a receiver, senders (--once or daemon), scan files."""
 
 from __future__ import annotations
 
-import contextlib
+import io
+import json
+import os
+import random
 import re
 import socket
-import threading
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from scanxfer.demo import Child
+from scanxfer.verify import verify_trees
+
+# "Give up" bound for waits that normally end in seconds; never an assertion about speed.
+GIVE_UP_SECONDS = 180
 
 
 class ReceiverProcess:
@@ -110,53 +121,74 @@ def count_matches(pattern: str, text: str) -> int:
     return len(re.findall(pattern, text, flags=re.MULTILINE))
 
 
-class StallingProxy:
-    """A TCP relay on 127.0.0.1 that stops forwarding upstream after `stall_after` bytes.
+def start_sender(config: Path) -> Child:
+    """`scanxfer send -c CONFIG` as a daemon: it watches until stopped."""
+    return Child("sender", "send", "-c", str(config), echo=False)
 
-    It freezes a transfer at a known point, so a test can kill the receiver
-    mid-file without racing the transfer to its end.
-    """
 
-    def __init__(self, target_port: int, stall_after: int) -> None:
-        self.target_port, self.stall_after = target_port, stall_after
-        self.forwarded = 0
-        self.stalled = threading.Event()
-        self._closing = threading.Event()
-        self._sockets: list[socket.socket] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+def sender_status(config: Path) -> dict[str, Any]:
+    """`scanxfer status --json -c CONFIG`, parsed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "scanxfer", "status", "--json", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"status failed ({result.returncode}):\n{result.stderr}"
+    status: dict[str, Any] = json.loads(result.stdout)
+    return status
 
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                client, _ = self.listener.accept()
-                upstream = socket.create_connection(("127.0.0.1", self.target_port))
-                self._sockets += [client, upstream]
-                threading.Thread(
-                    target=self._pump, args=(client, upstream, True), daemon=True
-                ).start()
-                threading.Thread(
-                    target=self._pump, args=(upstream, client, False), daemon=True
-                ).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(1 << 16):
-                if upstream:
-                    data = data[: self.stall_after - self.forwarded]
-                    self.forwarded += len(data)
-                sink.sendall(data)
-                if upstream and self.forwarded >= self.stall_after:
-                    self.stalled.set()
-                    self._closing.wait()
-                    return
+def unused_port() -> int:
+    """A loopback port nothing listens on (yet): for a receiver that starts later."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port: int = probe.getsockname()[1]
+    return port
 
-    def close(self) -> None:
-        """Drop every relayed connection and stop accepting: the sender sees a dead link."""
-        self._closing.set()
-        self.listener.close()
-        for sock in self._sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
+
+def seeded_random() -> random.Random:
+    """A random source whose seed is printed (shown by pytest on failure) and can be replayed."""
+    seed = int(os.environ.get("SCANXFER_TEST_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"random seed {seed}; rerun with SCANXFER_TEST_SEED={seed} to repeat it")
+    return random.Random(seed)
+
+
+def write_run(scans: Path, small: int = 300, big_mib: int = 100) -> list[str]:
+    """`small` nested 16 KiB scans plus one `big_mib` MiB scan; their relative paths, sorted."""
+    for index in range(small):
+        write_scan(scans / f"run{index % 5}" / f"s{index:03}.npy", (8192,), index)
+    if big_mib:
+        write_big_scan(scans / "big" / "volume.npy", big_mib)
+    return sorted(path.relative_to(scans).as_posix() for path in scans.rglob("*.npy"))
+
+
+def wait_until(condition: Callable[[], bool], what: str, *children: Child | None) -> None:
+    """Poll `condition` until it holds; give up after GIVE_UP_SECONDS, showing the logs."""
+    deadline = time.monotonic() + GIVE_UP_SECONDS
+    while not condition():
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {c.label}:\n{c.log}" for c in children if c is not None)
+            raise AssertionError(f"gave up waiting for {what}\n{logs}")
+        time.sleep(0.1)
+
+
+def wait_for_files(receiver: ReceiverProcess, expected: Iterable[str], *children: Child) -> None:
+    """Until every one of `expected` is stored under incoming (complete: stored means renamed)."""
+    wanted = set(expected)
+    wait_until(
+        lambda: wanted <= set(receiver.stored_files()),
+        f"{len(wanted)} files on the receiver",
+        receiver.child,
+        *children,
+    )
+
+
+def received_paths(log: str) -> list[str]:
+    """The paths of the receiver's "received PATH (" lines, in log order."""
+    return re.findall(r"received (\S+) \(", log)
+
+
+def assert_identical(source: Path, dest: Path) -> None:
+    report = io.StringIO()
+    assert verify_trees(source, dest, report) == 0, report.getvalue()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import socket
@@ -14,11 +13,11 @@ import pytest
 import xxhash
 
 from scanxfer import protocol as p
-from scanxfer.verify import verify_trees
 
 from .faultproxy import FaultProxy, Plan
 from .harness import (
     ReceiverProcess,
+    assert_identical,
     count_matches,
     send_once,
     send_once_in_background,
@@ -26,11 +25,6 @@ from .harness import (
     write_big_scan,
     write_scan,
 )
-
-
-def assert_identical(source: Path, dest: Path) -> None:
-    report = io.StringIO()
-    assert verify_trees(source, dest, report) == 0, report.getvalue()
 
 
 def test_300_nested_files_and_a_256_mib_file_arrive_identical(
