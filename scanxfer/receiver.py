@@ -81,6 +81,41 @@ def rate(size: int, seconds: float) -> str:
     return f"{size / max(seconds, 1e-6) / 1e6:.1f} MB/s"
 
 
+SenderKey = tuple[str, bytes]  # (name, instance): one sender process
+
+
+class SenderRegistry:
+    """The live connection of each sender process.
+
+    A sender that reconnects has given up on its previous connection, which may
+    still look alive here (a stalled link is silent until idle_timeout) and
+    would hold its partials busy.  The new connection takes over: the old one
+    is shut down and its partials are released for resume.  Processes are told
+    apart by the HELLO's instance option, since several may share a host name.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_sender: dict[SenderKey, ConnectionHandler] = {}
+
+    def claim(self, sender: SenderKey, handler: ConnectionHandler) -> None:
+        with self._lock:
+            previous = self._by_sender.get(sender)
+            self._by_sender[sender] = handler
+        if previous is not None:
+            log.info(
+                "%s: sender reconnected; closing its previous connection %s",
+                handler.peer,
+                previous.peer,
+            )
+            previous.abort()
+
+    def release(self, sender: SenderKey, handler: ConnectionHandler) -> None:
+        with self._lock:
+            if self._by_sender.get(sender) is handler:
+                del self._by_sender[sender]
+
+
 @dataclass
 class _Incoming:
     """A file between READY and its answer."""
@@ -103,9 +138,12 @@ class ConnectionHandler:
         config: ReceiverConfig,
         stats: Stats,
         stopping: threading.Event,
+        registry: SenderRegistry,
     ) -> None:
         self.sock, self.peer, self.store, self.config = sock, peer, store, config
-        self.stats, self.stopping = stats, stopping
+        self.stats, self.stopping, self.registry = stats, stopping, registry
+        self.sender: SenderKey | None = None
+        self.aborted = threading.Event()
         self.conn = p.Connection(p.Role.RECEIVER, window=config.window)
         self.files: dict[int, _Incoming] = {}
         self.current: _Incoming | None = None
@@ -127,8 +165,16 @@ class ConnectionHandler:
             log.exception("%s: internal error, closing the connection", self.peer)
             self._send_error(p.ErrorCode.INTERNAL_ERROR, "internal error on the receiver")
         finally:
+            if self.sender is not None:
+                self.registry.release(self.sender, self)
             self._release_partials()
             self.sock.close()
+
+    def abort(self) -> None:
+        """End this connection from another thread: its recv ends, and `run` cleans up."""
+        self.aborted.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
 
     def _serve(self) -> None:
         self.sock.settimeout(self.config.handshake_timeout)
@@ -136,6 +182,8 @@ class ConnectionHandler:
         view = memoryview(buffer)
         while True:
             count = self.sock.recv_into(buffer)
+            if count == 0 and self.aborted.is_set():
+                return
             if count == 0 and self.stopping.is_set():
                 self._send_error(p.ErrorCode.SHUTTING_DOWN, "receiver is shutting down")
                 return
@@ -190,6 +238,10 @@ class ConnectionHandler:
         self.sock.settimeout(self.config.idle_timeout)
         log.info("%s: sender %r connected", self.peer, hello.name)
         self.peer = f"{self.peer} ({hello.name})"
+        instance = hello.options.get(p.INSTANCE_OPTION)
+        if instance:
+            self.sender = (hello.name, instance)
+            self.registry.claim(self.sender, self)
         return False
 
     def _on_offer(self, offer: p.Offer) -> None:
@@ -336,6 +388,7 @@ class Server:
         self.config, self.store, self.reload = config, store, reload
         self.reload_requested = threading.Event()
         self.stats = Stats()
+        self.registry = SenderRegistry()
         self.notifier = Notifier()
         self.stopping = threading.Event()
         self.threads: dict[threading.Thread, socket.socket] = {}
@@ -418,7 +471,9 @@ class Server:
                 sock.sendall(p.encode(refusal))
             sock.close()
             return
-        handler = ConnectionHandler(sock, peer, self.store, self.config, self.stats, self.stopping)
+        handler = ConnectionHandler(
+            sock, peer, self.store, self.config, self.stats, self.stopping, self.registry
+        )
         thread = threading.Thread(target=handler.run, name=f"conn {peer}", daemon=True)
         self.threads[thread] = sock
         thread.start()

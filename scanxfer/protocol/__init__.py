@@ -13,6 +13,7 @@ Two error types, as in h11: `RemoteProtocolError` means the peer broke the rules
 from .connection import Connection, ConnState, FileInFlight, FileState, negotiate
 from .frames import (
     DIGEST_SIZE,
+    INSTANCE_OPTION,
     MAGIC,
     MAX_BODY,
     MAX_SIZE,
@@ -46,6 +47,7 @@ from .frames import (
 
 __all__ = [
     "DIGEST_SIZE",
+    "INSTANCE_OPTION",
     "MAGIC",
     "MAX_BODY",
     "MAX_SIZE",

@@ -17,6 +17,8 @@ MAX_BODY = 65536  # largest control-frame body; DATA payload is streamed, not fr
 MAX_WINDOW = 1024
 MAX_U64 = 2**64 - 1
 MAX_SIZE = 2**63 - 1  # a file size or offset must fit a signed 64-bit off_t
+# HELLO option: random bytes naming one sender process across its reconnections.
+INSTANCE_OPTION = "instance"
 
 FRAME_HEAD = struct.Struct(">BI")  # type, body length
 _DATA_HEAD = struct.Struct(">IQQ")  # file_id, offset, length

@@ -12,6 +12,7 @@ import heapq
 import itertools
 import logging
 import random
+import secrets
 import threading
 import time
 from collections import deque
@@ -30,6 +31,8 @@ log = logging.getLogger("scanxfer.sender")
 ONCE_CONNECT_ATTEMPTS = 6
 # --once stops retrying a file after this many retryable refusals (a later run tries again).
 ONCE_FILE_ATTEMPTS = 5
+# Names this process to the receiver, so a reconnection can take over a stalled connection.
+INSTANCE = secrets.token_bytes(8)
 # A daemon closes an idle connection after this long; the next file reconnects.
 IDLE_DISCONNECT_SECONDS = 15.0
 
@@ -170,7 +173,7 @@ class Delivery:
 
     def _connect(self) -> bool:
         try:
-            self.session = Session(self.config)
+            self.session = Session(self.config, INSTANCE)
         except ConnectionLost as error:
             self._connection_failed(str(error))
             return False

@@ -71,7 +71,7 @@ def _digest(handle: BinaryIO) -> bytes:
 class Session:
     """One connection to the receiver: handshake, then offers, streams and answers."""
 
-    def __init__(self, config: SenderConfig) -> None:
+    def __init__(self, config: SenderConfig, instance: bytes) -> None:
         address = (config.receiver.host, config.receiver.port)
         try:
             self.sock = socket.create_connection(address, timeout=config.connect_timeout)
@@ -85,7 +85,8 @@ class Session:
         self.ready: deque[p.Ready] = deque()
         self.answers: list[tuple[FileJob, p.Ack | p.Nack]] = []
         self._ids = itertools.count(1)
-        self._outbox = bytearray(self.conn.send(p.Hello(config.name)))
+        hello = p.Hello(config.name, options={p.INSTANCE_OPTION: instance})
+        self._outbox = bytearray(self.conn.send(hello))
         self.last_heard = time.monotonic()
         try:
             self._handshake()
