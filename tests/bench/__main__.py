@@ -1,0 +1,7 @@
+"""`python -m tests.bench`, which `make bench` runs."""
+
+import sys
+
+from .run import main
+
+sys.exit(main())

@@ -1,0 +1,238 @@
+"""One measured transfer of a directory of scans by scanxfer, the reference pump, or rsync.
+
+Each run starts its receiving side fresh (empty directories, for scanxfer also a fresh sender
+journal, which would otherwise skip files already delivered), sends the whole source
+directory once over loopback, stops everything and returns what it measured.  The three
+tools are timed the same way: from the moment the sending program starts its work to the
+moment it exits, which each does only once every file is durably stored on the other side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .procs import Proc
+
+REPO = Path(__file__).resolve().parents[2]
+GIVE_UP_SECONDS = 900  # a run this slow is broken, not slow
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one transfer measured; the seconds exclude the sender's interpreter start-up."""
+
+    tool: str
+    files: int
+    bytes: int
+    seconds: float  # from the sender's first log line (or rsync's start) to its exit
+    wall_seconds: float  # from spawning the sender to its exit
+    receiver_cpu_seconds: float  # receiving side, during the transfer only
+    sender_cpu_seconds: float
+    receiver_peak_rss_mib: float | None  # None where the receiving side is several processes
+    sender_peak_rss_mib: float
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def python_module(*args: str) -> list[str]:
+    return [sys.executable, "-m", *args]
+
+
+@contextlib.contextmanager
+def cleanup(*procs: Proc) -> Iterator[None]:
+    """Never leave a child behind when a run fails half-way."""
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+
+
+def _finish(tool: str, sender: Proc, start_ns: int, cpu0: float) -> tuple[float, float, float]:
+    """Wait for the sender; (seconds from start_ns, wall seconds, CPU seconds after start)."""
+    status = sender.wait(GIVE_UP_SECONDS)
+    if status != 0:
+        raise RuntimeError(f"{tool} sender failed (exit {status}):\n{sender.log_tail()}")
+    assert sender.ended_ns is not None
+    seconds = (sender.ended_ns - start_ns) / 1e9
+    return seconds, sender.elapsed, sender.cpu_seconds - cpu0
+
+
+def run_scanxfer(source: Path, work: Path, files: int, size: int) -> Run:
+    """`scanxfer receive` and `scanxfer send --once`, both as real processes."""
+    receiver_config = work / "receiver.yaml"
+    receiver_config.write_text(f"listen: 127.0.0.1:0\nstate_dir: {work / 'receiver'}\n")
+    receiver = Proc(
+        "scanxfer receive", python_module("scanxfer", "receive", "-c", str(receiver_config))
+    )
+    with cleanup(receiver):
+        port = int(receiver.wait_for(r"listening on \S+:(\d+)", 60).group(1))
+        receiver_cpu0 = receiver.cpu_now()
+        sender_config = work / "sender.yaml"
+        sender_config.write_text(
+            f"receiver: 127.0.0.1:{port}\nwatch_dir: {source}\nstate_dir: {work / 'sender'}\n"
+        )
+        sender = Proc(
+            "scanxfer send", python_module("scanxfer", "send", "-c", str(sender_config), "--once")
+        )
+        with cleanup(sender):
+            sender.wait_for(r"sending \d+ files", 60)
+            start_ns, _ = sender.stamped(r"sending \d+ files")[0]
+            sender_cpu0 = sender.cpu_now()
+            seconds, wall, sender_cpu = _finish("scanxfer", sender, start_ns, sender_cpu0)
+        receiver.note_peak_rss()
+        receiver_cpu = receiver.cpu_now() - receiver_cpu0
+        receiver.stop()
+    return Run(
+        "scanxfer",
+        files,
+        size,
+        seconds,
+        wall,
+        receiver_cpu,
+        sender_cpu,
+        receiver.peak_rss_kib / 1024,
+        sender.peak_rss_kib / 1024,
+    )
+
+
+def run_pump(source: Path, work: Path, files: int, size: int) -> Run:
+    """The reference pump (tests/bench/pump.py): receiver and sender as real processes."""
+    receiver = Proc(
+        "pump receive", python_module("tests.bench.pump", "receive", "--dir", str(work)), REPO
+    )
+    with cleanup(receiver):
+        port = int(receiver.wait_for(r"listening on \S+:(\d+)", 60).group(1))
+        receiver_cpu0 = receiver.cpu_now()
+        argv = ["send", "--to", f"127.0.0.1:{port}", "--source", str(source)]
+        report = work / "pump-report.json"
+        sender = Proc(
+            "pump send", python_module("tests.bench.pump", *argv, "--report", str(report)), REPO
+        )
+        with cleanup(sender):
+            sender.wait_for(r"sending \d+ files", 60)
+            start_ns, _ = sender.stamped(r"sending \d+ files")[0]
+            sender_cpu0 = sender.cpu_now()
+            seconds, wall, sender_cpu = _finish("pump", sender, start_ns, sender_cpu0)
+        if receiver.wait(60) != 0:
+            raise RuntimeError(f"pump receiver failed:\n{receiver.log_tail()}")
+    return Run(
+        "pump",
+        files,
+        size,
+        seconds,
+        wall,
+        receiver.cpu_seconds - receiver_cpu0,
+        sender_cpu,
+        receiver.peak_rss_kib / 1024,
+        sender.peak_rss_kib / 1024,
+    )
+
+
+def rsync_problem() -> str | None:
+    """Why rsync cannot be measured here, or None when it can (with --fsync)."""
+    if shutil.which("rsync") is None:
+        return "rsync is not installed (make bench installs it with apt-get)"
+    usage = subprocess.run(["rsync", "--help"], capture_output=True, text=True).stdout
+    if "--fsync" not in usage:
+        return "this rsync has no --fsync option (it needs rsync >= 3.2.4)"
+    return None
+
+
+def rsync_version() -> str:
+    if shutil.which("rsync") is None:
+        return "not installed"
+    first = subprocess.run(["rsync", "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"version (\S+)", first)
+    return match.group(1) if match else "unknown"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _rsyncd_conf(work: Path, dest: Path) -> Path:
+    """A daemon config of our own: one writable module, no chroot, runs as the current user."""
+    user = pwd.getpwuid(os.getuid()).pw_name
+    group = grp.getgrgid(os.getgid()).gr_name
+    conf = work / "rsyncd.conf"
+    conf.write_text(
+        f"pid file = {work / 'rsyncd.pid'}\n"
+        "use chroot = no\n"
+        f"uid = {user}\n"
+        f"gid = {group}\n"
+        "[bench]\n"
+        f"path = {dest}\n"
+        "read only = no\n"
+    )
+    return conf
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _wait_until_childless(daemon: Proc) -> None:
+    """The daemon's workers end just after the client; their CPU counts once reaped."""
+    deadline = time.monotonic() + 30
+    while _children(daemon.pid):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the rsync daemon's workers did not finish")
+        time.sleep(0.02)
+
+
+def _wait_for_port(port: int, daemon: Proc) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        if daemon.returncode is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the rsync daemon did not start:\n{daemon.log_tail()}")
+        time.sleep(0.05)
+
+
+def run_rsync(source: Path, work: Path, files: int, size: int, fsync: bool) -> Run:
+    """`rsync -a --whole-file [--fsync]` into an rsync daemon started on a free loopback port."""
+    dest = work / "dest"
+    dest.mkdir(parents=True)
+    port = _free_port()
+    conf = _rsyncd_conf(work, dest)
+    argv = ["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={port}"]
+    log = f"--log-file={work / 'rsyncd.log'}"
+    daemon = Proc("rsync daemon", [*argv, "--address=127.0.0.1", log])
+    with cleanup(daemon):
+        _wait_for_port(port, daemon)
+        _wait_until_childless(daemon)  # the probe's worker
+        daemon_cpu0 = daemon.cpu_now()
+        options = ["-a", "--whole-file", *(["--fsync"] if fsync else [])]
+        client = Proc(
+            "rsync", ["rsync", *options, f"{source}/", f"rsync://127.0.0.1:{port}/bench/"]
+        )
+        with cleanup(client):
+            seconds, wall, client_cpu = _finish("rsync", client, client.started_ns, 0.0)
+        _wait_until_childless(daemon)
+        daemon_cpu = daemon.cpu_now() - daemon_cpu0
+        daemon.stop()
+    label = "rsync --fsync" if fsync else "rsync (no --fsync)"
+    rss = client.peak_rss_kib / 1024
+    return Run(label, files, size, seconds, wall, daemon_cpu, client_cpu, None, rss)

@@ -1,0 +1,234 @@
+"""`make bench`: scanxfer against a bare socket pump and an rsync daemon, on loopback.
+
+    python -m tests.bench [--reps N] [--only B1,B2,B3] [--work DIR] [--keep]
+
+B1 moves one 1 GiB scan, B2 2,000 scans of 64 KiB (both also give B4, peak memory, and B5,
+receiver CPU per GB); B3 times scans written at 20 Hz from close to durable ACK.  Writes
+bench/results.json and bench/results.md and prints the table.  Needs about 2.5 GB free where
+the work directory is (a fresh one under $TMPDIR or /tmp, removed afterwards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from . import contenders, latency, report, table
+from .contenders import REPO, Run, python_module
+from .procs import Proc
+
+OUT_DIR = REPO / "bench"
+NEEDED_BYTES = 2_600_000_000
+B3_INTERVAL = 0.032  # plus simulate's 4 paced writes per file: about 20 files a second here
+B3_SETTLES = ("0", "0.05")  # seconds: no settling (inotify close only), then a short one
+# Variables that would make a child talk to systemd if `make bench` runs inside a unit.
+SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM")
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    count: int
+    shape: str  # uint16; the .npy header adds 128 bytes per file
+
+
+BULK = (Workload("B1", 1, "16384x32768"), Workload("B2", 2000, "128x256"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
+    args = _parse(argv)
+    for name in SYSTEMD_VARIABLES:
+        os.environ.pop(name, None)
+    work = Path(tempfile.mkdtemp(prefix="scanxfer-bench-", dir=args.work))
+    try:
+        _require_space(work)
+        results = measure(args, work)
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    publish(results)
+    print(f"make bench took {(time.monotonic() - started) / 60:.1f} min")
+    return 0
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
+    parser.add_argument("--reps", type=int, default=5, help="repetitions of each run (5)")
+    parser.add_argument("--only", default="B1,B2,B3", help="workloads to run (B1,B2,B3)")
+    parser.add_argument("--b3-files", type=int, default=200, help="scans per B3 run (200)")
+    parser.add_argument("--work", type=Path, help="parent of the work directory ($TMPDIR)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args(argv)
+    args.only = {name.strip().upper() for name in args.only.split(",")}
+    if not args.only <= {"B1", "B2", "B3"} or args.reps < 1:
+        parser.error("--only takes B1, B2 and/or B3 (B4 and B5 come from B1 and B2); --reps >= 1")
+    return args
+
+
+def _require_space(work: Path) -> None:
+    free = shutil.disk_usage(work).free
+    if free < NEEDED_BYTES:
+        raise SystemExit(
+            f"make bench needs {NEEDED_BYTES / 1e9:.1f} GB free in {work.parent}, has "
+            f"{free / 1e9:.1f} GB: free some space or set TMPDIR to a roomier disk"
+        )
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    problem = contenders.rsync_problem()
+    rsync_tool = "rsync --fsync" if problem is None else "rsync (no --fsync)"
+    results: dict[str, Any] = {
+        "date": report.stamp(),
+        "machine": report.machine(work),
+        "rsync_version": contenders.rsync_version(),
+        "rsync_tool": rsync_tool,
+        "rsync_problem": problem,
+        "repetitions": args.reps,
+        "load_average_before": report.load_average(),
+        "tls": report.TLS_NOTE,
+    }
+    tools: dict[str, Callable[[Path, Path, int, int], Run]] = {
+        "pump": contenders.run_pump,
+        "scanxfer": contenders.run_scanxfer,
+    }
+    if shutil.which("rsync") is not None:
+        tools[rsync_tool] = lambda *a: contenders.run_rsync(*a, fsync=problem is None)
+    for workload in BULK:
+        if workload.name in args.only:
+            results[workload.name] = _bulk(workload, tools, args.reps, work)
+    if "B3" in args.only:
+        results["B3"] = _latency(args.reps, args.b3_files, work)
+    return results
+
+
+def _bulk(
+    workload: Workload,
+    tools: dict[str, Callable[[Path, Path, int, int], Run]],
+    reps: int,
+    work: Path,
+) -> dict[str, Any]:
+    source = work / "data" / workload.name
+    generate(source, workload)
+    expected = _digests(source)
+    size = sum(length for length, _ in expected)
+    runs: dict[str, list[dict[str, Any]]] = {tool: [] for tool in tools}
+    _warm_up(source, work / "runs" / f"{workload.name}-warm-up", workload.count, size)
+    for rep in range(reps):
+        for tool in _rotated(list(tools), rep):
+            target = work / "runs" / f"{workload.name}-{tool.split()[0]}-{rep}"
+            target.mkdir(parents=True)
+            os.sync()  # earlier runs' writes and deletions must not land inside this one
+            run = tools[tool](source, target, workload.count, size)
+            _check(target, expected, tool)
+            shutil.rmtree(target)
+            runs[tool].append(run.as_dict())
+            rate = (
+                f"{size / run.seconds / 1e6:,.0f} MB/s, {workload.count / run.seconds:,.0f} files/s"
+            )
+            print(
+                f"{workload.name} {rep + 1}/{reps} {tool:>9}: {run.seconds:6.2f} s, {rate}",
+                flush=True,
+            )
+    shutil.rmtree(source)
+    return {"files": workload.count, "bytes": size, "shape": workload.shape, "runs": runs}
+
+
+def _warm_up(source: Path, target: Path, count: int, size: int) -> None:
+    """One untimed pump run: on a VM the first write into memory not touched for a while
+    costs more, and that must not fall on whichever tool happens to go first."""
+    target.mkdir(parents=True)
+    contenders.run_pump(source, target, count, size)
+    shutil.rmtree(target)
+
+
+def _rotated(tools: list[str], rep: int) -> list[str]:
+    """A different tool goes first in each repetition, so slow drift hits all alike."""
+    shift = rep % len(tools)
+    return tools[shift:] + tools[:shift]
+
+
+def generate(directory: Path, workload: Workload) -> None:
+    print(
+        f"{workload.name}: writing {workload.count} scan(s) of {workload.shape} uint16", flush=True
+    )
+    argv = ["simulate", "--dir", str(directory), "--count", str(workload.count)]
+    writer = Proc(
+        "simulate",
+        python_module("scanxfer", "-q", *argv, "--interval", "0", "--shape", workload.shape),
+    )
+    if writer.wait(contenders.GIVE_UP_SECONDS) != 0:
+        raise RuntimeError(f"simulate failed:\n{writer.log_tail()}")
+
+
+def _files(directory: Path) -> Iterator[Path]:
+    """The .npy files below `directory` in name order; partials end in .part and are skipped."""
+    return iter(sorted(directory.rglob("*.npy"), key=lambda p: p.name))
+
+
+def _digests(directory: Path) -> list[tuple[int, bytes]]:
+    out = []
+    for path in _files(directory):
+        hasher = xxhash.xxh3_128()
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                hasher.update(chunk)
+        out.append((path.stat().st_size, hasher.digest()))
+    return out
+
+
+def _check(received: Path, expected: list[tuple[int, bytes]], tool: str) -> None:
+    """A benchmark of a transfer that lost or mangled a file would be worthless."""
+    got = _digests(received)
+    if got != expected:
+        bad = sum(a != b for a, b in zip(got, expected, strict=False))
+        raise RuntimeError(
+            f"{tool} delivered {len(got)} files, {bad} of them different, for "
+            f"{len(expected)} sent; see the work directory (run with --keep)"
+        )
+
+
+def _latency(reps: int, files: int, work: Path) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {settle: [] for settle in B3_SETTLES}
+    for rep in range(reps):
+        for settle in B3_SETTLES:
+            target = work / "runs" / f"B3-{settle}-{rep}"
+            os.sync()
+            run = latency.run_latency(target, files, B3_INTERVAL, float(settle))
+            shutil.rmtree(target)
+            runs[settle].append(run.as_dict())
+            ack = latency.summary(run.close_to_ack_ms)
+            print(
+                f"B3 {rep + 1}/{reps} settle {settle} s: close → ACK p50 {ack['p50']:.1f} ms, "
+                f"p99 {ack['p99']:.1f} ms at {run.rate_hz:.1f} Hz",
+                flush=True,
+            )
+    return {"files": files, "interval_seconds": B3_INTERVAL, "runs": runs}
+
+
+def publish(results: dict[str, Any]) -> None:
+    """Write results.json and results.md and print the table; a missed target is a finding,
+    not a failure of `make bench`."""
+    results["load_average_after"] = report.load_average()
+    summary = report.summarize(results)
+    verdicts = report.targets(summary, results["rsync_tool"], B3_SETTLES[0])
+    results["summary"] = summary
+    results["targets"] = [t.as_dict() for t in verdicts]
+    OUT_DIR.mkdir(exist_ok=True)
+    (OUT_DIR / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    text = table.render(results, summary, verdicts)
+    (OUT_DIR / "results.md").write_text(text)
+    print("\n" + text)
+    print(f"written: {OUT_DIR / 'results.json'}, {OUT_DIR / 'results.md'}")
