@@ -155,6 +155,7 @@ class Store:
             if stat.S_ISREG(st.st_mode) and st.st_size == size:
                 path = "/".join((*parts[:-1], name))
                 if self._digest_of(dir_fd, name, path, st) == digest:
+                    _make_durable(dir_fd, name)
                     return StoredFile(path, Outcome.DUPLICATE, size)
         return None
 
@@ -286,3 +287,17 @@ class Store:
                         os.rename(part, name, src_dir_fd=part_fd, dst_dir_fd=dir_fd)
                         return True
             return True
+
+
+def _make_durable(dir_fd: int, name: str) -> None:
+    """fsync a stored file and its directory before a DUPLICATE answer vouches for it.
+
+    The copy may have been placed by a receiver killed before its directory fsync,
+    or put there by hand: a DUPLICATE ACK promises the same durability as STORED.
+    """
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.fsync(dir_fd)
