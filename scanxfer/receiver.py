@@ -28,6 +28,7 @@ from .store import (
     NoSpace,
     PartialFile,
     Store,
+    StoredFile,
     StoreError,
     StoreLimits,
     StoreSetupError,
@@ -148,6 +149,8 @@ class ConnectionHandler:
         self.files: dict[int, _Incoming] = {}
         self.current: _Incoming | None = None
         self.outbox = bytearray()
+        # Placed but not yet acknowledged: their directories are fsynced in one go first.
+        self.unsynced: list[tuple[_Incoming, StoredFile]] = []
 
     def run(self) -> None:
         try:
@@ -165,6 +168,9 @@ class ConnectionHandler:
             log.exception("%s: internal error, closing the connection", self.peer)
             self._send_error(p.ErrorCode.INTERNAL_ERROR, "internal error on the receiver")
         finally:
+            # Files placed but unanswered stay: make them durable, a re-offer finds them.
+            with contextlib.suppress(StoreError):
+                self.store.sync_placed([stored for _, stored in self.unsynced])
             if self.sender is not None:
                 self.registry.release(self.sender, self)
             self._release_partials()
@@ -189,6 +195,7 @@ class ConnectionHandler:
                 return
             self.conn.receive_data(view[:count])
             finished = self._handle_events()
+            self._acknowledge_placed()
             if self.outbox:
                 self.sock.sendall(self.outbox)
                 self.outbox.clear()
@@ -327,14 +334,28 @@ class ConnectionHandler:
     def _commit(self, incoming: _Incoming, partial: PartialFile) -> None:
         offer = incoming.offer
         try:
-            stored = partial.commit(offer.mtime_ns)
+            stored = partial.commit(offer.mtime_ns, sync_dir=False)
         except StoreError as error:
             log.error("%s: %s not stored: %s", self.peer, offer.path, error)
             self._reply(_nack(offer.file_id, error))
             return
-        outcome = p.Outcome[stored.outcome.name]
-        self._reply(p.Ack(offer.file_id, outcome, stored.path))
-        self._log_stored(incoming, stored.path, outcome)
+        self.unsynced.append((incoming, stored))
+
+    def _acknowledge_placed(self) -> None:
+        """Group commit: one directory fsync for all files completed in this batch, then ACKs."""
+        if not self.unsynced:
+            return
+        placed, self.unsynced = self.unsynced, []
+        failures = self.store.sync_placed([stored for _, stored in placed])
+        for incoming, stored in placed:
+            error = failures.get(stored.path)
+            if error is not None:
+                log.error("%s: %s not stored: %s", self.peer, incoming.offer.path, error)
+                self._reply(_nack(incoming.offer.file_id, error))
+                continue
+            outcome = p.Outcome[stored.outcome.name]
+            self._reply(p.Ack(incoming.offer.file_id, outcome, stored.path))
+            self._log_stored(incoming, stored.path, outcome)
 
     def _log_stored(self, incoming: _Incoming, path: str, outcome: p.Outcome) -> None:
         offer = incoming.offer

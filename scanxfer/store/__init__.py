@@ -29,6 +29,7 @@ import errno
 import os
 import stat
 import threading
+from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,7 +236,43 @@ class Store:
         st = os.statvfs(self.incoming_dir)
         return st.f_bavail * st.f_frsize
 
-    def _place(self, key: str, parts: tuple[str, ...], size: int, digest: bytes) -> StoredFile:
+    def sync_placed(self, files: Sequence[StoredFile]) -> dict[str, StoreError]:
+        """fsync the directories of files placed with ``sync_dir=False``, each directory once.
+
+        Group commit: a batch of small files costs one directory fsync instead of one
+        each.  Where the fsync fails, the names placed there are withdrawn, so that no
+        ACK can rest on them; the failures are returned by stored path.
+        """
+        by_dir: dict[tuple[str, ...], list[StoredFile]] = {}
+        for stored in files:
+            if stored.outcome is not Outcome.DUPLICATE:
+                by_dir.setdefault(tuple(stored.path.split("/")[:-1]), []).append(stored)
+        failures: dict[str, StoreError] = {}
+        for dirs, placed in by_dir.items():
+            where = "/".join(dirs) or "."
+            try:
+                with opened_subdir(self.incoming_dir, dirs, where, create=False) as dir_fd:
+                    if dir_fd is None:
+                        raise FileNotFoundError(f"{where} vanished")
+                    self._fsync_or_withdraw(dir_fd, placed)
+            except (OSError, StoreError) as exc:
+                error = exc if isinstance(exc, StoreError) else io_error(exc, f"syncing {where!r}")
+                failures.update((stored.path, error) for stored in placed)
+        return failures
+
+    @staticmethod
+    def _fsync_or_withdraw(dir_fd: int, placed: list[StoredFile]) -> None:
+        try:
+            os.fsync(dir_fd)
+        except OSError:
+            for stored in placed:
+                with suppress(OSError):
+                    os.unlink(stored.path.rsplit("/", 1)[-1], dir_fd=dir_fd)
+            raise
+
+    def _place(
+        self, key: str, parts: tuple[str, ...], size: int, digest: bytes, sync_dir: bool = True
+    ) -> StoredFile:
         """Move a verified, fsynced partial to its final name, never overwriting anything."""
         relpath = "/".join(parts)
         with opened_subdir(self.incoming_dir, parts[:-1], relpath, create=True) as dir_fd:
@@ -255,7 +292,8 @@ class Store:
                     "others kept taking them; send the file again"
                 )
             try:
-                os.fsync(dir_fd)
+                if sync_dir:
+                    os.fsync(dir_fd)
             except OSError:
                 with suppress(OSError):  # withdraw the name so no ACK rests on a lost rename
                     os.unlink(name, dir_fd=dir_fd)

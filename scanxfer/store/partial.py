@@ -169,8 +169,13 @@ class PartialFile:
         self._hasher.update(view)
         self.offset += len(view)
 
-    def commit(self, mtime_ns: int) -> StoredFile:
-        """Verify, fsync and place the file under its final (or a clash) name."""
+    def commit(self, mtime_ns: int, sync_dir: bool = True) -> StoredFile:
+        """Verify, fsync and place the file under its final (or a clash) name.
+
+        With ``sync_dir=False`` the directory fsync is left to ``Store.sync_placed``,
+        which does it once for a batch of files: the caller must not acknowledge
+        the file before that.
+        """
         fd = self._require_fd()
         if self.offset != self._size:
             raise StoreError(f"only {self.offset} of {self._size} bytes of {self._relpath!r} held")
@@ -183,7 +188,7 @@ class PartialFile:
         try:
             os.utime(fd, ns=(mtime_ns, mtime_ns))
             os.fsync(fd)
-            stored = self._store._place(self._key, self._parts, self._size, self._digest)
+            stored = self._store._place(self._key, self._parts, self._size, self._digest, sync_dir)
         except OSError as exc:
             raise io_error(exc, f"storing {self._relpath!r}") from exc
         finally:

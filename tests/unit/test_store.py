@@ -536,3 +536,48 @@ def test_sigkill_mid_file_then_resume(tmp_path: Path, incoming: Path) -> None:
     partial.write(data[partial.offset :])
     assert partial.commit(MTIME_NS).outcome is Outcome.STORED
     assert (incoming / "c" / "scan.npy").read_bytes() == data
+
+
+def commit_unsynced(store: Store, relpath: str, data: bytes) -> StoredFile:
+    partial = store.open_partial(relpath, len(data), digest(data))
+    partial.write(data)
+    return partial.commit(mtime_ns=1, sync_dir=False)
+
+
+def test_group_commit_syncs_each_directory_once(
+    store: Store, incoming: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    placed = [commit_unsynced(store, f"run/{i}.npy", payload(64, i)) for i in range(5)]
+    placed.append(commit_unsynced(store, "other/x.npy", payload(64, 9)))
+    synced_dirs: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            synced_dirs.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    assert store.sync_placed(placed) == {}
+    assert sorted(synced_dirs) == sorted(
+        {(incoming / "run").stat().st_ino, (incoming / "other").stat().st_ino}
+    )
+    assert files_under(incoming) == sorted([*(f"run/{i}.npy" for i in range(5)), "other/x.npy"])
+
+
+def test_group_commit_withdraws_names_when_the_directory_fsync_fails(
+    store: Store, incoming: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    placed = [commit_unsynced(store, f"run/{i}.npy", payload(64, i)) for i in range(3)]
+    real_fsync = os.fsync
+
+    def failing_dir_fsync(fd: int) -> None:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.EIO, "I/O error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_dir_fsync)
+    failures = store.sync_placed(placed)
+    assert set(failures) == {stored.path for stored in placed}
+    assert all(isinstance(error, StorageIOError) for error in failures.values())
+    assert files_under(incoming) == []  # no ACK may rest on a name that might not survive
