@@ -1,11 +1,12 @@
-# Each target is one command a new user runs: make venv | test | lint | demo | clean.
+# Each target is one command a new user runs:
+#   make venv | test | lint | demo | bench | deb | system-test-arm64 | clean.
 
 PYTHON ?= python3
 VENV := .venv
 # Rebuilt whenever pyproject.toml (dependencies, entry points) changes.
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo clean
+.PHONY: venv test lint demo bench deb system-test-arm64 clean
 
 venv: $(STAMP)
 
@@ -15,8 +16,13 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # pytest exits 5 when it collects no tests; make treats that as the failure it is.
+# The system tests (tests/system) build the .deb and boot Debian containers: they need root.
 test: venv
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -m 'not arm64'
+
+# The same package on the Pi's architecture, in an arm64 container run by qemu-user-static.
+system-test-arm64: venv
+	$(VENV)/bin/python -m pytest -m arm64
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -24,6 +30,40 @@ lint: venv
 demo: venv
 	$(VENV)/bin/python -m scanxfer.demo
 
+# scanxfer against a bare socket pump and an rsync daemon on loopback (issue 6); about 6 min.
+# Writes bench/results.json and bench/results.md. Not part of `make test`: speed is measured
+# here, as ratios to the other tools from the same run, never asserted in tests.
+bench: venv
+	rsync --help 2>/dev/null | grep -q -- --fsync || { $(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q rsync; }
+	$(VENV)/bin/python -m tests.bench
+
+# The Debian package: `sudo apt install ./scanxfer-receiver.deb`. Built in a copy, so
+# debhelper's files never land in the work tree; build/deb keeps the .changes, the source
+# package and the log for lintian. Build dependencies missing from this machine are
+# installed first (as root, or through sudo).
+DEB := scanxfer-receiver.deb
+DEB_INPUTS := pyproject.toml README.md \
+	$(shell find scanxfer config systemd debian -type f -not -path '*/__pycache__/*')
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+# Debian's python3 and tools, not a virtualenv's or pyenv's that may come first on PATH.
+DEB_PATH := /usr/sbin:/usr/bin:/sbin:/bin
+
+deb: $(DEB)
+
+$(DEB): $(DEB_INPUTS)
+	dpkg-checkbuilddeps >/dev/null 2>&1 || $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+		apt-get build-dep -y -qq --no-install-recommends ./
+	mkdir -p build
+	set -e; dir=$$(mktemp -d build/deb.XXXXXX); mkdir $$dir/src; \
+	tar -c --exclude=__pycache__ pyproject.toml README.md scanxfer config systemd debian \
+		| tar -x -C $$dir/src; \
+	(cd $$dir/src && env PATH=$(DEB_PATH) dpkg-buildpackage -us -uc >../build.log 2>&1) \
+		|| { tail -n 40 $$dir/build.log; echo "make deb: failed, see $$dir/build.log"; exit 1; }; \
+	rm -rf $$dir/src build/deb; mv $$dir build/deb
+	cp build/deb/scanxfer-receiver_*_all.deb $@.tmp
+	mv $@.tmp $@
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis $(DEB)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(commands)
     _add_simulate(commands)
     _add_verify(commands)
+    _add_install_user_unit(commands)
     return parser
 
 
@@ -250,6 +251,28 @@ def _add_verify(commands: Any) -> None:
     )
 
 
+def _add_install_user_unit(commands: Any) -> None:
+    sub = _command(
+        commands,
+        "install-user-unit",
+        _install_user_unit,
+        help="set the sender up as a systemd user service",
+        description="Install the scanxfer-sender systemd user unit for the current user, running "
+        "this very scanxfer (useful after a pip or pipx install), and with --to or --watch "
+        "write the sender's settings file. Then start it with: "
+        "systemctl --user enable --now scanxfer-sender",
+        epilog="The unit goes to ~/.config/systemd/user/scanxfer-sender.service, the settings "
+        "to ~/.config/scanxfer/sender.yaml (an existing settings file is never overwritten).\n\n"
+        "example:\n  scanxfer install-user-unit --to 192.168.1.50:5000 --watch ~/scans",
+    )
+    sub.add_argument(
+        "--to", metavar="HOST:PORT", help="the receiver's address, written to the settings"
+    )
+    sub.add_argument(
+        "--watch", type=Path, metavar="DIR", help="directory to send from, written to the settings"
+    )
+
+
 # --- argument types: raise ArgumentTypeError so argparse prints our message, exit 2 ---------
 
 
@@ -365,3 +388,22 @@ def _verify(args: argparse.Namespace) -> int:
         incoming=args.incoming or Path("data/incoming"),
         out=sys.stdout,
     )
+
+
+def _install_user_unit(args: argparse.Namespace) -> int:
+    import getpass
+
+    from scanxfer import user_unit
+
+    try:
+        user_unit.install(sys.executable, receiver=args.to, watch_dir=args.watch)
+    except (user_unit.InstallError, OSError) as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+    log.info(
+        "start it now and at every login with: systemctl --user enable --now %s\n"
+        "keep it running while you are logged out with: loginctl enable-linger %s",
+        user_unit.UNIT_NAME.removesuffix(".service"),
+        getpass.getuser(),
+    )
+    return EXIT_OK

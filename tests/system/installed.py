@@ -1,0 +1,107 @@
+"""The receiver package installed in a container the way a user does it, and a host sender."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy
+
+from .container import Container, wait_for
+
+CONFFILE = "/etc/scanxfer/receiver.yaml"
+INCOMING = "/var/lib/scanxfer/incoming"
+UNIT = "scanxfer-receiver"
+_POLICY = "/usr/sbin/policy-rc.d"
+
+
+@dataclass
+class Receiver:
+    """The installed, running receiver service inside `container`, listening on `port`."""
+
+    container: Container
+    port: int
+    install_output: str
+
+    def show(self, prop: str) -> str:
+        return self.container.sh(f"systemctl show --property={prop} --value {UNIT}").stdout.strip()
+
+    def journal(self, options: str = "") -> str:
+        return self.container.sh(f"journalctl -u {UNIT} --no-pager -o cat {options}").stdout
+
+    def incoming(self) -> Path:
+        return self.container.path(INCOMING)
+
+    def wait_active(self, timeout: float = 120) -> None:
+        wait_for(lambda: self._active_and_ready(), timeout, f"{UNIT} to be active")
+
+    def _active_and_ready(self) -> bool:
+        state = self.container.sh(f"systemctl is-active {UNIT}", check=False).stdout.strip()
+        return state == "active"
+
+
+def install(container: Container, deb: Path, port: int) -> Receiver:
+    """`apt install ./scanxfer-receiver.deb`, point it at loopback, `systemctl enable --now`.
+
+    The package starts its service during the install, as Debian packages do. Here that would
+    listen on every interface of the network the container shares with the host before the
+    test points it at loopback, so policy-rc.d (Debian's switch for chroots and containers)
+    holds that one start back; `systemctl enable --now` then starts it.
+    """
+    policy = container.path(_POLICY)
+    policy.write_text("#!/bin/sh\n# held back by the scanxfer system test\nexit 101\n")
+    policy.chmod(0o755)
+    shutil.copyfile(deb, container.path("/root/scanxfer-receiver.deb"))
+    try:
+        output = container.sh("cd /root && apt install -y ./scanxfer-receiver.deb").stdout
+    finally:
+        policy.unlink()
+    set_conffile_key(container, "listen", f'"127.0.0.1:{port}"')
+    container.sh(f"systemctl enable --now {UNIT}")
+    return Receiver(container, port, output)
+
+
+def set_conffile_key(container: Container, key: str, value: str) -> None:
+    """Edit one top-level key of the receiver's conffile in place, as a user would."""
+    path = container.path(CONFFILE)
+    text, count = re.subn(rf"(?m)^{key}:.*$", f"{key}: {value}", path.read_text())
+    assert count == 1, f"{CONFFILE} has no single line '{key}:'"
+    path.write_text(text)
+
+
+def make_scans(directory: Path, prefix: str) -> list[str]:
+    """A small, varied set of .npy scans, one in a subfolder; their relative paths."""
+    rng = numpy.random.default_rng(len(prefix))
+    arrays = {
+        f"{prefix}_0.npy": rng.integers(0, 65535, (256, 256), dtype=numpy.uint16),
+        f"{prefix}_1.npy": rng.random((128, 64), dtype=numpy.float32),
+        f"{prefix}_big.npy": rng.integers(0, 255, 3_000_000, dtype=numpy.uint8),
+        f"run_{prefix}/{prefix}_deep.npy": numpy.arange(1000, dtype=numpy.int64),
+    }
+    for relative, array in arrays.items():
+        (directory / relative).parent.mkdir(parents=True, exist_ok=True)
+        numpy.save(directory / relative, array)
+    return sorted(arrays)
+
+
+def send_once(port: int, scans: Path) -> subprocess.CompletedProcess[str]:
+    """`scanxfer send --once` from the host, with the scanxfer under test."""
+    command = [sys.executable, "-m", "scanxfer", "send", "--once"]
+    return subprocess.run(
+        [*command, "--to", f"127.0.0.1:{port}", "--watch", str(scans)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def assert_identical(source: Path, dest: Path, relatives: list[str]) -> None:
+    for relative in relatives:
+        received = dest / relative
+        assert received.is_file(), f"{relative} missing from {dest}"
+        assert received.read_bytes() == (source / relative).read_bytes(), f"{relative} differs"

@@ -1,0 +1,42 @@
+"""The very same .deb on arm64, the Raspberry Pi's architecture: an arm64 bookworm booted
+under qemu-user-static (binfmt), installed with the user's commands, receiving from the host.
+
+Emulation makes it several times slower, so it runs as `make system-test-arm64`, not in
+`make test`; CI runs both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .container import booted, free_port, require_host_tools
+from .installed import UNIT, Receiver, assert_identical, install, make_scans, send_once
+
+pytestmark = [pytest.mark.system, pytest.mark.arm64]
+
+
+@pytest.fixture(scope="module")
+def receiver(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Receiver]:
+    require_host_tools("qemu-aarch64-static")
+    binfmt = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
+    assert binfmt.is_file() and "enabled" in binfmt.read_text(), (
+        "qemu-aarch64 is not registered with binfmt_misc; `bash .ci/run` registers it"
+    )
+    with booted("arm64", tmp_path_factory.mktemp("arm64"), boot_timeout=600) as container:
+        yield install(container, deb, free_port())
+
+
+def test_the_same_deb_receives_scans_on_arm64(receiver: Receiver, tmp_path: Path) -> None:
+    container = receiver.container
+    assert container.sh("uname -m").stdout.strip() == "aarch64"
+    assert container.sh("dpkg --print-architecture").stdout.strip() == "arm64"
+    assert container.sh(f"systemctl is-active {UNIT}").stdout.strip() == "active"
+
+    scans = make_scans(tmp_path, "arm64")
+    result = send_once(receiver.port, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert_identical(tmp_path, receiver.incoming(), scans)
+    assert all(f"received {relative} " in receiver.journal() for relative in scans)
