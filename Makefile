@@ -6,7 +6,7 @@ VENV := .venv
 # Rebuilt whenever pyproject.toml (dependencies, entry points) changes.
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench deb system-test-arm64 clean
+.PHONY: venv test lint demo bench deb system-test-arm64 prerequisites clean
 
 venv: $(STAMP)
 
@@ -17,12 +17,16 @@ $(STAMP): pyproject.toml
 
 # pytest exits 5 when it collects no tests; make treats that as the failure it is.
 # The system tests (tests/system) build the .deb and boot Debian containers: they need root.
-test: venv
+test: prerequisites venv
 	$(VENV)/bin/python -m pytest -m 'not arm64'
 
 # The same package on the Pi's architecture, in an arm64 container run by qemu-user-static.
-system-test-arm64: venv
+system-test-arm64: prerequisites venv
 	$(VENV)/bin/python -m pytest -m arm64
+
+# Debian tools the system tests need (and python3-venv); installs only what is missing.
+prerequisites:
+	bash tests/system/prerequisites.sh
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 from pathlib import Path
 
 from scanxfer import protocol as p
 
-from .harness import send_once_in_background, sender_config, write_scan
+from .harness import (
+    ReceiverProcess,
+    send_once_in_background,
+    sender_config,
+    start_sender,
+    wait_for_files,
+    write_scan,
+)
 
 
 class ScriptedReceiver:
@@ -84,3 +92,22 @@ def test_a_receiver_that_never_answers_the_handshake_is_left(tmp_path: Path) -> 
         thread.join()
     assert "did not answer the handshake" in sender.log
     assert len(accepted) >= 2  # it retried before giving up
+
+
+def test_sighup_makes_the_daemon_watch_with_its_new_settings(
+    tmp_path: Path, receiver: ReceiverProcess
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    write_scan(first / "a.npy", (8, 8), seed=1)
+    config = sender_config(tmp_path / "s.yaml", receiver.port, first)
+    sender = start_sender(config)
+    try:
+        wait_for_files(receiver, ["a.npy"], sender)
+        sender_config(tmp_path / "s.yaml", receiver.port, second)
+        write_scan(second / "b.npy", (8, 8), seed=2)
+        sender.process.send_signal(signal.SIGHUP)
+        sender.wait_for("settings reloaded", 60)
+        wait_for_files(receiver, ["a.npy", "b.npy"], sender)
+        sender.wait_for(f"watching {second}", 60)
+    finally:
+        assert sender.stop() == 0, sender.log
