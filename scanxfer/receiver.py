@@ -21,6 +21,7 @@ from types import FrameType
 
 from . import protocol as p
 from .config import ConfigError, ReceiverConfig
+from .sizes import human_size, rate
 from .store import (
     BadName,
     Busy,
@@ -66,20 +67,6 @@ class Stats:
                 f"{self.files} files, {human_size(self.bytes)} received{last}; "
                 f"{self.connections} connections"
             )
-
-
-def human_size(size: float) -> str:
-    """Binary units, as `ls -h` and the config's sizes use."""
-    unit = "B"
-    for bigger in ("KiB", "MiB", "GiB", "TiB"):
-        if size < 1024:
-            break
-        size, unit = size / 1024, bigger
-    return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-
-
-def rate(size: int, seconds: float) -> str:
-    return f"{size / max(seconds, 1e-6) / 1e6:.1f} MB/s"
 
 
 SenderKey = tuple[str, bytes]  # (name, instance): one sender process

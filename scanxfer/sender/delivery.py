@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from .. import protocol as p
 from ..config import SenderConfig
 from ..ledger import Ledger, Verdict
-from ..receiver import human_size, rate
+from ..sizes import human_size, rate
 from .handoff import after_delivery
 from .session import ConnectionLost, FileChanged, FileJob, Session, where
 

@@ -15,7 +15,7 @@ import time
 from types import TracebackType
 from typing import TextIO
 
-from ..receiver import human_size
+from ..sizes import human_size
 from ..systemd import stderr_is_journal
 from .delivery import Progress
 

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from ..config import SenderConfig
 from ..ledger import Entry, Ledger, State
-from ..receiver import human_size
+from ..sizes import human_size
 from ..watcher import npy_complete, scan
 
 RECENT_SECONDS = 600
