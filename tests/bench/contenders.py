@@ -71,15 +71,19 @@ def _finish(tool: str, sender: Proc, start_ns: int, cpu0: float) -> tuple[float,
     return seconds, sender.elapsed, sender.cpu_seconds - cpu0
 
 
+@contextlib.contextmanager
+def scanxfer_receiver(work: Path) -> Iterator[tuple[Proc, int]]:
+    """`scanxfer receive` on a free loopback port with its state under `work`, and that port."""
+    config = work / "receiver.yaml"
+    config.write_text(f"listen: 127.0.0.1:0\nstate_dir: {work / 'receiver'}\n")
+    receiver = Proc("scanxfer receive", python_module("scanxfer", "receive", "-c", str(config)))
+    with cleanup(receiver):
+        yield receiver, int(receiver.wait_for(r"listening on \S+:(\d+)", 60).group(1))
+
+
 def run_scanxfer(source: Path, work: Path, files: int, size: int) -> Run:
     """`scanxfer receive` and `scanxfer send --once`, both as real processes."""
-    receiver_config = work / "receiver.yaml"
-    receiver_config.write_text(f"listen: 127.0.0.1:0\nstate_dir: {work / 'receiver'}\n")
-    receiver = Proc(
-        "scanxfer receive", python_module("scanxfer", "receive", "-c", str(receiver_config))
-    )
-    with cleanup(receiver):
-        port = int(receiver.wait_for(r"listening on \S+:(\d+)", 60).group(1))
+    with scanxfer_receiver(work) as (receiver, port):
         receiver_cpu0 = receiver.cpu_now()
         sender_config = work / "sender.yaml"
         sender_config.write_text(

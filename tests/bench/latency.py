@@ -24,7 +24,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .contenders import GIVE_UP_SECONDS, REPO, cleanup, python_module
+from .contenders import GIVE_UP_SECONDS, REPO, cleanup, python_module, scanxfer_receiver
 from .procs import Proc
 
 SHAPE = "512x1024"  # uint16: 1 MiB of data after a 128-byte header
@@ -70,13 +70,7 @@ def summary(values: list[float]) -> dict[str, float]:
 def run_latency(work: Path, files: int, interval: float, settle: float) -> LatencyRun:
     scans = work / "scans"
     scans.mkdir(parents=True)
-    receiver_config = work / "receiver.yaml"
-    receiver_config.write_text(f"listen: 127.0.0.1:0\nstate_dir: {work / 'receiver'}\n")
-    receiver = Proc(
-        "scanxfer receive", python_module("scanxfer", "receive", "-c", str(receiver_config))
-    )
-    with cleanup(receiver):
-        port = int(receiver.wait_for(r"listening on \S+:(\d+)", 60).group(1))
+    with scanxfer_receiver(work) as (receiver, port):
         sender_config = work / "sender.yaml"
         sender_config.write_text(
             f"receiver: 127.0.0.1:{port}\nwatch_dir: {scans}\n"
