@@ -10,12 +10,11 @@ from __future__ import annotations
 import ast
 import math
 import os
+import re
 import stat
 import struct
 from pathlib import Path
 from typing import BinaryIO
-
-from numpy.lib import format as npy_format
 
 NPY_MAGIC = b"\x93NUMPY"
 # numpy refuses to parse headers longer than this (its _MAX_HEADER_SIZE); so do we, so that a
@@ -25,6 +24,15 @@ MAX_NPY_HEADER = 10_000
 _HEADER_LEN_FORMAT = {1: "<H", 2: "<I", 3: "<I"}
 # Version 3.0 only differs from 2.0 in allowing UTF-8 field names in the header.
 _HEADER_ENCODING = {1: "latin1", 2: "latin1", 3: "utf8"}
+# Plain numeric dtypes, which is what instruments write: the item size is in the descr itself.
+_SIMPLE_DESCR = re.compile(r"[<>|=]?([biufc])([0-9]+)")
+_SIMPLE_SIZES = {
+    "b": {1},
+    "i": {1, 2, 4, 8},
+    "u": {1, 2, 4, 8},
+    "f": {2, 4, 8, 16},
+    "c": {8, 16, 32},
+}
 
 
 def npy_expected_size(fp: BinaryIO) -> int | None:
@@ -69,13 +77,26 @@ def _npy_data_size(header: bytes, encoding: str) -> int | None:
         return None
     if not isinstance(fields["fortran_order"], bool):
         return None
+    itemsize = _itemsize(fields["descr"])
+    return None if itemsize is None else math.prod(shape) * itemsize
+
+
+def _itemsize(descr: object) -> int | None:
+    """Bytes per element, or None for an invalid or object dtype.
+
+    Numeric dtypes are read from the descr string, so a sender watching ordinary scans never
+    imports numpy (about 20 MiB of memory); anything else is left to numpy's own parser.
+    """
+    simple = _SIMPLE_DESCR.fullmatch(descr) if isinstance(descr, str) else None
+    if simple and int(simple.group(2)) in _SIMPLE_SIZES[simple.group(1)]:
+        return int(simple.group(2))
+    from numpy.lib import format as npy_format
+
     try:
-        dtype = npy_format.descr_to_dtype(fields["descr"])
+        dtype = npy_format.descr_to_dtype(descr)
     except (TypeError, ValueError, KeyError, OverflowError, RecursionError):
         return None
-    if dtype.hasobject:
-        return None
-    return math.prod(shape) * dtype.itemsize
+    return None if dtype.hasobject else dtype.itemsize
 
 
 def npy_complete(path: Path) -> bool:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +27,7 @@ from scanxfer.watcher import (
     npy_complete,
     scan,
 )
+from scanxfer.watcher.npy import _itemsize
 
 SETTLE = 0.2
 WAIT = 10.0  # upper bound for something that must happen
@@ -393,3 +396,27 @@ def test_settle_time_protects_files_without_a_header(root: Path, method: str) ->
         fp.close()
         # Handed out early, the file would come out again for its final version.
         assert drain(w) == [PurePosixPath("log.dat")]
+
+
+@pytest.mark.parametrize(
+    "dtype", ["<u2", "|b1", "<f8", ">f4", "<c16", "|u1", "<i8", "<U7", "<M8[ns]", "|V12", "<f2"]
+)
+def test_item_sizes_match_numpy(dtype: str) -> None:
+    descr = np.lib.format.dtype_to_descr(np.dtype(dtype))
+    assert _itemsize(descr) == np.dtype(dtype).itemsize
+
+
+def test_object_and_invalid_dtypes_have_no_item_size() -> None:
+    assert _itemsize("|O") is None
+    assert _itemsize("<i16") is None
+    assert _itemsize("nonsense") is None
+
+
+def test_watching_plain_scans_does_not_import_numpy(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", np.zeros((4, 4), dtype=np.uint16))
+    script = (
+        "import sys; from pathlib import Path; from scanxfer.watcher import npy_complete; "
+        f"assert npy_complete(Path({str(tmp_path / 'a.npy')!r})); print('numpy' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
