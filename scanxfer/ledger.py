@@ -125,11 +125,16 @@ class Ledger:
             (State.SENDING, size, mtime_ns, digest, path),
         )
 
-    def delivered(self, path: str, stored_path: str) -> None:
+    def delivered(self, path: str, stored_path: str, size: int, mtime_ns: int) -> None:
+        """Record the version that was delivered, which may be older than the one last seen.
+
+        A file rewritten while its previous version was in flight must stay owed: if the
+        row kept the newer version here, a crash now would let a restart skip it.
+        """
         self._db.execute(
-            "UPDATE files SET state = ?, delivered_at = ?, stored_path = ?, last_error = NULL, "
-            "versions = versions + 1 WHERE path = ?",
-            (State.DELIVERED, time.time(), stored_path, path),
+            "UPDATE files SET state = ?, delivered_at = ?, stored_path = ?, size = ?, "
+            "mtime_ns = ?, last_error = NULL, versions = versions + 1 WHERE path = ?",
+            (State.DELIVERED, time.time(), stored_path, size, mtime_ns, path),
         )
 
     def refused(self, path: str, error: str, final: bool) -> None:

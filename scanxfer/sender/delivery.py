@@ -208,7 +208,7 @@ class Delivery:
 
     def _acked(self, job: FileJob, ack: p.Ack) -> None:
         # Journal first: a crash before the hand-off redoes the hand-off, never the send.
-        self.ledger.delivered(job.relpath, ack.stored_path)
+        self.ledger.delivered(job.relpath, ack.stored_path, job.size, job.mtime_ns)
         self.progress.files_done += 1
         self.progress.bytes_done += job.size
         self.connect_backoff.reset()
