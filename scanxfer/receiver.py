@@ -42,6 +42,7 @@ RECV_BUFFER = 1 << 20
 EXIT_OK, EXIT_UNAVAILABLE = 0, 3
 # Settings bound at start (the socket, the store); a reload only warns that they changed.
 RESTART_ONLY = ("listen", "state_dir", "incoming_dir", "partial_dir")
+STATUS_SECONDS = 1.0
 
 
 @dataclass
@@ -416,8 +417,10 @@ class Server:
         host, port = self.listener.getsockname()[:2]
         log.info("listening on %s:%d, storing into %s", host, port, self.store.incoming_dir)
         self.notifier.ready()
-        self.notifier.status(self.stats.status_line())
-        tick = self.notifier.watchdog_interval() or 5.0
+        shown = self.stats.status_line()
+        self.notifier.status(shown)
+        # At least once a second, so `systemctl status` follows the transfers closely.
+        tick = min(self.notifier.watchdog_interval() or STATUS_SECONDS, STATUS_SECONDS)
         while not self.stopping.is_set():
             for key, _ in selector.select(timeout=tick):
                 if key.fileobj is self.listener:
@@ -428,7 +431,9 @@ class Server:
                 self._reload()
             self._reap_threads()
             self.notifier.watchdog()
-            self.notifier.status(self.stats.status_line())
+            if (line := self.stats.status_line()) != shown:
+                self.notifier.status(line)
+                shown = line
         self._shutdown()
 
     def _install_signal_handlers(self) -> None:
