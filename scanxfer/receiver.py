@@ -284,12 +284,13 @@ class ConnectionHandler:
             self.store.check_name(offer.path)
         except BadName as error:
             return p.Nack(offer.file_id, p.NackReason.BAD_NAME, False, str(error))
-        if offer.size > self.store.free_bytes():
+        free = self.store.free_bytes()
+        if offer.size > free:
             return p.Nack(
                 offer.file_id,
                 p.NackReason.NO_SPACE,
                 True,
-                f"{offer.size} bytes do not fit in {self.store.free_bytes()} free",
+                f"{offer.size} bytes do not fit in {free} free",
             )
         return None
 

@@ -128,6 +128,7 @@ def _watch_and_deliver(
     with watcher:
         log.info("watching %s, delivering to %s", config.watch_dir, config.receiver)
         notifier.ready()
+        shown = ""
         while not delivery.stop.is_set() and not reload_requested.is_set():
             # Block on the watcher only when there is nothing else to do.
             wait = 0.5 if delivery.finished else 0.0
@@ -136,7 +137,9 @@ def _watch_and_deliver(
                 wait = 0.0
             delivery.step()
             notifier.watchdog()
-            notifier.status(_status_line(delivery))
+            if (line := _status_line(delivery)) != shown:
+                notifier.status(line)
+                shown = line
 
 
 def _reloaded(

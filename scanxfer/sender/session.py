@@ -104,7 +104,7 @@ class Session:
 
     @property
     def free_slots(self) -> int:
-        return self.conn.window - len(self.conn.files) if self.conn.version else 0
+        return self.conn.window - len(self.conn.files)
 
     @property
     def busy(self) -> bool:
