@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -28,6 +29,7 @@ from .values import (
     Parser,
     _choice,
     _did_you_mean,
+    _parse_bool,
     _parse_int,
     _parse_name,
     _parse_path,
@@ -36,6 +38,9 @@ from .values import (
     _show,
     parse_address,
     parse_duration,
+    parse_fingerprint,
+    parse_networks,
+    parse_secret,
     parse_size,
 )
 
@@ -63,6 +68,7 @@ WATCH_METHODS = ("auto", "inotify", "poll")
 AFTER_SEND_MODES = ("keep", "move", "delete")
 
 _Config = TypeVar("_Config")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(Exception):
@@ -106,6 +112,14 @@ class ReceiverConfig:
     handshake_timeout: float = field(metadata=_spec(_timeout))
     idle_timeout: float = field(metadata=_spec(_timeout))
     partial_max_age: float = field(metadata=_spec(_timeout))
+    tls: bool = field(metadata=_spec(_parse_bool))
+    per_sender_dirs: bool = field(metadata=_spec(_parse_bool))
+    min_free_space: int = field(metadata=_spec(_ranged(parse_size, 0, None, " bytes")))
+    max_auth_failures: int = field(metadata=_spec(_ranged(_parse_int, 1, 100000)))
+    legacy_listen: Address | None = field(
+        metadata=_spec(_address("0.0.0.0", listening=True), nullable=True)
+    )
+    legacy_allow: tuple[IPNetwork, ...] = field(metadata=_spec(parse_networks))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,6 +141,9 @@ class SenderConfig:
     retry_max: float = field(metadata=_spec(_timeout))
     after_send: str = field(metadata=_spec(_choice(AFTER_SEND_MODES)))
     sent_dir: Path = field(metadata=_spec(_parse_path, nullable=True))
+    key: str | None = field(metadata=_spec(parse_secret, nullable=True))
+    fingerprint: str | None = field(metadata=_spec(parse_fingerprint, nullable=True))
+    tls: bool = field(metadata=_spec(_parse_bool))
 
 
 def load_receiver_config(
@@ -175,6 +192,17 @@ def _finish_receiver(values: dict[str, Any], where: Mapping[str, str]) -> Receiv
             f"partial_dir {partial} (from {where['partial_dir']}) lies inside incoming_dir "
             f"{incoming} (from {where['incoming_dir']}), so unfinished files would look "
             f"delivered; set partial_dir beside it, e.g. {incoming.parent / 'partial'}"
+        )
+    if values["legacy_listen"] is not None and not values["legacy_allow"]:
+        raise ConfigError(
+            f"{where['legacy_listen']}: key 'legacy_listen' opens the unauthenticated door "
+            f"for prototype senders, but legacy_allow lists no network to accept them from; "
+            f"add e.g. legacy_allow: ['192.168.1.0/24'] (the instrument PC's network)"
+        )
+    if values["legacy_listen"] is not None and values["legacy_listen"] == values["listen"]:
+        raise ConfigError(
+            f"{where['legacy_listen']}: key 'legacy_listen' is the same address as listen; "
+            f"give the prototype door its own port, e.g. :5001"
         )
     return ReceiverConfig(**values)
 

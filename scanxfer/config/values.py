@@ -17,6 +17,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from ..protocol.auth import decode_secret
+
 Parser = Callable[[object], Any]
 
 
@@ -227,3 +229,50 @@ def _ranged(parse: Parser, low: float, high: float | None, unit: str = "") -> Pa
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _parse_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"  # from the command line
+    raise ValueError(f"expected true or false, got {_show(value)}")
+
+
+def parse_networks(value: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """A list of networks like ['192.168.1.0/24', '10.0.0.7']; a bare address is one host."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"expected a list of networks like ['192.168.1.0/24'], got {_show(value)}")
+    networks = []
+    for item in value:
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ValueError(
+                f"{item!r} is not a network; write it like '192.168.1.0/24' or '10.0.0.7'"
+            ) from None
+    return tuple(networks)
+
+
+def parse_secret(value: object) -> str:
+    """A sender key as `scanxfer keys add` printed it."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected the key printed by `scanxfer keys add`, got {_show(value)}")
+    try:
+        decode_secret(value.strip())
+    except ValueError as error:
+        raise ValueError(f"{error}; copy it again from `scanxfer keys add`") from None
+    return value.strip()
+
+
+def parse_fingerprint(value: object) -> str:
+    """A certificate's SHA-256 as 64 hex digits, colons allowed; kept lower case without colons."""
+    text = value.strip().lower().replace(":", "") if isinstance(value, str) else ""
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise ValueError(
+            "expected the receiver certificate's SHA-256 fingerprint, 64 hex digits as "
+            f"`scanxfer keys add` prints it, got {_show(value)}"
+        )
+    return text
