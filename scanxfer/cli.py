@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(commands)
     _add_verify(commands)
     _add_install_user_unit(commands)
+    from scanxfer import cli_keys  # imported here, not on top: it imports from this module
+
+    cli_keys.add_commands(commands)
     return parser
 
 
@@ -169,6 +172,15 @@ def _add_send(commands: Any) -> None:
         "--once",
         action="store_true",
         help="send what is there now, wait for the receiver to confirm it, then exit",
+    )
+    sub.add_argument(
+        "--legacy",
+        action="store_true",
+        help="send to an old prototype receiver (8-byte length, then the file; one connection "
+        "per file) during a migration: no key, no TLS, no checksum. The prototype sends no "
+        "acknowledgement, so a file counts as delivered once the receiver closes the "
+        "connection after reading it, which is the best confirmation there is; a file whose "
+        "connection ends otherwise is sent again and may arrive twice",
     )
 
 
@@ -343,7 +355,9 @@ def _send(args: argparse.Namespace) -> int:
     from scanxfer import sender
 
     # SIGHUP re-reads the same file with the same command-line overrides.
-    return sender.run(config, once=args.once, reload=lambda: _sender_config(args))
+    return sender.run(
+        config, once=args.once, reload=lambda: _sender_config(args), legacy=args.legacy
+    )
 
 
 def _status(args: argparse.Namespace) -> int:

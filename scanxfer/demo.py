@@ -98,13 +98,22 @@ class Child:
         return self.wait(timeout)
 
 
-def _write_sender_config(path: Path, port: int) -> None:
+def _pair_sender(path: Path, port: int) -> None:
+    """The two commands a user types to let a sender in: `keys add` on the receiver, `pair`."""
     path.write_text(
-        f"receiver: 127.0.0.1:{port}\n"
         f"watch_dir: {DEMO_DIR / 'scans'}\n"
         f"state_dir: {DEMO_DIR / 'sender-state'}\n"
         "settle_seconds: 0.5s\n"
     )
+    keys_add = ["keys", "add", "demo-pc", "--state-dir", str(DEMO_DIR / "state")]
+    issued = subprocess.run(
+        [sys.executable, "-m", "scanxfer", *keys_add, "--address", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
+    line = issued.stdout.strip()
+    subprocess.run([sys.executable, "-m", "scanxfer", "pair", line, "-c", str(path)], check=True)
 
 
 def _wait_until_stored(receiver: Child, count: int) -> None:
@@ -132,7 +141,7 @@ def main() -> int:
     try:
         port = int(receiver.wait_for(r"listening on \S+:(\d+)", 30).group(1))
         config = DEMO_DIR / "sender.yaml"
-        _write_sender_config(config, port)
+        _pair_sender(config, port)
         sender = Child("sender", "send", "-c", str(config))
         sender.wait_for("watching", 30)
         scans = str(DEMO_DIR / "scans")

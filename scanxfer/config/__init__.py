@@ -199,7 +199,8 @@ def _finish_receiver(values: dict[str, Any], where: Mapping[str, str]) -> Receiv
             f"for prototype senders, but legacy_allow lists no network to accept them from; "
             f"add e.g. legacy_allow: ['192.168.1.0/24'] (the instrument PC's network)"
         )
-    if values["legacy_listen"] is not None and values["legacy_listen"] == values["listen"]:
+    legacy = values["legacy_listen"]
+    if legacy is not None and legacy == values["listen"] and legacy.port != 0:
         raise ConfigError(
             f"{where['legacy_listen']}: key 'legacy_listen' is the same address as listen; "
             f"give the prototype door its own port, e.g. :5001"

@@ -26,8 +26,8 @@ import secrets
 import struct
 from dataclasses import dataclass
 
-NONCE_SIZE = 32
-PROOF_SIZE = 32  # SHA-256
+from .frames import NONCE_SIZE, PROOF_SIZE
+
 SECRET_SIZE = 32
 SECRET_TEXT_LENGTH = 43  # base64url of 32 bytes, without padding
 _TRANSCRIPT_LABEL = b"scanxfer handshake v1\0"
@@ -83,7 +83,7 @@ def verifier(secret: bytes) -> Verifier:
 def transcript(
     version: int, name: str, receiver_nonce: bytes, sender_nonce: bytes, channel: bytes
 ) -> bytes:
-    """What both proofs sign.  `channel` is the receiver certificate's SHA-256, or b"" on plain TCP."""
+    """What both proofs sign; `channel` is the receiver certificate's SHA-256 (b"" on plain TCP)."""
     raw_name = name.encode("utf-8", "surrogateescape")
     return b"".join(
         (

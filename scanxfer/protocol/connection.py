@@ -18,9 +18,13 @@ from .frames import (
     MAX_SIZE,
     MAX_WINDOW,
     NEED_DATA,
+    NONCE_SIZE,
+    PROOF_SIZE,
     PROTOCOL_VERSION,
     Ack,
+    Authenticate,
     Bye,
+    Challenge,
     ConnectionClosed,
     DataChunk,
     DataEnd,
@@ -68,9 +72,11 @@ class FileInFlight:
 
 # Which frames each role may send; the peer may send only the other role's set.
 _SENDS = {
-    Role.SENDER: frozenset({Hello, Offer, DataHeader, Bye, Error}),
-    Role.RECEIVER: frozenset({Welcome, Ready, Ack, Nack, Error}),
+    Role.SENDER: frozenset({Hello, Authenticate, Offer, DataHeader, Bye, Error}),
+    Role.RECEIVER: frozenset({Challenge, Welcome, Ready, Ack, Nack, Error}),
 }
+# The handshake, in order: each frame is legal only right after the one before it.
+_HANDSHAKE = (Hello, Challenge, Authenticate, Welcome)
 
 
 class Connection:
@@ -90,6 +96,7 @@ class Connection:
         self.version: int | None = None
         self.files: dict[int, FileInFlight] = {}
         self._hello: Hello | None = None
+        self._handshake_done = 0  # how many frames of _HANDSHAKE have passed
         self._input: deque[memoryview] = deque()
         self._input_size = 0
         self._payload: list[int] | None = None  # [file_id, bytes still to come]
@@ -219,10 +226,8 @@ class Connection:
 
     def _apply(self, event: Event, fail: type[ProtocolError]) -> None:
         match event:
-            case Hello():
-                self._on_hello(event, fail)
-            case Welcome():
-                self._on_welcome(event, fail)
+            case Hello() | Challenge() | Authenticate() | Welcome():
+                self._on_handshake(event, fail)
             case Offer():
                 self._on_offer(event, fail)
             case Ready():
@@ -237,22 +242,44 @@ class Connection:
                     raise fail(f"BYE with {len(self.files)} files still in flight")
                 self.state = ConnState.CLOSED
 
-    def _on_hello(self, event: Hello, fail: type[ProtocolError]) -> None:
-        if self.state is not ConnState.HANDSHAKE or self._hello is not None:
-            raise fail("HELLO sent twice")
-        if not 1 <= event.min_version <= event.max_version:
-            raise fail(f"bad version range {event.min_version}..{event.max_version}")
-        self._hello = event
+    def _on_handshake(
+        self, event: Hello | Challenge | Authenticate | Welcome, fail: type[ProtocolError]
+    ) -> None:
+        step = self._handshake_done
+        if self.state is not ConnState.HANDSHAKE or type(event) is not _HANDSHAKE[step]:
+            expected = _HANDSHAKE[step].__name__ if step < len(_HANDSHAKE) else "no handshake"
+            raise fail(f"{type(event).__name__} out of order (expected {expected})")
+        match event:
+            case Hello():
+                if not 1 <= event.min_version <= event.max_version:
+                    raise fail(f"bad version range {event.min_version}..{event.max_version}")
+                self._hello = event
+            case Challenge():
+                self._on_challenge(event, fail)
+            case Authenticate():
+                if len(event.nonce) != NONCE_SIZE or len(event.proof) != PROOF_SIZE:
+                    raise fail(f"nonce and proof must be {NONCE_SIZE} bytes each")
+            case Welcome():
+                self._on_welcome(event, fail)
+        self._handshake_done += 1
 
-    def _on_welcome(self, event: Welcome, fail: type[ProtocolError]) -> None:
+    def _on_challenge(self, event: Challenge, fail: type[ProtocolError]) -> None:
         hello = self._hello
-        if self.state is not ConnState.HANDSHAKE or hello is None:
-            raise fail("WELCOME before HELLO")
+        assert hello is not None  # the order check put HELLO first
         if not hello.min_version <= event.version <= hello.max_version:
             raise fail(f"version {event.version} was not offered", ErrorCode.UNSUPPORTED_VERSION)
+        if len(event.nonce) != NONCE_SIZE:
+            raise fail(f"nonce must be {NONCE_SIZE} bytes")
+        self.version = event.version
+
+    def _on_welcome(self, event: Welcome, fail: type[ProtocolError]) -> None:
+        if event.version != self.version:
+            raise fail(f"WELCOME for version {event.version} after choosing {self.version}")
         if not 1 <= event.window <= MAX_WINDOW:
             raise fail(f"window {event.window} outside 1..{MAX_WINDOW}")
-        self.version, self.window, self.state = event.version, event.window, ConnState.OPEN
+        if len(event.proof) != PROOF_SIZE:
+            raise fail(f"proof must be {PROOF_SIZE} bytes")
+        self.window, self.state = event.window, ConnState.OPEN
 
     def _on_offer(self, event: Offer, fail: type[ProtocolError]) -> None:
         self._require_open(event, fail)

@@ -20,6 +20,9 @@ MAX_SIZE = 2**63 - 1  # a file size or offset must fit a signed 64-bit off_t
 # HELLO option: random bytes naming one sender process across its reconnections.
 INSTANCE_OPTION = "instance"
 
+NONCE_SIZE = 32
+PROOF_SIZE = 32  # HMAC-SHA256
+
 FRAME_HEAD = struct.Struct(">BI")  # type, body length
 _DATA_HEAD = struct.Struct(">IQQ")  # file_id, offset, length
 _OFFER_HEAD = struct.Struct(">IQq16s")  # file_id, size, mtime_ns, digest
@@ -27,7 +30,9 @@ _READY = struct.Struct(">IQ")
 _ACK_HEAD = struct.Struct(">IB")
 _NACK_HEAD = struct.Struct(">IHB")
 _HELLO_HEAD = struct.Struct(">8sHH")
-_WELCOME_HEAD = struct.Struct(">HH")
+_WELCOME_HEAD = struct.Struct(">HH32s")  # version, window, receiver's proof
+_CHALLENGE = struct.Struct(">H32s")  # chosen version, receiver nonce
+_AUTHENTICATE = struct.Struct(">32s32s")  # sender nonce, sender's proof
 _U16 = struct.Struct(">H")
 
 
@@ -36,7 +41,9 @@ class FrameType(enum.IntEnum):
     WELCOME = 0x02
     ERROR = 0x03
     BYE = 0x04
-    # 0x05-0x0F are reserved for handshake extensions (authentication).
+    CHALLENGE = 0x05
+    AUTHENTICATE = 0x06
+    # 0x07-0x0F are reserved for later handshake extensions.
     OFFER = 0x10
     READY = 0x11
     DATA = 0x12
@@ -113,9 +120,28 @@ class Hello:
 
 
 @dataclass(frozen=True, slots=True)
+class Challenge:
+    """The receiver's answer to HELLO: the version it chose and its fresh nonce."""
+
+    version: int
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    """The sender's fresh nonce and its proof of the key (see protocol.auth)."""
+
+    nonce: bytes
+    proof: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Welcome:
+    """The sender is authenticated; `proof` shows the receiver knows the sender's key too."""
+
     name: str
     window: int
+    proof: bytes
     version: int = PROTOCOL_VERSION
     options: dict[str, bytes] = field(default_factory=dict)
 
@@ -198,6 +224,8 @@ NEED_DATA = NeedData()
 
 Event = (
     Hello
+    | Challenge
+    | Authenticate
     | Welcome
     | Error
     | Bye
@@ -284,8 +312,13 @@ def encode(event: Event) -> bytes:
             body = _HELLO_HEAD.pack(MAGIC, event.min_version, event.max_version)
             body += _pack_str(event.name) + _pack_options(event.options)
             kind = FrameType.HELLO
+        case Challenge():
+            body, kind = _CHALLENGE.pack(event.version, event.nonce), FrameType.CHALLENGE
+        case Authenticate():
+            body = _AUTHENTICATE.pack(event.nonce, event.proof)
+            kind = FrameType.AUTHENTICATE
         case Welcome():
-            body = _WELCOME_HEAD.pack(event.version, event.window)
+            body = _WELCOME_HEAD.pack(event.version, event.window, event.proof)
             body += _pack_str(event.name) + _pack_options(event.options)
             kind = FrameType.WELCOME
         case Error():
@@ -323,9 +356,13 @@ def decode_body(kind: FrameType, body: bytes) -> Event:
             if magic != MAGIC:
                 raise RemoteProtocolError("not a scanxfer peer (bad magic in hello)")
             event = Hello(reader.text(), low, high, reader.options())
+        case FrameType.CHALLENGE:
+            event = Challenge(*reader.fixed(_CHALLENGE))
+        case FrameType.AUTHENTICATE:
+            event = Authenticate(*reader.fixed(_AUTHENTICATE))
         case FrameType.WELCOME:
-            version, window = reader.fixed(_WELCOME_HEAD)
-            event = Welcome(reader.text(), window, version, reader.options())
+            version, window, proof = reader.fixed(_WELCOME_HEAD)
+            event = Welcome(reader.text(), window, proof, version, reader.options())
         case FrameType.ERROR:
             (code,) = reader.fixed(_U16)
             event = Error(parse_enum(ErrorCode, code, "error code"), reader.text())

@@ -3,7 +3,8 @@
 `scanxfer send --once` delivers what is there and exits; without it the sender
 watches the directory until SIGTERM, re-reading its settings on SIGHUP.  The
 pieces: `session` (one connection), `delivery` (queue, retries, journal),
-`handoff` (keep / move / delete after the ACK), `status` (`scanxfer status`).
+`handoff` (keep / move / delete after the ACK), `status` (`scanxfer status`),
+`legacy` (`send --legacy`, to an old prototype receiver).
 """
 
 from __future__ import annotations
@@ -20,21 +21,33 @@ from ..systemd import Notifier
 from ..watcher import CompletionWatcher, npy_complete, scan
 from .delivery import Delivery
 from .progress import ProgressBar
+from .session import NOT_PAIRED
 
 log = logging.getLogger("scanxfer.sender")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
-def run(config: SenderConfig, once: bool, reload: Callable[[], SenderConfig] | None = None) -> int:
-    """`scanxfer send`: deliver what is there (--once) or keep watching."""
+def run(
+    config: SenderConfig,
+    once: bool,
+    reload: Callable[[], SenderConfig] | None = None,
+    legacy: bool = False,
+) -> int:
+    """`scanxfer send`: deliver what is there (--once) or keep watching.
+
+    `legacy` sends to an old prototype receiver instead, which knows no keys (see `legacy`).
+    """
+    if config.key is None and not legacy:
+        log.error("%s", NOT_PAIRED)
+        return EXIT_USAGE
     stop, reload_requested = threading.Event(), threading.Event()
     _install_signal_handlers(stop, reload_requested)
     ledger = Ledger(config.state_dir)
     try:
         if once:
-            return _run_once(Delivery(config, ledger, once=True, stop=stop))
-        return _run_daemon(config, ledger, stop, reload_requested, reload)
+            return _run_once(Delivery(config, ledger, once=True, stop=stop, legacy=legacy))
+        return _run_daemon(config, ledger, stop, reload_requested, reload, legacy)
     finally:
         ledger.close()
 
@@ -83,7 +96,9 @@ def _once_result(delivery: Delivery, total: int) -> int:
         names = ", ".join(path for path, _ in delivery.failed[:10]) or "interrupted"
         log.error("%d of %d files delivered; not delivered: %s", done, total, names)
         return EXIT_FAILED
-    if total:
+    if total and delivery.legacy:
+        log.info("all %d files sent; the prototype receiver confirms nothing more", total)
+    elif total:
         log.info("all %d files delivered and stored durably", total)
     else:
         skipped = delivery.progress.files_already_delivered
@@ -97,11 +112,12 @@ def _run_daemon(
     stop: threading.Event,
     reload_requested: threading.Event,
     reload: Callable[[], SenderConfig] | None,
+    legacy: bool,
 ) -> int:
     notifier = Notifier()
     delivered = 0
     while not stop.is_set():
-        delivery = Delivery(config, ledger, once=False, stop=stop)
+        delivery = Delivery(config, ledger, once=False, stop=stop, legacy=legacy)
         _watch_and_deliver(delivery, notifier, reload_requested)
         delivered += delivery.progress.files_done
         delivery.close()

@@ -23,7 +23,15 @@ from ..config import SenderConfig
 from ..ledger import Ledger, Verdict
 from ..sizes import human_size, rate
 from .handoff import after_delivery
-from .session import ConnectionLost, FileChanged, FileJob, Session, where
+from .legacy import LegacySession
+from .session import (
+    AuthenticationFailed,
+    ConnectionLost,
+    FileChanged,
+    FileJob,
+    Session,
+    where,
+)
 
 log = logging.getLogger("scanxfer.sender")
 
@@ -73,12 +81,14 @@ class Delivery:
     ledger: Ledger
     once: bool
     stop: threading.Event = field(default_factory=threading.Event)
+    # `send --legacy`: to an old prototype receiver, one connection per file (see legacy.py).
+    legacy: bool = False
     pending: deque[FileJob] = field(default_factory=deque)
     delayed: list[tuple[float, int, FileJob]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     progress: Progress = field(default_factory=Progress)
     unreachable: str = ""
-    session: Session | None = None
+    session: Session | LegacySession | None = None
     paused_until: float = 0.0
     last_activity: float = field(default_factory=time.monotonic)
 
@@ -172,14 +182,29 @@ class Delivery:
         return True
 
     def _connect(self) -> bool:
+        if self.legacy:
+            # Each file opens its own connection when it is sent: nothing to connect yet.
+            self.session = LegacySession(self.config)
+            return True
         try:
             self.session = Session(self.config, INSTANCE)
+        except AuthenticationFailed as error:
+            self._not_recognised(str(error))
+            return False
         except ConnectionLost as error:
             self._connection_failed(str(error))
             return False
         log.info("connected to %s", where(self.config))
         self.last_activity = time.monotonic()
         return True
+
+    def _not_recognised(self, reason: str) -> None:
+        """Keys or certificate do not match: only a person can fix it, so retry slowly."""
+        if self.once:
+            self.unreachable = reason
+            return
+        log.error("%s; trying again in %.0f s", reason, self.config.retry_max)
+        self.stop.wait(self.config.retry_max)
 
     def _connection_failed(self, reason: str) -> None:
         delay = self.connect_backoff.next_delay()

@@ -14,6 +14,7 @@ import logging
 import os
 import select
 import socket
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -24,15 +25,22 @@ import xxhash
 
 from .. import protocol as p
 from ..config import SenderConfig
+from ..protocol import auth
+from ..tls import client_context, peer_fingerprint, pin_matches
 
 log = logging.getLogger("scanxfer.sender")
 
 READ_CHUNK = 1 << 20
 RECV_CHUNK = 1 << 16
+TLS_CHUNK = 1 << 18  # payload per sendall when sendfile cannot bypass TLS
 
 
 class ConnectionLost(Exception):
     """The session is unusable; its files go back to the queue."""
+
+
+class AuthenticationFailed(ConnectionLost):
+    """The receiver and this sender do not recognise each other; retrying will not fix it."""
 
 
 class FileChanged(Exception):
@@ -72,19 +80,18 @@ class Session:
     """One connection to the receiver: handshake, then offers, streams and answers."""
 
     def __init__(self, config: SenderConfig, instance: bytes) -> None:
-        address = (config.receiver.host, config.receiver.port)
-        try:
-            self.sock = socket.create_connection(address, timeout=config.connect_timeout)
-        except OSError as error:
-            raise ConnectionLost(f"cannot connect to {where(config)}: {error}") from error
-        # A blocking send or sendfile that makes no progress this long is a stall.
-        self.sock.settimeout(config.stall_timeout)
+        if config.key is None:
+            raise AuthenticationFailed(NOT_PAIRED)
+        self.config = config
+        self.sock, self.channel = _connect(config)
         self.stall_timeout = config.stall_timeout
         self.conn = p.Connection(p.Role.SENDER)
         self.inflight: dict[int, FileJob] = {}
         self.ready: deque[p.Ready] = deque()
         self.answers: list[tuple[FileJob, p.Ack | p.Nack]] = []
         self._ids = itertools.count(1)
+        self._secret = auth.decode_secret(config.key)
+        self._signed = b""
         hello = p.Hello(config.name, options={p.INSTANCE_OPTION: instance})
         self._outbox = bytearray(self.conn.send(hello))
         self.last_heard = time.monotonic()
@@ -100,7 +107,29 @@ class Session:
         while self.conn.state is p.ConnState.HANDSHAKE:
             if time.monotonic() > deadline:
                 raise ConnectionLost("the receiver did not answer the handshake")
-            self._poll(0.2)
+            try:
+                self._poll(0.2)
+            except ConnectionLost as error:
+                if isinstance(error, AuthenticationFailed) or self.conn.version is not None:
+                    raise
+                hint = "" if self.config.tls else " (does it expect TLS? tls: must match)"
+                raise ConnectionLost(f"{error} during the handshake{hint}") from error
+
+    def _answer_challenge(self, challenge: p.Challenge) -> None:
+        nonce = auth.new_nonce()
+        self._signed = auth.transcript(
+            challenge.version, self.config.name, challenge.nonce, nonce, self.channel
+        )
+        proof = auth.client_proof(self._secret, self._signed)
+        self._outbox += self.conn.send(p.Authenticate(nonce, proof))
+        self._flush()
+
+    def _check_welcome(self, welcome: p.Welcome) -> None:
+        if not auth.check_server_proof(self._secret, self._signed, welcome.proof):
+            raise AuthenticationFailed(
+                f"{where(self.config)} accepted this sender without knowing its key: it is "
+                f"not the receiver this sender was paired with"
+            )
 
     @property
     def free_slots(self) -> int:
@@ -165,6 +194,8 @@ class Session:
 
     def _sendfile(self, handle: BinaryIO, offset: int, length: int) -> int:
         try:
+            if isinstance(self.sock, ssl.SSLSocket):
+                return _send_through_tls(self.sock, handle, offset, length)
             return self.sock.sendfile(handle, offset, length)
         except OSError as error:
             raise ConnectionLost(f"connection lost while streaming: {error}") from error
@@ -183,8 +214,9 @@ class Session:
     def _poll(self, wait: float) -> None:
         """Read whatever answers have arrived, waiting up to `wait` s for the first."""
         # recv only after select said readable: with a socket timeout set, a
-        # bare recv would wait for the whole stall timeout.
-        while select.select([self.sock], [], [], wait)[0]:
+        # bare recv would wait for the whole stall timeout.  TLS may hold decrypted
+        # bytes the kernel no longer shows as readable.
+        while self._pending() or select.select([self.sock], [], [], wait)[0]:
             try:
                 data = self.sock.recv(RECV_CHUNK)
             except OSError as error:
@@ -203,8 +235,20 @@ class Session:
         except p.RemoteProtocolError as error:
             raise ConnectionLost(f"receiver broke the protocol: {error}") from error
 
+    def _pending(self) -> bool:
+        return isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0
+
     def _on_event(self, event: p.Event) -> None:
         match event:
+            case p.Challenge():
+                self._answer_challenge(event)
+            case p.Welcome():
+                self._check_welcome(event)
+            case p.Error() if event.code is p.ErrorCode.AUTH_FAILED:
+                raise AuthenticationFailed(
+                    f"{where(self.config)} refused this sender's key ({event.message}): was "
+                    f"it revoked, or the sender renamed? Pair it again: {PAIR_HINT}"
+                )
             case p.Ready():
                 self.ready.append(event)
             case p.Ack() | p.Nack():
@@ -218,4 +262,60 @@ class Session:
 
 
 def where(config: SenderConfig) -> str:
-    return f"receiver {config.receiver.host}:{config.receiver.port}"
+    return f"receiver {config.receiver}"
+
+
+PAIR_HINT = "on the receiver `sudo scanxfer keys add NAME`, then here `scanxfer pair 'LINE'`"
+NOT_PAIRED = f"this sender has no key yet: {PAIR_HINT}"
+
+
+def _connect(config: SenderConfig) -> tuple[socket.socket, bytes]:
+    """A connection to the receiver, TLS-secured and pinned unless tls is false.
+
+    Returns the socket and the channel the proofs are bound to (the pinned certificate).
+    """
+    address = (config.receiver.host, config.receiver.port)
+    try:
+        sock = socket.create_connection(address, timeout=config.connect_timeout)
+    except OSError as error:
+        raise ConnectionLost(f"cannot connect to {where(config)}: {error}") from error
+    # A send that makes no progress this long is a stall.
+    if not config.tls:
+        sock.settimeout(config.stall_timeout)
+        return sock, b""
+    if config.fingerprint is None:
+        sock.close()
+        raise AuthenticationFailed(f"no receiver fingerprint to check TLS against: {PAIR_HINT}")
+    sock.settimeout(config.stall_timeout)
+    try:
+        secured = client_context().wrap_socket(sock)
+    except TimeoutError as error:
+        sock.close()
+        raise ConnectionLost(f"{where(config)} did not answer the handshake (TLS)") from error
+    except (ssl.SSLError, OSError) as error:
+        sock.close()
+        hint = " (does the receiver have tls: false? tls: must match)"
+        raise ConnectionLost(f"no TLS handshake with {where(config)}: {error}{hint}") from error
+    actual = peer_fingerprint(secured)
+    if not pin_matches(actual, config.fingerprint):
+        secured.close()
+        raise AuthenticationFailed(
+            f"{where(config)} presented certificate {actual}, not the pinned "
+            f"{config.fingerprint}: someone may be in the middle, or the receiver was "
+            f"reinstalled; if so, pair again: {PAIR_HINT}"
+        )
+    return secured, bytes.fromhex(actual)
+
+
+def _send_through_tls(sock: ssl.SSLSocket, handle: BinaryIO, offset: int, length: int) -> int:
+    """sendfile for TLS: the kernel cannot encrypt, so the bytes pass through in big slices."""
+    buffer = bytearray(TLS_CHUNK)
+    view = memoryview(buffer)
+    sent = 0
+    while sent < length:
+        count = os.preadv(handle.fileno(), [view[: min(TLS_CHUNK, length - sent)]], offset + sent)
+        if count == 0:
+            break  # the file shrank: the caller reports it
+        sock.sendall(view[:count])
+        sent += count
+    return sent

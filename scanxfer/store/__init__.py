@@ -184,8 +184,12 @@ class Store:
             self._digests[cache_key] = hasher.digest()
         return hasher.digest()
 
-    def open_partial(self, relpath: str, size: int, digest: bytes) -> PartialFile:
-        """Open or resume the partial file for this offer; raises BadName or Busy."""
+    def open_partial(self, relpath: str, size: int, digest: bytes | None) -> PartialFile:
+        """Open or resume the partial file for this offer; raises BadName or Busy.
+
+        ``digest=None`` is for a peer that announces no digest (the prototype door): the
+        partial is a fresh one of its own, never resumed, and its commit verifies nothing.
+        """
         parts = self.check_name(relpath)
         key = partial_key(relpath, size, digest)
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 from contextlib import suppress
 from dataclasses import dataclass
@@ -34,8 +35,14 @@ class LeftoverPartial:
     age_seconds: float
 
 
-def partial_key(relpath: str, size: int, digest: bytes) -> str:
-    """Name a partial by what it will become; JSON keeps the fields unambiguous."""
+def partial_key(relpath: str, size: int, digest: bytes | None) -> str:
+    """Name a partial by what it will become; JSON keeps the fields unambiguous.
+
+    Without a digest nothing identifies the content, so a resume could splice two different
+    files: such a partial gets a random key, which nothing will ever open again.
+    """
+    if digest is None:
+        return secrets.token_hex(16)
     ident = json.dumps([relpath, size, digest.hex()], ensure_ascii=False)
     return xxhash.xxh3_128_hexdigest(ident.encode("utf-8"))
 
@@ -52,7 +59,7 @@ def hash_fd(hasher: xxhash.xxh3_128, fd: int, length: int) -> int:
     return done
 
 
-def write_meta(partial_dir: Path, key: str, relpath: str, size: int, digest: bytes) -> None:
+def write_meta(partial_dir: Path, key: str, relpath: str, size: int, digest: bytes | None) -> None:
     """Write the sidecar atomically so a leftover scan never reads half of one.
 
     Not fsynced: it only names a partial in logs, and a power cut that loses it
@@ -60,7 +67,8 @@ def write_meta(partial_dir: Path, key: str, relpath: str, size: int, digest: byt
     fsync halves the cost of storing a small file.
     """
     created = datetime.now(UTC).isoformat(timespec="seconds")
-    meta = {"path": relpath, "size": size, "digest": digest.hex(), "created": created}
+    hexdigest = None if digest is None else digest.hex()
+    meta = {"path": relpath, "size": size, "digest": hexdigest, "created": created}
     tmp = partial_dir / f"{key}.meta.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
@@ -118,11 +126,18 @@ def _read_meta(partial_dir: Path, key: str) -> tuple[str, int]:
 class PartialFile:
     """One file being received, used by one connection thread.
 
-    ``offset`` is the number of bytes held: the point to resume from.
+    ``offset`` is the number of bytes held: the point to resume from.  A ``digest`` of None
+    means the peer announced none (the prototype door): commit then checks nothing.
     """
 
     def __init__(
-        self, store: Store, key: str, relpath: str, parts: tuple[str, ...], size: int, digest: bytes
+        self,
+        store: Store,
+        key: str,
+        relpath: str,
+        parts: tuple[str, ...],
+        size: int,
+        digest: bytes | None,
     ) -> None:
         self._store, self._key, self._relpath, self._parts = store, key, relpath, parts
         self._size, self._digest = size, digest
@@ -179,7 +194,8 @@ class PartialFile:
         fd = self._require_fd()
         if self.offset != self._size:
             raise StoreError(f"only {self.offset} of {self._size} bytes of {self._relpath!r} held")
-        if self._hasher.digest() != self._digest:
+        digest = self._hasher.digest()
+        if self._digest is not None and digest != self._digest:
             self.discard()
             raise DigestMismatch(
                 f"the bytes received for {self._relpath!r} do not match the sender's digest; "
@@ -188,7 +204,7 @@ class PartialFile:
         try:
             os.utime(fd, ns=(mtime_ns, mtime_ns))
             os.fsync(fd)
-            stored = self._store._place(self._key, self._parts, self._size, self._digest, sync_dir)
+            stored = self._store._place(self._key, self._parts, self._size, digest, sync_dir)
         except OSError as exc:
             raise io_error(exc, f"storing {self._relpath!r}") from exc
         finally:

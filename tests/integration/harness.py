@@ -2,26 +2,61 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import io
 import json
 import os
 import random
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from scanxfer.demo import Child
+from scanxfer.keys import KEYS_FILE_NAME, KeyFile
+from scanxfer.tls import ensure_identity
 from scanxfer.verify import verify_trees
 
 # "Give up" bound for waits that normally end in seconds; never an assertion about speed.
 GIVE_UP_SECONDS = 180
+TEST_SENDER = "test-sender"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A receiver identity and one sender key, made once and installed into every test receiver."""
+
+    source: Path  # holds keys.json and tls/, laid out like a receiver's state_dir
+    secret: str
+    fingerprint: str
+
+
+@functools.cache
+def credentials() -> Credentials:
+    """Issued with the real `KeyFile` and `ensure_identity`; shared so each test stays quick."""
+    source = Path(tempfile.mkdtemp(prefix="scanxfer-credentials-"))
+    atexit.register(shutil.rmtree, source, ignore_errors=True)
+    secret = KeyFile(source / KEYS_FILE_NAME).add(TEST_SENDER)
+    fingerprint = ensure_identity(source, "test receiver").fingerprint
+    return Credentials(source, secret, fingerprint)
+
+
+def install_credentials(state_dir: Path) -> None:
+    """Give a receiver's state_dir the shared certificate and the test sender's key."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    source = credentials().source
+    shutil.copy2(source / KEYS_FILE_NAME, state_dir / KEYS_FILE_NAME)
+    shutil.copytree(source / "tls", state_dir / "tls", dirs_exist_ok=True)
 
 
 class ReceiverProcess:
@@ -34,6 +69,7 @@ class ReceiverProcess:
         self.state = root / "state"
         self.port = port
         self.child: Child | None = None
+        install_credentials(self.state)
 
     def start(self) -> ReceiverProcess:
         config = ["-c", str(self.config)] if self.config else []
@@ -72,9 +108,15 @@ class ReceiverProcess:
 
 
 def sender_config(path: Path, port: int, watch: Path, **extra: str) -> Path:
-    """A sender.yaml with fast retries, so tests exercise failures without waiting long."""
+    """A sender.yaml with fast retries, so tests exercise failures without waiting long.
+
+    It carries the shared test credentials, which every ReceiverProcess accepts.
+    """
     settings = {
         "receiver": f"127.0.0.1:{port}",
+        "name": TEST_SENDER,
+        "key": credentials().secret,
+        "fingerprint": credentials().fingerprint,
         "watch_dir": str(watch),
         "state_dir": str(path.parent / "sender-state"),
         "retry_initial": "0.05s",

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import xxhash
 
 from scanxfer import protocol as p
 
@@ -25,6 +24,7 @@ from .harness import (
     write_big_scan,
     write_scan,
 )
+from .rawclient import RawSender
 
 
 def test_300_nested_files_and_a_256_mib_file_arrive_identical(
@@ -125,35 +125,6 @@ def test_a_resent_file_is_a_duplicate_and_a_changed_one_is_kept_beside(
     assert "a/scan.npy changed after delivery; sending the new version" in changed.log
 
 
-class RawSender:
-    """A hand-driven protocol client, for offers the real sender would never make."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.conn = p.Connection(p.Role.SENDER)
-        self.sock.sendall(self.conn.send(p.Hello("raw")))
-        assert isinstance(self.next_event(), p.Welcome)
-        self.ids = iter(range(1, 10**6))
-
-    def next_event(self) -> p.Event:
-        while (event := self.conn.next_event()) is p.NEED_DATA:
-            self.conn.receive_data(self.sock.recv(65536))
-        return event
-
-    def send_file(self, path: str, payload: bytes) -> p.Ack | p.Nack:
-        """Offer, stream if asked, and return the final answer."""
-        file_id = next(self.ids)
-        digest = xxhash.xxh3_128(payload).digest()
-        self.sock.sendall(self.conn.send(p.Offer(file_id, path, len(payload), 0, digest)))
-        answer = self.next_event()
-        if isinstance(answer, p.Ready):
-            header = p.DataHeader(file_id, answer.offset, len(payload) - answer.offset)
-            self.sock.sendall(self.conn.send(header) + payload[answer.offset :])
-            answer = self.next_event()
-        assert isinstance(answer, p.Ack | p.Nack), answer
-        return answer
-
-
 @pytest.mark.parametrize(
     "name",
     [
@@ -197,14 +168,21 @@ def test_a_symlink_planted_in_incoming_is_never_followed(
     assert (receiver.incoming / beside.stored_path).read_bytes() == b"payload"
 
 
+@pytest.mark.parametrize(
+    ("tls", "refusal"),
+    [("true", "no TLS handshake"), ("false", "not a scanxfer handshake")],
+)
 def test_garbage_clients_do_not_disturb_a_good_transfer(
-    tmp_path: Path, receiver: ReceiverProcess
+    tmp_path: Path, tls: str, refusal: str
 ) -> None:
+    settings = tmp_path / "receiver.yaml"
+    settings.write_text(f"tls: {tls}\nhandshake_timeout: 2s\n")
+    receiver = ReceiverProcess(tmp_path / "pi", config=settings).start()
     scans = tmp_path / "scans"
     write_big_scan(scans / "volume.npy", 64)
     for index in range(20):
         write_scan(scans / f"s{index}.npy", (64, 64), index)
-    config = sender_config(tmp_path / "sender.yaml", receiver.port, scans)
+    config = sender_config(tmp_path / "sender.yaml", receiver.port, scans, tls=tls)
     sender = send_once_in_background(config)
     attackers = [
         threading.Thread(target=hostile_client, args=(receiver.port, kind))
@@ -217,7 +195,9 @@ def test_garbage_clients_do_not_disturb_a_good_transfer(
     assert sender.wait(300) == 0, sender.log
     assert_identical(scans, receiver.incoming)
     assert receiver.child is not None and receiver.child.process.poll() is None
-    assert count_matches(r"protocol error", receiver.log) >= 9
+    # Each is refused before it is parsed as a file; past max_auth_failures, silently.
+    assert count_matches(f"handshake failed: {refusal}", receiver.log) >= 9
+    assert "handshake failed" not in sender.log
     assert receiver.stored_files() == sorted(
         path.relative_to(scans).as_posix() for path in scans.rglob("*.npy")
     )

@@ -191,11 +191,15 @@ def small_and_big(scans: Path, small: int, big_mib: int) -> list[str]:
 
 
 def deliver_through(
-    tmp_path: Path, proxy: FaultProxy, receiver: ReceiverProcess, expected: list[str]
+    tmp_path: Path,
+    proxy: FaultProxy,
+    receiver: ReceiverProcess,
+    expected: list[str],
+    tls: str = "true",
 ) -> str:
     """Run a sender daemon through `proxy` until everything is stored; its log."""
     scans = tmp_path / "scans"
-    config = sender_config(tmp_path / "sender.yaml", proxy.port, scans, **DAEMON)
+    config = sender_config(tmp_path / "sender.yaml", proxy.port, scans, **DAEMON, tls=tls)
     sender = start_sender(config)
     try:
         wait_for_files(receiver, expected, sender)
@@ -240,16 +244,33 @@ def test_a_stalled_connection_is_abandoned_and_reopened(
     assert count_matches(r"resuming ", receiver.log) >= 1
 
 
-def test_a_flipped_byte_is_caught_by_the_digest_and_the_file_resent(
-    tmp_path: Path, receiver: ReceiverProcess
-) -> None:
+def test_a_flipped_byte_is_caught_by_the_digest_and_the_file_resent(tmp_path: Path) -> None:
+    # Plain TCP: under TLS the record's MAC would catch the flip first (the next test).
+    settings = tmp_path / "receiver.yaml"
+    settings.write_text("tls: false\n")
+    receiver = ReceiverProcess(tmp_path / "pi", config=settings).start()
     scans = tmp_path / "scans"
     for index in range(3):
         write_scan(scans / f"s{index}.npy", (1024, 512), index)  # 1 MiB each
     expected = ["s0.npy", "s1.npy", "s2.npy"]
     # Offers and handshake are a few hundred bytes: offset 512 KiB is inside the first payload.
     with FaultProxy(receiver.port, [Plan(flip_at=512 << 10)]) as proxy:
-        log = deliver_through(tmp_path, proxy, receiver, expected)
+        log = deliver_through(tmp_path, proxy, receiver, expected, tls="false")
         assert proxy.link(1).flipped.is_set()
     assert count_matches(r"digest mismatch", log) == 1
     assert receiver.partials() == []
+    receiver.stop()
+
+
+def test_a_flipped_byte_under_tls_ends_the_connection_and_the_file_is_resent(
+    tmp_path: Path, receiver: ReceiverProcess
+) -> None:
+    scans = tmp_path / "scans"
+    for index in range(3):
+        write_scan(scans / f"s{index}.npy", (1024, 512), index)
+    expected = ["s0.npy", "s1.npy", "s2.npy"]
+    with FaultProxy(receiver.port, [Plan(flip_at=512 << 10)]) as proxy:
+        deliver_through(tmp_path, proxy, receiver, expected)
+        assert proxy.link(1).flipped.is_set()
+    # The receiver's TLS layer refused the damaged record; nothing damaged was stored.
+    assert count_matches(r"connection lost: .*(DECRYPTION|BAD_RECORD_MAC|decrypt)", receiver.log)

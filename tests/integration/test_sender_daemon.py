@@ -194,14 +194,16 @@ def test_a_backlog_built_while_the_receiver_is_down_drains_oldest_first(tmp_path
 
 
 def ready_frames(receiver_name: str) -> int:
-    """Bytes the receiver sends before its first ACK when one file is offered: WELCOME + READY."""
-    welcome = p.encode(p.Welcome(receiver_name, 64, 1))
-    return len(welcome) + len(p.encode(p.Ready(1, 0)))
+    """Bytes a plain-TCP receiver sends before its first ACK when one file is offered."""
+    challenge = p.encode(p.Challenge(1, bytes(p.NONCE_SIZE)))
+    welcome = p.encode(p.Welcome(receiver_name, 64, bytes(p.PROOF_SIZE), 1))
+    return len(challenge) + len(welcome) + len(p.encode(p.Ready(1, 0)))
 
 
 def test_after_send_delete_waits_for_the_durable_ack(tmp_path: Path) -> None:
     settings = tmp_path / "receiver.yaml"
-    settings.write_text("name: pi\nwindow: 64\n")
+    # Plain TCP, so the proxy can count the receiver's frames.
+    settings.write_text("name: pi\nwindow: 64\ntls: false\n")
     receiver = ReceiverProcess(tmp_path / "pi", config=settings).start()
     scans = tmp_path / "scans"
     source = write_scan(scans / "run" / "scan.npy", (256, 256), 1)
@@ -213,7 +215,12 @@ def test_after_send_delete_waits_for_the_durable_ack(tmp_path: Path) -> None:
         receiver.port, lambda n: first if n == 1 else Plan(drop_downstream_after=0)
     ) as proxy:
         config = sender_config(
-            tmp_path / "sender.yaml", proxy.port, scans, after_send="delete", **DAEMON
+            tmp_path / "sender.yaml",
+            proxy.port,
+            scans,
+            after_send="delete",
+            tls="false",
+            **DAEMON,
         )
         sender = start_sender(config)
         try:

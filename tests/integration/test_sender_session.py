@@ -8,9 +8,14 @@ import threading
 from pathlib import Path
 
 from scanxfer import protocol as p
+from scanxfer.keys import KEYS_FILE_NAME, Keyring
+from scanxfer.protocol import auth
+from scanxfer.tls import load_identity, server_context
 
 from .harness import (
+    TEST_SENDER,
     ReceiverProcess,
+    credentials,
     send_once_in_background,
     sender_config,
     start_sender,
@@ -20,19 +25,33 @@ from .harness import (
 
 
 class ScriptedReceiver:
-    """Speaks the receiver's side by hand: handshake, then whatever the test says."""
+    """Speaks the receiver's side by hand: TLS and handshake, then whatever the test says."""
 
     def __init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.listener.settimeout(60)
+        identity = load_identity(credentials().source)
+        self.context = server_context(identity)
+        self.channel = bytes.fromhex(identity.fingerprint)
+        entry = Keyring(credentials().source / KEYS_FILE_NAME).lookup(TEST_SENDER)
+        assert entry is not None
+        self.record = entry.verifier
 
     def accept(self) -> tuple[socket.socket, p.Connection]:
-        sock, _ = self.listener.accept()
-        sock.settimeout(60)
+        plain, _ = self.listener.accept()
+        plain.settimeout(60)
+        sock = self.context.wrap_socket(plain, server_side=True)
         conn = p.Connection(p.Role.RECEIVER)
-        assert isinstance(next_event(sock, conn), p.Hello)
-        sock.sendall(conn.send(p.Welcome("scripted", 8)))
+        hello = next_event(sock, conn)
+        assert isinstance(hello, p.Hello)
+        nonce = auth.new_nonce()
+        sock.sendall(conn.send(p.Challenge(1, nonce)))
+        answer = next_event(sock, conn)
+        assert isinstance(answer, p.Authenticate)
+        signed = auth.transcript(1, hello.name, nonce, answer.nonce, self.channel)
+        assert auth.check_client_proof(self.record, signed, answer.proof)
+        sock.sendall(conn.send(p.Welcome("scripted", 8, auth.server_proof(self.record, signed))))
         return sock, conn
 
 

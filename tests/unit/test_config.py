@@ -94,6 +94,12 @@ def test_receiver_defaults() -> None:
         handshake_timeout=10.0,
         idle_timeout=300.0,
         partial_max_age=7 * 86400.0,
+        tls=True,
+        per_sender_dirs=False,
+        min_free_space=256 * 2**20,
+        max_auth_failures=10,
+        legacy_listen=None,
+        legacy_allow=(),
     )
 
 
@@ -115,6 +121,9 @@ def test_sender_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
         retry_max=60.0,
         after_send="keep",
         sent_dir=Path.home() / "sent",
+        key=None,
+        fingerprint=None,
+        tls=True,
     )
 
 
@@ -410,3 +419,44 @@ def test_parse_address_refuses(value: object, hint: str) -> None:
 def test_address_text_round_trips(ip: object, port: int) -> None:
     address = Address(str(ip), port)
     assert parse_address(str(address), "default") == address
+
+
+def test_the_legacy_door_needs_networks_to_let_in(tmp_path: Path) -> None:
+    config = _write(tmp_path, "legacy_listen: ':5001'\n")
+    with pytest.raises(ConfigError, match="legacy_allow lists no network"):
+        load_receiver_config(config)
+    config = _write(tmp_path, "legacy_listen: ':5001'\nlegacy_allow: ['192.168.1.0/24']\n")
+    settings = load_receiver_config(config)
+    assert settings.legacy_listen == Address("0.0.0.0", 5001)
+    assert [str(net) for net in settings.legacy_allow] == ["192.168.1.0/24"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("legacy_allow: ['192.168.1.300/24']\n", "not a network"),
+        ("tls: maybe\n", "expected true or false"),
+        ("legacy_listen: ':5000'\nlegacy_allow: [10.0.0.1]\n", "same address as listen"),
+    ],
+)
+def test_bad_security_settings_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_receiver_config(_write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("key: not-a-key\n", "base64url"),
+        ("fingerprint: abc\n", "64 hex digits"),
+    ],
+)
+def test_bad_sender_credentials_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_sender_config(_write(tmp_path, text))
+
+
+def test_a_fingerprint_may_be_written_with_colons(tmp_path: Path) -> None:
+    pairs = ":".join(["AB"] * 32)
+    settings = load_sender_config(_write(tmp_path, f"fingerprint: '{pairs}'\n"))
+    assert settings.fingerprint == "ab" * 32

@@ -56,7 +56,11 @@ def open_pair(window: int = 8) -> tuple[p.Connection, p.Connection]:
     receiver.receive_data(sender.send(p.Hello("host")))
     hello = receiver.next_event()
     assert isinstance(hello, p.Hello) and p.negotiate(hello) == p.PROTOCOL_VERSION
-    sender.receive_data(receiver.send(p.Welcome("pi", window)))
+    sender.receive_data(receiver.send(p.Challenge(p.PROTOCOL_VERSION, b"r" * p.NONCE_SIZE)))
+    assert isinstance(sender.next_event(), p.Challenge)
+    receiver.receive_data(sender.send(p.Authenticate(b"s" * p.NONCE_SIZE, b"p" * p.PROOF_SIZE)))
+    assert isinstance(receiver.next_event(), p.Authenticate)
+    sender.receive_data(receiver.send(p.Welcome("pi", window, b"w" * p.PROOF_SIZE)))
     assert isinstance(sender.next_event(), p.Welcome)
     assert sender.state is receiver.state is p.ConnState.OPEN
     return sender, receiver
@@ -83,7 +87,9 @@ def sender_stream(payloads: list[bytes]) -> tuple[bytes, list[p.Event]]:
 def test_every_frame_round_trips() -> None:
     events = [
         p.Hello("host", 1, 3, {"auth": b"\x00\x01"}),
-        p.Welcome("pi", 64, 1, {"nonce": b"x" * 32}),
+        p.Challenge(1, bytes(range(32))),
+        p.Authenticate(b"n" * 32, b"p" * 32),
+        p.Welcome("pi", 64, b"w" * 32, 1, {"x": b"y" * 32}),
         p.Error(p.ErrorCode.SHUTTING_DOWN, "bye now"),
         p.Bye(),
         p.Offer(2**32 - 1, "a/b/ü.npy", p.MAX_SIZE, -5, DIGEST),
@@ -264,7 +270,7 @@ def test_version_negotiation() -> None:
     assert p.negotiate(p.Hello("h", 2, 5)) is None
     sender = p.Connection(p.Role.SENDER)
     sender.send(p.Hello("h", 1, 1))
-    sender.receive_data(p.encode(p.Welcome("pi", 4, version=2)))
+    sender.receive_data(p.encode(p.Challenge(2, b"r" * p.NONCE_SIZE)))
     with pytest.raises(p.RemoteProtocolError) as caught:
         sender.next_event()
     assert caught.value.code is p.ErrorCode.UNSUPPORTED_VERSION

@@ -1,0 +1,336 @@
+"""`scanxfer keys add|list|revoke` (on the receiver) and `scanxfer pair` (on the sender).
+
+Pairing takes two commands and one copied line: `sudo scanxfer keys add lab-pc` on the Pi
+issues a key and prints a line holding it, the receiver's address and its certificate's
+fingerprint; `scanxfer pair LINE` on the instrument PC writes all of it into sender.yaml.
+
+Kept apart from scanxfer.cli, which registers these commands by calling add_commands().
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import shlex
+import socket
+from pathlib import Path
+from typing import Any
+
+from scanxfer.cli import EXIT_FAILURE, EXIT_OK, UsageError, _add_verbosity, _command, _Formatter
+from scanxfer.config import (
+    RECEIVER_CONFIG_PATH,
+    Address,
+    ReceiverConfig,
+    default_sender_config_path,
+    load_receiver_config,
+    load_sender_config,
+    parse_address,
+)
+
+log = logging.getLogger(__name__)
+
+
+def add_commands(commands: Any) -> None:
+    """Register `keys` (with add, list, revoke) and `pair` on the top-level subparsers."""
+    _add_keys(commands)
+    _add_pair(commands)
+
+
+def _add_keys(commands: Any) -> None:
+    keys = commands.add_parser(
+        "keys",
+        formatter_class=_Formatter,
+        help="issue, list and revoke sender keys (on the receiver)",
+        description="Manage which senders the receiver accepts. Each sender proves a key of "
+        "its own; the receiver stores only what it needs to check it, in keys.json in its "
+        "state directory, and picks up changes without a restart. Run these with sudo on "
+        "the receiver.",
+        epilog="examples:\n"
+        "  sudo scanxfer keys add lab-pc\n"
+        "  sudo scanxfer keys add lab-pc --address 192.168.1.50 --replace\n"
+        "  sudo scanxfer keys list\n"
+        "  sudo scanxfer keys revoke lab-pc",
+    )
+    _add_verbosity(keys, default=argparse.SUPPRESS)
+    actions = keys.add_subparsers(dest="keys_action", required=True)
+    add = _command(
+        actions,
+        "add",
+        _keys_add,
+        help="issue a key for a sender and print its pairing line",
+        description="Issue a key for the sender NAME and print, on standard output, the "
+        "line to give to `scanxfer pair` on that sender. The line holds the key: pass it on "
+        "privately. Makes the receiver's TLS certificate first if there is none yet.",
+        epilog="The address in the line is --address if given, else the listen address of "
+        "the settings if it is not 0.0.0.0, else this host's first non-loopback IPv4 "
+        "address, else its host name.\n\n"
+        "example:\n  sudo scanxfer keys add lab-pc --address pi.lab.example:5000",
+    )
+    add.add_argument("name", type=_sender_name, metavar="NAME", help="the sender, e.g. lab-pc")
+    add.add_argument(
+        "--address",
+        metavar="HOST[:PORT]",
+        help="how senders reach this receiver (default: worked out as described below)",
+    )
+    add.add_argument(
+        "--replace", action="store_true", help="give NAME a new key; its old key stops working"
+    )
+    _add_receiver_options(add)
+    listing = _command(
+        actions,
+        "list",
+        _keys_list,
+        help="list the senders' keys and the certificate fingerprint",
+        description="List every sender key issued (name, when, active or revoked) and the "
+        "fingerprint of the receiver's certificate.",
+    )
+    _add_receiver_options(listing)
+    revoke = _command(
+        actions,
+        "revoke",
+        _keys_revoke,
+        help="stop accepting a sender's key",
+        description="Stop accepting the key of the sender NAME from its next connection on. "
+        "The record stays, so the receiver's log can say why it refuses; `keys add NAME` "
+        "issues a new key later.",
+    )
+    revoke.add_argument("name", metavar="NAME", help="the sender to refuse")
+    _add_receiver_options(revoke)
+    # Named after the choices, so "required" errors list them, as usage lines do.
+    actions.metavar = "{" + ",".join(actions.choices) + "}"
+
+
+def _add_receiver_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"receiver settings to read (default: {RECEIVER_CONFIG_PATH} if it exists)",
+    )
+    sub.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="the receiver's state directory, if not the settings' state_dir",
+    )
+
+
+def _add_pair(commands: Any) -> None:
+    sub = _command(
+        commands,
+        "pair",
+        _pair,
+        help="set this sender up from a line printed by `scanxfer keys add`",
+        description="Write the receiver's address, this sender's name and key, and the "
+        "receiver's certificate fingerprint from LINE into the sender's settings file. Other "
+        "settings and comments in the file are kept.",
+        epilog="The settings go to ~/.config/scanxfer/sender.yaml unless -c FILE is given.\n\n"
+        "example:\n  scanxfer pair 'scanxfer://lab-pc:KEY@192.168.1.50:5000/?fingerprint=...'",
+    )
+    sub.add_argument("line", metavar="LINE", help="the whole line `scanxfer keys add` printed")
+    sub.add_argument(
+        "-c", "--config", type=Path, metavar="FILE", help="sender settings file to write"
+    )
+
+
+def _sender_name(text: str) -> str:
+    from scanxfer.keys import check_sender_name
+
+    try:
+        return check_sender_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def _receiver_config(args: argparse.Namespace) -> ReceiverConfig:
+    return load_receiver_config(args.config, {"state_dir": args.state_dir})
+
+
+def _keys_add(args: argparse.Namespace) -> int:
+    config = _receiver_config(args)
+    address, source = _pairing_address(args.address, config.listen)
+    from scanxfer import keys, tls
+    from scanxfer.pairing import Pairing, format_pairing
+
+    try:
+        identity = tls.ensure_identity(config.state_dir, config.name) if config.tls else None
+        secret = keys.KeyFile(keys.keys_path(config.state_dir)).add(args.name, replace=args.replace)
+    except (keys.KeysError, tls.TLSSetupError) as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+    except OSError as exc:
+        log.error("cannot change %s: %s", config.state_dir, exc)
+        return EXIT_FAILURE
+    line = format_pairing(
+        Pairing(
+            host=address.host,
+            port=address.port,
+            name=args.name,
+            secret=secret,
+            fingerprint=None if identity is None else identity.fingerprint,
+            tls=identity is not None,
+        )
+    )
+    print(line, flush=True)
+    log.info(
+        "issued a key for %s; the receiver accepts it from now on.\n"
+        "on the sender, run:\n  scanxfer pair '%s'\n"
+        "the line holds the key: pass it on privately.\n"
+        "address in the line: %s (%s); if senders reach this receiver another way, issue "
+        "the key again with --address HOST[:PORT] --replace",
+        args.name,
+        line,
+        address,
+        source,
+    )
+    if identity is None:
+        log.warning("tls is false in the receiver's settings: files cross the network unencrypted")
+    return EXIT_OK
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    config = _receiver_config(args)
+    from scanxfer import keys, tls
+
+    try:
+        entries = keys.KeyFile(keys.keys_path(config.state_dir)).entries()
+    except keys.KeysError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+    if entries:
+        width = max(len("NAME"), *(len(entry.name) for entry in entries))
+        print(f"{'NAME':<{width}}  {'CREATED':<20}  STATUS")
+        for entry in entries:
+            status = "active" if entry.active else f"revoked {entry.revoked}"
+            print(f"{entry.name:<{width}}  {entry.created:<20}  {status}")
+    else:
+        log.info("no sender keys yet; issue one with: sudo scanxfer keys add NAME")
+    try:
+        identity = tls.load_identity(config.state_dir)
+    except tls.TLSSetupError as exc:
+        if config.tls:
+            log.warning("%s", exc)
+    else:
+        shown = tls.format_fingerprint(identity.fingerprint)
+        if entries:
+            print()  # a blank line between the table and the fingerprint
+        print(f"certificate fingerprint (SHA-256): {shown}")
+    return EXIT_OK
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    config = _receiver_config(args)
+    from scanxfer import keys
+
+    try:
+        keys.KeyFile(keys.keys_path(config.state_dir)).revoke(args.name)
+    except keys.KeysError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+    log.info(
+        "revoked the key of %s: the receiver refuses it from its next connection on", args.name
+    )
+    return EXIT_OK
+
+
+def _pair(args: argparse.Namespace) -> int:
+    from scanxfer import pairing, tls
+
+    try:
+        paired = pairing.parse_pairing(args.line)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    path = args.config or default_sender_config_path()
+    try:
+        pairing.write_sender_config(path, paired)
+    except OSError as exc:
+        log.error("cannot write %s: %s; check the path and its permissions", path, exc)
+        return EXIT_FAILURE
+    config = load_sender_config(path)
+    security = (
+        f"over TLS, trusting only the certificate {tls.format_fingerprint(paired.fingerprint)}"
+        if paired.fingerprint is not None
+        else "without TLS (the receiver has tls: false)"
+    )
+    send = "scanxfer send --once" + (f" -c {shlex.quote(str(path))}" if args.config else "")
+    log.info(
+        "wrote %s: this sender is %s and delivers to %s %s.\n"
+        "it sends the files in %s; edit watch_dir there to change that.\n"
+        "next, test it with: %s\n"
+        "then run it as a service: scanxfer install-user-unit, then "
+        "systemctl --user enable --now scanxfer-sender "
+        "(if the service already runs: systemctl --user restart scanxfer-sender)",
+        path,
+        paired.name,
+        paired.address,
+        security,
+        config.watch_dir,
+        send,
+    )
+    return EXIT_OK
+
+
+# --- the address in the pairing line ----------------------------------------------------------
+
+
+def _pairing_address(option: str | None, listen: Address) -> tuple[Address, str]:
+    """The address senders should dial, and where it came from (for the user to check).
+
+    Worked out from this host's own configuration only: no packet is sent to find it.
+    """
+    host, port, source = "", listen.port, "--address"
+    if option is not None:
+        host, port = _address_option(option, listen.port)
+    if not host:
+        host, source = _local_host(listen)
+    if port == 0:
+        raise UsageError(
+            "the receiver's settings listen on port 0 (any free port), which senders cannot "
+            "know; give the port: --address HOST:PORT"
+        )
+    return Address(host, port), source
+
+
+def _address_option(text: str, listen_port: int) -> tuple[str, int]:
+    """(host, port) from --address HOST, HOST:PORT, [IPv6]:PORT, [IPv6], IPv6 or :PORT.
+
+    A missing port is the listen port; a missing host ('' returned) is worked out later.
+    """
+    text = text.strip()
+    try:
+        if text.startswith("[") and text.endswith("]"):
+            return str(ipaddress.IPv6Address(text[1:-1])), listen_port
+        if text.startswith("[") or text.count(":") == 1 or text.isdigit():
+            address = parse_address(text, default_host="")
+            return address.host, address.port
+        if ":" in text:
+            return str(ipaddress.IPv6Address(text)), listen_port
+        return parse_address(f"{text}:{listen_port or 1}", default_host="").host, listen_port
+    except ValueError as exc:
+        raise UsageError(f"--address {text!r}: {exc}") from None
+
+
+def _local_host(listen: Address) -> tuple[str, str]:
+    if not _is_wildcard(listen.host):
+        return listen.host, "the listen address in the receiver's settings"
+    hostname = socket.gethostname()
+    try:
+        found = socket.getaddrinfo(hostname, None, socket.AF_INET)
+    except OSError:
+        found = []
+    for *_, sockaddr in found:
+        if not ipaddress.ip_address(sockaddr[0]).is_loopback:
+            return str(sockaddr[0]), f"an address of this host, {hostname}"
+    return hostname, "this host's name, as it has no other IPv4 address than loopback"
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False

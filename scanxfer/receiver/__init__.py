@@ -1,0 +1,83 @@
+"""The receiver: accept connections, let in only paired senders, store files durably.
+
+One thread per connection keeps blocking file I/O (fsync can take a while on an SD card)
+from stalling other senders; the main thread only accepts, watches signals and talks to
+systemd.  The pieces: `gate` (TLS identity, sender keys, the brake on failed handshakes),
+`handler` (one connection: TLS, handshake, deadlines), `intake` (offers, payload, durable
+commit, answers), `server` (accept loop, reload, shutdown), `shared` (counters, registry).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from ..config import ReceiverConfig
+from ..keys import KeysError
+from ..store import Store, StoreLimits, StoreSetupError
+from ..tls import TLSSetupError
+from .gate import Gate
+from .server import Server
+from .shared import Services, Stats
+
+__all__ = ["EXIT_OK", "EXIT_UNAVAILABLE", "Server", "Stats", "serve"]
+
+log = logging.getLogger("scanxfer.receiver")
+
+EXIT_OK, EXIT_UNAVAILABLE = 0, 3
+
+
+def serve(config: ReceiverConfig, reload: Callable[[], ReceiverConfig] | None = None) -> int:
+    """Run the receiver until SIGTERM/SIGINT; the exit code for `scanxfer receive`.
+
+    `reload` yields fresh settings on SIGHUP (config file and command line again).
+    """
+    try:
+        store = Store(
+            config.incoming_dir,
+            config.partial_dir,
+            StoreLimits(config.max_path_length, config.max_path_depth),
+        )
+    except (StoreSetupError, OSError) as error:
+        log.error("cannot use the storage directories: %s", error)
+        return EXIT_UNAVAILABLE
+    _clean_leftovers(store, config.partial_max_age)
+    try:
+        gate = Gate(config)
+    except (TLSSetupError, KeysError) as error:
+        log.error("%s", error)
+        return EXIT_UNAVAILABLE
+    try:
+        server = Server(config, Services(store, Stats(), gate), reload)
+    except OSError as error:
+        log.error(
+            "cannot listen on %s: %s (is another receiver running?)",
+            _listening_on(config),
+            error,
+        )
+        return EXIT_UNAVAILABLE
+    server.serve_forever()
+    return EXIT_OK
+
+
+def _listening_on(config: ReceiverConfig) -> str:
+    legacy = f" or {config.legacy_listen}" if config.legacy_listen else ""
+    return f"{config.listen}{legacy}"
+
+
+def _clean_leftovers(store: Store, max_age: float) -> None:
+    for removed in store.remove_stale_partials(max_age):
+        log.warning(
+            "removed stale partial of %s (%d of %d bytes, %.0f days old)",
+            removed.path,
+            removed.held,
+            removed.size,
+            removed.age_seconds / 86400,
+        )
+    leftovers = store.leftover_partials()
+    if leftovers:
+        log.info(
+            "%d interrupted files can resume: %s",
+            len(leftovers),
+            ", ".join(f"{item.path} ({item.held}/{item.size})" for item in leftovers[:10]),
+        )

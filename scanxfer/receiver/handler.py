@@ -1,0 +1,232 @@
+"""One connection from accept to close: TLS, the handshake, then the files.
+
+Before the handshake completes a peer can only send HELLO and AUTHENTICATE: the state
+machine refuses anything else, so a stranger never reaches a file header.  Two clocks
+bound what a peer can hold: the whole handshake must finish within handshake_timeout,
+and afterwards the connection must make progress (a complete frame, or another 64 KiB of
+payload) at least every idle_timeout, so trickling a byte now and then does not keep it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+import time
+
+from .. import protocol as p
+from ..config import ReceiverConfig
+from ..protocol import auth
+from .intake import Intake
+from .shared import SenderKey, Services, shut
+
+log = logging.getLogger("scanxfer.receiver")
+
+RECV_BUFFER = 1 << 20
+# Payload bytes that count as progress for idle_timeout: far below any real link's rate.
+PROGRESS_BYTES = 1 << 16
+_TLS_RECORD_TYPE = 0x16  # the first byte of a TLS ClientHello
+
+
+class ConnectionHandler:
+    """Drive one sender's connection from handshake to close."""
+
+    def __init__(
+        self, sock: socket.socket, peer: str, config: ReceiverConfig, services: Services
+    ) -> None:
+        self.sock, self.address, self.peer = sock, peer, peer
+        self.config, self.services = config, services
+        self.conn = p.Connection(p.Role.RECEIVER, window=config.window)
+        self.aborted = threading.Event()
+        self.outbox = bytearray()
+        self.hello: p.Hello | None = None
+        self.nonce = auth.new_nonce()
+        self.name: str | None = None  # set once authenticated
+        self.sender: SenderKey | None = None
+        self.intake: Intake | None = None
+        self.deadline = time.monotonic() + config.handshake_timeout
+        self.payload_since_progress = 0
+        self.first_byte: int | None = None
+
+    def run(self) -> None:
+        try:
+            if self._secure():
+                self._serve()
+        except p.RemoteProtocolError as error:
+            self._protocol_error(error)
+        except TimeoutError:
+            if self.name is None:
+                self.services.gate.refused(self.address, "handshake not completed in time")
+            else:
+                log.warning("%s: no progress for too long, closing", self.peer)
+            self._send_error(p.ErrorCode.TIMEOUT, "timed out")
+        except OSError as error:
+            log.info("%s: connection lost: %s", self.peer, error)
+        except Exception:
+            # A bug must cost one connection, never the daemon and its other senders.
+            log.exception("%s: internal error, closing the connection", self.peer)
+            self._send_error(p.ErrorCode.INTERNAL_ERROR, "internal error on the receiver")
+        finally:
+            self._close()
+
+    def abort(self) -> None:
+        """End this connection from another thread: its recv ends, and `run` cleans up."""
+        self.aborted.set()
+        shut(self.sock)
+
+    def _close(self) -> None:
+        if self.intake is not None:
+            self.intake.finish()
+        if self.sender is not None:
+            self.services.registry.release(self.sender, self)
+        self.sock.close()
+
+    def _secure(self) -> bool:
+        """The TLS handshake, within the handshake deadline; False if it failed."""
+        wrapped = self.services.gate.wrap(self.sock)
+        if wrapped is self.sock:
+            return True
+        self.sock = wrapped
+        assert isinstance(wrapped, ssl.SSLSocket)
+        try:
+            self._arm_timer()
+            wrapped.do_handshake()
+        except (ssl.SSLError, ConnectionError) as error:
+            reason = getattr(error, "reason", None) or error
+            self.services.gate.refused(
+                self.address,
+                f"no TLS handshake ({reason}); a sender needs tls: true, or tls: false on "
+                f"both sides",
+            )
+            return False
+        return True
+
+    def _serve(self) -> None:
+        buffer = bytearray(RECV_BUFFER)
+        view = memoryview(buffer)
+        while True:
+            self._arm_timer()
+            count = self.sock.recv_into(buffer)
+            if self.first_byte is None and count:
+                self.first_byte = buffer[0]
+            if count == 0 and self.aborted.is_set():
+                return
+            if count == 0 and self.services.stopping.is_set():
+                self._send_error(p.ErrorCode.SHUTTING_DOWN, "receiver is shutting down")
+                return
+            self.conn.receive_data(view[:count])
+            finished = self._handle_events()
+            if self.intake is not None:
+                self.intake.acknowledge_placed()
+            if self.outbox:
+                self.sock.sendall(self.outbox)
+                self.outbox.clear()
+            if finished:
+                return
+
+    def _arm_timer(self) -> None:
+        """Let the next blocking call wait only until the current deadline."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        self.sock.settimeout(remaining)
+
+    def _progressed(self) -> None:
+        if self.name is not None:
+            self.deadline = time.monotonic() + self.config.idle_timeout
+            self.payload_since_progress = 0
+
+    def _handle_events(self) -> bool:
+        """Process what has arrived; True when the connection is over."""
+        while (event := self.conn.next_event()) is not p.NEED_DATA:
+            if isinstance(event, p.DataChunk):
+                assert self.intake is not None  # the state machine allows DATA only when open
+                self.intake.on_chunk(event.data)
+                self.payload_since_progress += len(event.data)
+                if self.payload_since_progress >= PROGRESS_BYTES:
+                    self._progressed()
+                continue
+            self._progressed()
+            if self._on_event(event):
+                return True
+        return False
+
+    def _on_event(self, event: p.Event) -> bool:
+        """Handle one frame; True when the connection is over."""
+        intake = self.intake
+        match event:
+            case p.Hello():
+                return self._on_hello(event)
+            case p.Authenticate():
+                return self._on_authenticate(event)
+            case p.Offer() if intake is not None:
+                intake.on_offer(event)
+            case p.DataHeader() if intake is not None:
+                intake.on_data_header(event)
+            case p.DataEnd() if intake is not None:
+                intake.on_data_end()
+            case p.Bye() | p.ConnectionClosed():
+                return True
+            case p.Error():
+                log.warning("%s: sender reported %s: %s", self.peer, event.code.name, event.message)
+                return True
+        return False
+
+    def _reply(self, event: p.Event) -> None:
+        self.outbox += self.conn.send(event)
+
+    def _send_error(self, code: p.ErrorCode, message: str) -> None:
+        with contextlib.suppress(OSError, ValueError, p.LocalProtocolError):
+            self.sock.sendall(bytes(self.outbox) + self.conn.send(p.Error(code, message)))
+
+    def _protocol_error(self, error: p.RemoteProtocolError) -> None:
+        if self.name is None:
+            hint = ""
+            if self.first_byte == _TLS_RECORD_TYPE and self.services.gate.context is None:
+                hint = " (a TLS client: this receiver has tls: false, so the sender needs it too)"
+            self.services.gate.refused(self.address, f"not a scanxfer handshake: {error}{hint}")
+        else:
+            log.warning("%s: protocol error, closing: %s", self.peer, error)
+        self._send_error(error.code, str(error))
+
+    def _on_hello(self, hello: p.Hello) -> bool:
+        version = p.negotiate(hello)
+        if version is None:
+            spoken = f"{hello.min_version}..{hello.max_version}"
+            message = f"no shared protocol version (sender speaks {spoken})"
+            log.warning("%s: %s", self.peer, message)
+            self._reply(p.Error(p.ErrorCode.UNSUPPORTED_VERSION, message))
+            return True
+        self.hello = hello
+        self._reply(p.Challenge(version, self.nonce))
+        return False
+
+    def _on_authenticate(self, answer: p.Authenticate) -> bool:
+        hello = self.hello
+        assert hello is not None and self.conn.version is not None  # the order is enforced
+        gate = self.services.gate
+        signed = auth.transcript(
+            self.conn.version, hello.name, self.nonce, answer.nonce, gate.channel
+        )
+        verdict = gate.check(hello.name, signed, answer.proof)
+        if verdict.record is None:
+            gate.refused(self.address, verdict.reason)
+            self._reply(p.Error(p.ErrorCode.AUTH_FAILED, "authentication failed"))
+            return True
+        proof = auth.server_proof(verdict.record, signed)
+        self._reply(p.Welcome(self.config.name, self.config.window, proof, self.conn.version))
+        self._admit(hello)
+        return False
+
+    def _admit(self, hello: p.Hello) -> None:
+        self.name = hello.name
+        self.peer = f"{self.address} ({hello.name})"
+        self._progressed()
+        log.info("%s: sender %r connected", self.address, hello.name)
+        self.intake = Intake(self.peer, hello.name, self.config, self.services, self._reply)
+        instance = hello.options.get(p.INSTANCE_OPTION)
+        if instance:
+            self.sender = (hello.name, instance)
+            self.services.registry.claim(self.sender, self)

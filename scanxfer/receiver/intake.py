@@ -1,0 +1,223 @@
+"""The files of one authenticated connection: offers, payload, durable commit, answers.
+
+Every check on an offer happens here, before a byte of its payload is accepted: size
+limits, free space, the name.  Payload goes straight from the receive buffer into the
+partial file; answers go back through `reply` in the order the protocol requires.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .. import protocol as p
+from ..config import ReceiverConfig
+from ..sizes import human_size, rate
+from ..store import (
+    BadName,
+    Busy,
+    DigestMismatch,
+    NoSpace,
+    PartialFile,
+    StoredFile,
+    StoreError,
+)
+from .shared import Services
+
+log = logging.getLogger("scanxfer.receiver")
+
+
+@dataclass
+class _Incoming:
+    """A file between READY and its answer."""
+
+    offer: p.Offer
+    partial: PartialFile | None  # None once a write failed: the rest is drained
+    resumed_from: int
+    started: float = 0.0
+    failure: p.Nack | None = None
+
+
+class Intake:
+    """Offers, payload and answers of one sender's connection."""
+
+    def __init__(
+        self,
+        peer: str,
+        sender: str,
+        config: ReceiverConfig,
+        services: Services,
+        reply: Callable[[p.Event], None],
+    ) -> None:
+        self.peer, self.config, self._reply = peer, config, reply
+        self.store, self.stats = services.store, services.stats
+        # With per_sender_dirs each sender's files live under a directory of its name.
+        self.prefix = f"{sender}/" if config.per_sender_dirs else ""
+        self.files: dict[int, _Incoming] = {}
+        self.current: _Incoming | None = None
+        # Placed but not yet acknowledged: their directories are fsynced in one go first.
+        self.unsynced: list[tuple[_Incoming, StoredFile]] = []
+
+    def finish(self) -> None:
+        """The connection is over: make placed files durable, keep partials for resume."""
+        # Files placed but unanswered stay: make them durable, a re-offer finds them.
+        with contextlib.suppress(StoreError):
+            self.store.sync_placed([stored for _, stored in self.unsynced])
+        self._release_partials()
+
+    def on_offer(self, offer: p.Offer) -> None:
+        refusal = self._check_offer(offer)
+        if refusal is not None:
+            log.warning("%s: refused %r: %s", self.peer, offer.path, refusal.message)
+            self._reply(refusal)
+            return
+        path = self.prefix + offer.path
+        try:
+            identical = self.store.find_identical(path, offer.size, offer.digest)
+            partial = None if identical else self.store.open_partial(path, offer.size, offer.digest)
+        except StoreError as error:
+            log.warning("%s: refused %r: %s", self.peer, offer.path, error)
+            self._reply(_nack(offer.file_id, error))
+            return
+        if identical is not None:
+            log.info(
+                "%s: %s is already stored as %s (duplicate)", self.peer, offer.path, identical.path
+            )
+            self._reply(p.Ack(offer.file_id, p.Outcome.DUPLICATE, identical.path))
+            return
+        assert partial is not None
+        if partial.offset:
+            log.info(
+                "%s: resuming %s at %d of %d bytes",
+                self.peer,
+                offer.path,
+                partial.offset,
+                offer.size,
+            )
+        self.files[offer.file_id] = _Incoming(offer, partial, partial.offset)
+        self._reply(p.Ready(offer.file_id, partial.offset))
+
+    def _check_offer(self, offer: p.Offer) -> p.Nack | None:
+        if offer.size > self.config.max_file_size:
+            return p.Nack(
+                offer.file_id,
+                p.NackReason.TOO_LARGE,
+                False,
+                f"{offer.size} bytes exceeds max_file_size {self.config.max_file_size}",
+            )
+        try:
+            # The sender's own path first, so its error names what the sender sent.
+            self.store.check_name(offer.path)
+            self.store.check_name(self.prefix + offer.path)
+        except BadName as error:
+            return p.Nack(offer.file_id, p.NackReason.BAD_NAME, False, str(error))
+        free = self.store.free_bytes()
+        reserve = self.config.min_free_space
+        if offer.size + reserve > free:
+            return p.Nack(
+                offer.file_id,
+                p.NackReason.NO_SPACE,
+                True,
+                f"{human_size(offer.size)} do not fit: {human_size(free)} free, of which "
+                f"{human_size(reserve)} stay free (min_free_space)",
+            )
+        return None
+
+    def on_data_header(self, header: p.DataHeader) -> None:
+        self.current = self.files[header.file_id]
+        self.current.started = time.monotonic()
+
+    def on_chunk(self, data: memoryview) -> None:
+        incoming = self.current
+        if incoming is None or incoming.partial is None:
+            return  # a write already failed: drain the payload, answer at its end
+        try:
+            incoming.partial.write(data)
+        except StoreError as error:
+            # The store has dropped the partial; the sender keeps its copy.
+            log.error("%s: cannot store %s: %s", self.peer, incoming.offer.path, error)
+            incoming.partial = None
+            incoming.failure = _nack(incoming.offer.file_id, error)
+
+    def on_data_end(self) -> None:
+        incoming, self.current = self.current, None
+        assert incoming is not None  # the protocol guarantees a header before the end
+        del self.files[incoming.offer.file_id]
+        if incoming.partial is None:
+            assert incoming.failure is not None
+            self._reply(incoming.failure)
+            return
+        self._commit(incoming, incoming.partial)
+
+    def _commit(self, incoming: _Incoming, partial: PartialFile) -> None:
+        offer = incoming.offer
+        try:
+            stored = partial.commit(offer.mtime_ns, sync_dir=False)
+        except StoreError as error:
+            log.error("%s: %s not stored: %s", self.peer, offer.path, error)
+            self._reply(_nack(offer.file_id, error))
+            return
+        self.unsynced.append((incoming, stored))
+
+    def acknowledge_placed(self) -> None:
+        """Group commit: one directory fsync for all files completed in this batch, then ACKs."""
+        if not self.unsynced:
+            return
+        placed, self.unsynced = self.unsynced, []
+        failures = self.store.sync_placed([stored for _, stored in placed])
+        for incoming, stored in placed:
+            error = failures.get(stored.path)
+            if error is not None:
+                log.error("%s: %s not stored: %s", self.peer, incoming.offer.path, error)
+                self._reply(_nack(incoming.offer.file_id, error))
+                continue
+            outcome = p.Outcome[stored.outcome.name]
+            self._reply(p.Ack(incoming.offer.file_id, outcome, stored.path))
+            self._log_stored(incoming, stored.path, outcome)
+
+    def _log_stored(self, incoming: _Incoming, path: str, outcome: p.Outcome) -> None:
+        offer = incoming.offer
+        received = offer.size - incoming.resumed_from
+        self.stats.stored(path, received)
+        speed = rate(received, time.monotonic() - incoming.started)
+        resumed = f", resumed at {incoming.resumed_from}" if incoming.resumed_from else ""
+        if outcome is p.Outcome.KEPT_BESIDE:
+            log.warning(
+                "%s: %s already holds different content; kept the new file beside it as %s",
+                self.peer,
+                offer.path,
+                path,
+            )
+        elif outcome is p.Outcome.DUPLICATE:
+            log.info("%s: %s was stored meanwhile as %s (duplicate)", self.peer, offer.path, path)
+        else:
+            log.info(
+                "%s: received %s (%s, %s%s)",
+                self.peer,
+                path,
+                human_size(offer.size),
+                speed,
+                resumed,
+            )
+
+    def _release_partials(self) -> None:
+        """Keep interrupted partials on disk: the sender resumes them next time."""
+        for incoming in self.files.values():
+            if incoming.partial is not None:
+                incoming.partial.release()
+        self.files.clear()
+
+
+def _nack(file_id: int, error: StoreError) -> p.Nack:
+    reason = {
+        BadName: p.NackReason.BAD_NAME,
+        Busy: p.NackReason.BUSY,
+        NoSpace: p.NackReason.NO_SPACE,
+        DigestMismatch: p.NackReason.DIGEST_MISMATCH,
+    }.get(type(error), p.NackReason.IO_ERROR)
+    return p.Nack(file_id, reason, reason.retryable, str(error))
+
+

@@ -1,0 +1,135 @@
+"""`scanxfer send --legacy`: push files into an old prototype receiver during a migration.
+
+The prototype's wire format is one connection per file: an 8-byte big-endian length, then the
+file's bytes.  It sends no acknowledgement, so the best confirmation there is comes after the
+last byte: we shut down our side and wait for the receiver to close its side, which the
+prototype does once it has read the whole file.  That proves the bytes were read, not that they
+were stored durably; a file whose connection ends any other way is sent again, so the prototype
+may receive it twice but never not at all.  No name, checksum, key or TLS is involved.
+
+`LegacySession` has the interface of `session.Session`, so `delivery.Delivery` keeps its
+queue, retries and journal unchanged: a file counts as delivered once its connection closed
+cleanly, and is not sent again after a restart.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import struct
+import time
+from typing import BinaryIO
+
+from .. import protocol as p
+from ..config import SenderConfig
+from .session import ConnectionLost, FileChanged, FileJob, where
+
+log = logging.getLogger("scanxfer.sender")
+
+LENGTH = struct.Struct(">Q")
+# What the journal and `scanxfer status` show as the stored name: the prototype picks it
+# (scan_<its epoch ms>.npy) and never tells.
+STORED_PATH = "(named by the prototype receiver)"
+RECV_CHUNK = 4096
+
+
+class LegacySession:
+    """Files to a prototype receiver, one at a time, each on its own connection.
+
+    Nothing is connected until a file is sent: a connection opened and left unused would
+    reach the prototype as a file cut short.
+    """
+
+    def __init__(self, config: SenderConfig) -> None:
+        self.config = config
+        self.inflight: dict[int, FileJob] = {}
+        self._ids = itertools.count(1)
+
+    @property
+    def free_slots(self) -> int:
+        # One at a time: the prototype receiver serves one connection at a time.
+        return 0 if self.inflight else 1
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.inflight)
+
+    def offer(self, job: FileJob) -> None:
+        self.inflight[next(self._ids)] = job
+
+    def step(self, wait: float) -> list[tuple[FileJob, p.Ack | p.Nack]]:
+        """Send the file in flight, if any; an answer means its connection closed cleanly."""
+        if not self.inflight:
+            return []
+        file_id, job = next(iter(self.inflight.items()))
+        self._send(job)
+        del self.inflight[file_id]
+        return [(job, p.Ack(file_id, p.Outcome.STORED, STORED_PATH))]
+
+    def requeue(self) -> list[FileJob]:
+        jobs = list(self.inflight.values())
+        self.inflight.clear()
+        return jobs
+
+    def close(self) -> None:
+        """Nothing stays open between files."""
+
+    def _send(self, job: FileJob) -> None:
+        job.started = time.monotonic()
+        try:
+            handle = job.path.open("rb")
+        except OSError as error:
+            raise FileChanged(f"{job.relpath} cannot be read any more: {error}") from error
+        with handle:
+            # Checked before connecting: the prototype would store a file cut short as it is.
+            if os.fstat(handle.fileno()).st_size != job.size:
+                raise FileChanged(f"{job.relpath} changed size since it was queued")
+            with self._connect() as sock:
+                self._stream(sock, handle, job)
+                self._await_close(sock, job)
+
+    def _connect(self) -> socket.socket:
+        address = (self.config.receiver.host, self.config.receiver.port)
+        try:
+            sock = socket.create_connection(address, timeout=self.config.connect_timeout)
+        except OSError as error:
+            raise ConnectionLost(f"cannot connect to {where(self.config)}: {error}") from error
+        # A send, sendfile or recv that makes no progress this long is a stall.
+        sock.settimeout(self.config.stall_timeout)
+        return sock
+
+    def _stream(self, sock: socket.socket, handle: BinaryIO, job: FileJob) -> None:
+        try:
+            sock.sendall(LENGTH.pack(job.size))
+            sent = sock.sendfile(handle, 0, job.size) if job.size else 0
+            sock.shutdown(socket.SHUT_WR)
+        except OSError as error:
+            raise ConnectionLost(f"connection lost while sending {job.relpath}: {error}") from error
+        if sent != job.size:
+            raise FileChanged(f"{job.relpath} shrank while being sent ({sent} of {job.size} bytes)")
+
+    def _await_close(self, sock: socket.socket, job: FileJob) -> None:
+        """Wait for the receiver to close its side: the only sign that it read everything.
+
+        A reset is not taken as that sign: Linux resets a connection closed with bytes still
+        unread, so it may mean the file was cut short.
+        """
+        deadline = time.monotonic() + self.config.stall_timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            sock.settimeout(remaining)
+            try:
+                if not sock.recv(RECV_CHUNK):
+                    return
+            except TimeoutError:
+                break
+            except OSError as error:
+                raise ConnectionLost(
+                    f"{where(self.config)} reset the connection after {job.relpath} was sent "
+                    f"({error}), so it may not have stored it; sending it again"
+                ) from error
+        raise ConnectionLost(
+            f"{where(self.config)} did not close the connection within stall_timeout after "
+            f"{job.relpath} was sent; sending it again (it may arrive twice)"
+        )

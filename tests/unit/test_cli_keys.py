@@ -1,0 +1,325 @@
+"""`scanxfer keys add|list|revoke` and `scanxfer pair`, run through the real command line."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scanxfer import config
+from scanxfer.cli import main
+from scanxfer.config import default_sender_config_path, load_sender_config
+from scanxfer.keys import Keyring, keys_path
+from scanxfer.pairing import Pairing, parse_pairing
+from scanxfer.protocol.auth import decode_secret, verifier
+from scanxfer.tls import format_fingerprint, load_identity
+
+NOBODY = 65534
+
+
+@pytest.fixture(autouse=True)
+def _no_system_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(config, "RECEIVER_CONFIG_PATH", tmp_path / "etc-receiver.yaml")
+
+
+class Receiver:
+    """A receiver's settings file and state directory under `root`."""
+
+    def __init__(self, root: Path, settings: str = "") -> None:
+        self.state = root / "state"
+        self.settings = root / "receiver.yaml"
+        self.settings.write_text(settings)
+
+    def args(self, *argv: str) -> list[str]:
+        return [*argv, "-c", str(self.settings), "--state-dir", str(self.state)]
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def _add(
+    capsys: pytest.CaptureFixture[str], receiver: Receiver, name: str, *options: str
+) -> tuple[Pairing, str]:
+    status, out, err = _run(capsys, *receiver.args("keys", "add", name, *options))
+    assert status == 0, err
+    assert out.count("\n") == 1 and out.endswith("\n")
+    return parse_pairing(out), err
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Receiver:
+    return Receiver(tmp_path, 'listen: "0.0.0.0:5000"\n')
+
+
+def test_keys_add_prints_one_line_holding_key_address_and_fingerprint(
+    capsys: pytest.CaptureFixture[str], receiver: Receiver
+) -> None:
+    pairing, err = _add(capsys, receiver, "lab-pc", "--address", "192.0.2.7")
+    assert (pairing.name, pairing.host, pairing.port) == ("lab-pc", "192.0.2.7", 5000)
+    assert pairing.tls and pairing.fingerprint == load_identity(receiver.state).fingerprint
+    entry = Keyring(keys_path(receiver.state)).lookup("lab-pc")
+    assert entry is not None and entry.verifier == verifier(decode_secret(pairing.secret))
+    line = f"scanxfer://lab-pc:{pairing.secret}@192.0.2.7:5000/?fingerprint={pairing.fingerprint}"
+    assert f"scanxfer pair '{line}'" in err
+    assert "192.0.2.7:5000 (--address)" in err
+
+
+@pytest.mark.parametrize(
+    ("option", "host", "port"),
+    [
+        ("192.0.2.7:6000", "192.0.2.7", 6000),
+        ("pi.lab.example", "pi.lab.example", 5000),
+        ("pi.lab.example:7000", "pi.lab.example", 7000),
+        ("2001:db8::1", "2001:db8::1", 5000),
+        ("[2001:db8::1]", "2001:db8::1", 5000),
+        ("[2001:db8::1]:7000", "2001:db8::1", 7000),
+    ],
+)
+def test_address_forms(
+    capsys: pytest.CaptureFixture[str], receiver: Receiver, option: str, host: str, port: int
+) -> None:
+    pairing, _ = _add(capsys, receiver, "lab-pc", "--address", option)
+    assert (pairing.host, pairing.port) == (host, port)
+
+
+@pytest.mark.parametrize("option", ["999.1.1.1", "[pi]:5000", "a b", "host:99999"])
+def test_a_bad_address_is_a_usage_error_and_issues_nothing(
+    capsys: pytest.CaptureFixture[str], receiver: Receiver, option: str
+) -> None:
+    status, out, err = _run(capsys, *receiver.args("keys", "add", "lab-pc", "--address", option))
+    assert (status, out) == (2, "")
+    assert "--address" in err
+    assert not keys_path(receiver.state).exists()
+
+
+def test_a_specific_listen_address_is_the_default(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    receiver = Receiver(tmp_path, 'listen: "127.0.0.1:5123"\ntls: false\n')
+    pairing, err = _add(capsys, receiver, "lab-pc")
+    assert (pairing.host, pairing.port) == ("127.0.0.1", 5123)
+    assert "listen address" in err
+
+
+def _own_addresses() -> set[str]:
+    hostname = socket.gethostname()
+    try:
+        found = socket.getaddrinfo(hostname, None, socket.AF_INET)
+    except OSError:
+        found = []
+    return {hostname} | {
+        str(info[4][0]) for info in found if not ipaddress.ip_address(info[4][0]).is_loopback
+    }
+
+
+@pytest.mark.parametrize(("option", "port"), [(None, 5000), (":6001", 6001), ("6002", 6002)])
+def test_on_a_wildcard_listen_address_this_hosts_own_address_is_used(
+    capsys: pytest.CaptureFixture[str], receiver: Receiver, option: str | None, port: int
+) -> None:
+    pairing, _ = _add(capsys, receiver, "lab-pc", *(["--address", option] if option else []))
+    assert pairing.host in _own_addresses()
+    assert pairing.host != "0.0.0.0" and not pairing.host.startswith("127.")
+    assert pairing.port == port
+
+
+def test_listening_on_port_0_needs_the_port_given(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    receiver = Receiver(tmp_path, 'listen: "0.0.0.0:0"\n')
+    status, out, err = _run(capsys, *receiver.args("keys", "add", "lab-pc", "--address", "pi"))
+    assert (status, out) == (2, "")
+    assert "--address HOST:PORT" in err
+    pairing, _ = _add(capsys, receiver, "lab-pc", "--address", "pi:5555")
+    assert pairing.port == 5555
+
+
+def test_without_tls_the_line_says_so_and_no_certificate_is_made(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    receiver = Receiver(tmp_path, "tls: false\n")
+    pairing, err = _add(capsys, receiver, "lab-pc", "--address", "pi")
+    assert (pairing.tls, pairing.fingerprint) == (False, None)
+    assert not (receiver.state / "tls").exists()
+    assert "unencrypted" in err
+
+
+def test_a_second_key_for_a_name_needs_replace(
+    capsys: pytest.CaptureFixture[str], receiver: Receiver
+) -> None:
+    first, _ = _add(capsys, receiver, "lab-pc", "--address", "pi")
+    status, out, err = _run(capsys, *receiver.args("keys", "add", "lab-pc", "--address", "pi"))
+    assert (status, out) == (1, "")
+    assert "scanxfer keys add lab-pc --replace" in err
+    second, _ = _add(capsys, receiver, "lab-pc", "--address", "pi", "--replace")
+    assert second.secret != first.secret
+    entry = Keyring(keys_path(receiver.state)).lookup("lab-pc")
+    assert entry is not None and entry.verifier == verifier(decode_secret(second.secret))
+
+
+@pytest.mark.parametrize("name", [".hidden", "a/b", "lab pc"])
+def test_a_bad_name_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], receiver: Receiver, name: str
+) -> None:
+    status, out, err = _run(capsys, *receiver.args("keys", "add", name))
+    assert (status, out) == (2, "")
+    assert "cannot name a sender" in err
+    assert not receiver.state.exists()
+
+
+def test_list_and_revoke(capsys: pytest.CaptureFixture[str], receiver: Receiver) -> None:
+    status, out, err = _run(capsys, *receiver.args("keys", "list"))
+    assert (status, out) == (0, "")
+    assert "no sender keys yet" in err
+    _add(capsys, receiver, "lab-pc", "--address", "pi")
+    _add(capsys, receiver, "beamline-7", "--address", "pi")
+    assert _run(capsys, *receiver.args("keys", "revoke", "lab-pc"))[0] == 0
+    status, out, _ = _run(capsys, *receiver.args("keys", "list"))
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["NAME", "CREATED", "STATUS"]
+    assert lines[1].split()[0::2] == ["beamline-7", "active"]
+    assert lines[2].split()[0::2] == ["lab-pc", "revoked"]
+    fingerprint = format_fingerprint(load_identity(receiver.state).fingerprint)
+    assert lines[-1] == f"certificate fingerprint (SHA-256): {fingerprint}"
+    entry = Keyring(keys_path(receiver.state)).lookup("lab-pc")
+    assert entry is not None and not entry.active
+
+
+def test_revoking_an_unknown_sender_fails_clearly(
+    capsys: pytest.CaptureFixture[str], receiver: Receiver
+) -> None:
+    status, out, err = _run(capsys, *receiver.args("keys", "revoke", "nobody"))
+    assert (status, out) == (1, "")
+    assert "no sender named 'nobody'" in err
+
+
+def test_keys_without_an_action_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = _run(capsys, "keys")
+    assert status == 2
+    assert "add" in err and "revoke" in err
+
+
+# --- pair ------------------------------------------------------------------------------------
+
+
+def test_pair_writes_what_keys_add_printed(
+    capsys: pytest.CaptureFixture[str], receiver: Receiver, tmp_path: Path
+) -> None:
+    status, line, _ = _run(capsys, *receiver.args("keys", "add", "lab-pc", "--address", "pi"))
+    assert status == 0
+    settings = tmp_path / "sender settings.yaml"
+    status, out, err = _run(capsys, "pair", line.strip(), "-c", str(settings))
+    assert (status, out) == (0, "")
+    sender = load_sender_config(settings)
+    assert (str(sender.receiver), sender.name, sender.tls) == ("pi:5000", "lab-pc", True)
+    assert sender.fingerprint == load_identity(receiver.state).fingerprint
+    entry = Keyring(keys_path(receiver.state)).lookup(sender.name)
+    assert entry is not None and sender.key is not None
+    assert entry.verifier == verifier(decode_secret(sender.key))
+    assert f"wrote {settings}" in err
+    assert f"scanxfer send --once -c '{settings}'" in err
+    assert "scanxfer install-user-unit" in err
+
+
+def test_pair_writes_the_users_settings_by_default(
+    capsys: pytest.CaptureFixture[str], receiver: Receiver
+) -> None:
+    pairing, _ = _add(capsys, receiver, "lab-pc", "--address", "pi")
+    status, _, err = _run(capsys, "pair", f"'{_line(pairing)}'")
+    assert status == 0
+    assert load_sender_config(default_sender_config_path()).key == pairing.secret
+    assert "test it with: scanxfer send --once\n" in err
+
+
+def _line(pairing: Pairing) -> str:
+    from scanxfer.pairing import format_pairing
+
+    return format_pairing(pairing)
+
+
+def test_pair_refuses_a_bad_line_and_writes_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    settings = tmp_path / "sender.yaml"
+    status, out, err = _run(capsys, "pair", "scanxfer://lab-pc@pi:5000", "-c", str(settings))
+    assert (status, out) == (2, "")
+    assert "not a pairing line" in err and "copy the whole line" in err
+    assert not settings.exists()
+
+
+# --- who may run it ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory everyone can enter: tmp_path lies under pytest's private 0700 directory,
+    which would stop another user before the state directory is even reached."""
+    path = Path(tempfile.mkdtemp(prefix="scanxfer-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def _run_as_nobody(argv: list[str]) -> tuple[int, str]:
+    """Run the command line in a forked child that has dropped root; (status, stderr)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        status = 99
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            sys.stderr = os.fdopen(write_end, "w")
+            status = main(argv)
+            sys.stderr.flush()
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        err = pipe.read()
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to set up a root-owned state dir")
+@pytest.mark.parametrize(
+    ("settings", "argv"),
+    [
+        ("", ["keys", "add", "other", "--address", "pi"]),
+        ("tls: false\n", ["keys", "add", "other", "--address", "pi"]),
+        ("", ["keys", "list"]),
+        ("", ["keys", "revoke", "lab-pc"]),
+    ],
+)
+def test_a_user_on_a_root_owned_state_dir_is_told_to_use_sudo(
+    capsys: pytest.CaptureFixture[str], open_dir: Path, settings: str, argv: list[str]
+) -> None:
+    receiver = Receiver(open_dir, settings)
+    _add(capsys, receiver, "lab-pc", "--address", "pi")
+    before = keys_path(receiver.state).read_bytes()
+    status, err = _run_as_nobody(receiver.args(*argv))
+    assert status == 1, err
+    assert "permission denied; run it with sudo" in err
+    assert keys_path(receiver.state).read_bytes() == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
+def test_sudo_keys_add_leaves_the_files_readable_by_the_receivers_user(
+    capsys: pytest.CaptureFixture[str], receiver: Receiver
+) -> None:
+    receiver.state.mkdir()
+    os.chown(receiver.state, NOBODY, NOBODY)
+    _add(capsys, receiver, "lab-pc", "--address", "pi")
+    for path in (keys_path(receiver.state), receiver.state / "tls" / "key.pem"):
+        assert path.stat().st_uid == NOBODY, path
