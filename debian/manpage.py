@@ -29,11 +29,25 @@ Where the receiver service stores completed files, under the sender's relative p
 .I /var/lib/scanxfer/partial
 Files still arriving; an interrupted transfer resumes from here.
 .TP
+.I /var/lib/scanxfer/keys.json
+The senders' keys, kept as verifiers only: a copy of this file lets nobody send.
+Changed by
+.BR "scanxfer keys" ;
+the receiver follows changes without a restart.
+.TP
+.I /var/lib/scanxfer/tls/
+The receiver's TLS key and self\-signed certificate, made on its first start.
+Senders pin the certificate's fingerprint, so deleting this directory means pairing every
+sender again.
+.TP
 .I ~/.config/scanxfer/sender.yaml
 Sender settings, read by
 .B scanxfer send
 and
-.BR "scanxfer status" .
+.BR "scanxfer status" ,
+written by
+.BR "scanxfer pair" .
+It holds the sender's key: keep it private.
 .TP
 .I ~/.local/state/scanxfer/
 The sender's record of what it has delivered.
@@ -122,6 +136,19 @@ def subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.Arg
     return []
 
 
+def sections(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
+    """Every command under `parser`, each followed by its own subcommands, depth first.
+
+    A nested command is named by its whole path ("keys add"), so it gets a section of its
+    own: its options would otherwise be missing from the page, as the parent lists none.
+    """
+    found = []
+    for name, sub in subcommands(parser):
+        found.append((name, sub))
+        found += [(f"{name} {inner}", nested) for inner, nested in sections(sub)]
+    return found
+
+
 def page(parser: argparse.ArgumentParser) -> str:
     commands = subcommands(parser)
     parts = [
@@ -137,7 +164,7 @@ def page(parser: argparse.ArgumentParser) -> str:
         options(parser, common=True),
         ".SH COMMANDS",
     ]
-    for name, sub in commands:
+    for name, sub in sections(parser):
         parts += [
             f".SS {roff(name)}",
             ".PP\n" + roff(" ".join(sub.format_usage().removeprefix("usage: ").split())),

@@ -72,23 +72,44 @@ def _finish(tool: str, sender: Proc, start_ns: int, cpu0: float) -> tuple[float,
 
 
 @contextlib.contextmanager
-def scanxfer_receiver(work: Path) -> Iterator[tuple[Proc, int]]:
+def scanxfer_receiver(work: Path, tls: bool = False) -> Iterator[tuple[Proc, int]]:
     """`scanxfer receive` on a free loopback port with its state under `work`, and that port."""
     config = work / "receiver.yaml"
-    config.write_text(f"listen: 127.0.0.1:0\nstate_dir: {work / 'receiver'}\n")
+    config.write_text(
+        f"listen: 127.0.0.1:0\nstate_dir: {work / 'receiver'}\ntls: {str(tls).lower()}\n"
+    )
     receiver = Proc("scanxfer receive", python_module("scanxfer", "receive", "-c", str(config)))
     with cleanup(receiver):
         yield receiver, int(receiver.wait_for(r"listening on \S+:(\d+)", 60).group(1))
 
 
-def run_scanxfer(source: Path, work: Path, files: int, size: int) -> Run:
+def paired_sender_config(work: Path, port: int, settings: str) -> Path:
+    """work/sender.yaml with `settings`, paired as a user pairs: `keys add`, then `pair`."""
+    config = work / "sender.yaml"
+    config.write_text(settings)
+    keys_add = ["keys", "add", "bench", "-c", str(work / "receiver.yaml")]
+    line = subprocess.run(
+        python_module("scanxfer", "-q", *keys_add, "--address", f"127.0.0.1:{port}"),
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    subprocess.run(
+        python_module("scanxfer", "-q", "pair", line, "-c", str(config)),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return config
+
+
+def run_scanxfer(source: Path, work: Path, files: int, size: int, tls: bool = False) -> Run:
     """`scanxfer receive` and `scanxfer send --once`, both as real processes."""
-    with scanxfer_receiver(work) as (receiver, port):
-        receiver_cpu0 = receiver.cpu_now()
-        sender_config = work / "sender.yaml"
-        sender_config.write_text(
-            f"receiver: 127.0.0.1:{port}\nwatch_dir: {source}\nstate_dir: {work / 'sender'}\n"
+    tool = "scanxfer TLS" if tls else "scanxfer"
+    with scanxfer_receiver(work, tls) as (receiver, port):
+        sender_config = paired_sender_config(
+            work, port, f"watch_dir: {source}\nstate_dir: {work / 'sender'}\n"
         )
+        receiver_cpu0 = receiver.cpu_now()
         sender = Proc(
             "scanxfer send", python_module("scanxfer", "send", "-c", str(sender_config), "--once")
         )
@@ -96,12 +117,12 @@ def run_scanxfer(source: Path, work: Path, files: int, size: int) -> Run:
             sender.wait_for(r"sending \d+ files", 60)
             start_ns, _ = sender.stamped(r"sending \d+ files")[0]
             sender_cpu0 = sender.cpu_now()
-            seconds, wall, sender_cpu = _finish("scanxfer", sender, start_ns, sender_cpu0)
+            seconds, wall, sender_cpu = _finish(tool, sender, start_ns, sender_cpu0)
         receiver.note_peak_rss()
         receiver_cpu = receiver.cpu_now() - receiver_cpu0
         receiver.stop()
     return Run(
-        "scanxfer",
+        tool,
         files,
         size,
         seconds,

@@ -19,7 +19,13 @@ import tempfile
 from pathlib import Path
 
 from . import run
-from .contenders import GIVE_UP_SECONDS, cleanup, python_module
+from .contenders import (
+    GIVE_UP_SECONDS,
+    cleanup,
+    paired_sender_config,
+    python_module,
+    scanxfer_receiver,
+)
 from .procs import Proc
 
 TOP = 15
@@ -34,19 +40,16 @@ def _spy(py_spy: Path, target: Proc, output: Path, lines: bool) -> Proc:
     return spy
 
 
-def profile(py_spy: Path, workload: run.Workload, work: Path, out: Path, lines: bool) -> list[Path]:
+def profile(
+    py_spy: Path, workload: run.Workload, work: Path, out: Path, lines: bool, tls: bool
+) -> list[Path]:
     source = work / "data" / workload.name
     run.generate(source, workload)
-    receiver_config = work / "receiver.yaml"
-    receiver_config.write_text(f"listen: 127.0.0.1:0\nstate_dir: {work / 'receiver'}\n")
-    receiver = Proc("receiver", python_module("scanxfer", "receive", "-c", str(receiver_config)))
     outputs = [out / f"{workload.name}-receiver.txt", out / f"{workload.name}-sender.txt"]
-    with cleanup(receiver):
-        port = receiver.wait_for(r"listening on \S+:(\d+)", 60).group(1)
+    with scanxfer_receiver(work, tls) as (receiver, port):
         receiver_spy = _spy(py_spy, receiver, outputs[0], lines)
-        sender_config = work / "sender.yaml"
-        sender_config.write_text(
-            f"receiver: 127.0.0.1:{port}\nwatch_dir: {source}\nstate_dir: {work / 'sender'}\n"
+        sender_config = paired_sender_config(
+            work, port, f"watch_dir: {source}\nstate_dir: {work / 'sender'}\n"
         )
         sender = Proc(
             "sender", python_module("scanxfer", "send", "-c", str(sender_config), "--once")
@@ -92,6 +95,7 @@ def main() -> int:
     parser.add_argument("--py-spy", type=Path, required=True, help="the py-spy program")
     parser.add_argument("--only", default="B1,B2", help="workloads (B1,B2)")
     parser.add_argument("--lines", action="store_true", help="count per line, not function")
+    parser.add_argument("--tls", action="store_true", help="profile with TLS on")
     default_out = Path(tempfile.gettempdir()) / "scanxfer-profiles"
     parser.add_argument("--out", type=Path, default=default_out, help=f"({default_out})")
     args = parser.parse_args()
@@ -101,7 +105,7 @@ def main() -> int:
         if workload.name in wanted:
             work = Path(tempfile.mkdtemp(prefix="scanxfer-profile-"))
             try:
-                for output in profile(args.py_spy, workload, work, args.out, args.lines):
+                for output in profile(args.py_spy, workload, work, args.out, args.lines, args.tls):
                     print(summarize(output), flush=True)
             finally:
                 shutil.rmtree(work, ignore_errors=True)

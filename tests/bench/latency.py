@@ -24,7 +24,14 @@ import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .contenders import GIVE_UP_SECONDS, REPO, cleanup, python_module, scanxfer_receiver
+from .contenders import (
+    GIVE_UP_SECONDS,
+    REPO,
+    cleanup,
+    paired_sender_config,
+    python_module,
+    scanxfer_receiver,
+)
 from .procs import Proc
 
 SHAPE = "512x1024"  # uint16: 1 MiB of data after a 128-byte header
@@ -71,10 +78,10 @@ def run_latency(work: Path, files: int, interval: float, settle: float) -> Laten
     scans = work / "scans"
     scans.mkdir(parents=True)
     with scanxfer_receiver(work) as (receiver, port):
-        sender_config = work / "sender.yaml"
-        sender_config.write_text(
-            f"receiver: 127.0.0.1:{port}\nwatch_dir: {scans}\n"
-            f"state_dir: {work / 'sender'}\nsettle_seconds: {settle}\n"
+        sender_config = paired_sender_config(
+            work,
+            port,
+            f"watch_dir: {scans}\nstate_dir: {work / 'sender'}\nsettle_seconds: {settle}\n",
         )
         sender = Proc("scanxfer send", python_module("scanxfer", "send", "-c", str(sender_config)))
         with cleanup(sender):

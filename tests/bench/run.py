@@ -103,6 +103,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     tools: dict[str, Callable[[Path, Path, int, int], Run]] = {
         "pump": contenders.run_pump,
         "scanxfer": contenders.run_scanxfer,
+        "scanxfer TLS": lambda *a: contenders.run_scanxfer(*a, tls=True),
     }
     if shutil.which("rsync") is not None:
         tools[rsync_tool] = lambda *a: contenders.run_rsync(*a, fsync=problem is None)
@@ -128,7 +129,7 @@ def _bulk(
     _warm_up(source, work / "runs" / f"{workload.name}-warm-up", workload.count, size)
     for rep in range(reps):
         for tool in _rotated(list(tools), rep):
-            target = work / "runs" / f"{workload.name}-{tool.split()[0]}-{rep}"
+            target = work / "runs" / f"{workload.name}-{tool.replace(' ', '-')}-{rep}"
             target.mkdir(parents=True)
             os.sync()  # earlier runs' writes and deletions must not land inside this one
             run = tools[tool](source, target, workload.count, size)

@@ -6,8 +6,6 @@ from typing import Any
 
 from .report import TLS_NOTE, Target, get, ratio
 
-TOOLS = ("scanxfer", "pump")
-
 
 def _num(value: float | None, digits: int = 0) -> str:
     if value is None:
@@ -40,7 +38,7 @@ def render(results: dict[str, Any], summary: dict[str, Any], verdicts: list[Targ
         *_bulk_rows(summary, rsync),
         *_latency_rows(summary),
         "",
-        "## Targets (issue 6, TLS off)",
+        "## Targets (issue 6; TLS off unless said)",
         "",
         "| | Target | Figure | Verdict |",
         "|---|---|--:|---|",
@@ -92,9 +90,11 @@ def _bulk_rows(summary: dict[str, Any], rsync: str) -> list[str]:
         ("B2", "B5: during B2", "receiver_cpu_s_per_gb", "receiver CPU s per GB", 2),
     )
     for workload, label, key, figure, digits in specs:
-        if workload in summary:
-            values = [get(summary, workload, tool, key) for tool in TOOLS]
-            rows.append(_row(label, figure, values, get(summary, workload, rsync, key), digits))
+        for tool, suffix in (("scanxfer", ""), ("scanxfer TLS", ", TLS")):
+            if get(summary, workload, tool) is not None:
+                values = [get(summary, workload, name, key) for name in (tool, "pump")]
+                rsync_value = get(summary, workload, rsync, key)
+                rows.append(_row(label + suffix, figure, values, rsync_value, digits))
     return rows
 
 

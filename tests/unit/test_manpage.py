@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -21,18 +22,53 @@ def _generator() -> ModuleType:
     return module
 
 
-def test_every_command_and_option_is_in_the_page() -> None:
+COMMON_OPTIONS = ("-h", "--help", "-v", "--verbose", "-q", "--quiet")
+
+
+def _commands(
+    parser: argparse.ArgumentParser, prefix: str = ""
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """Every command the parser has, nested ones ("keys add") included, by its full name."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield prefix + name, sub
+                yield from _commands(sub, f"{prefix}{name} ")
+
+
+def _sections(page: str) -> dict[str, str]:
+    """The text of each .SS section, by its heading as the reader sees it."""
+    chunks = page.split("\n.SS ")[1:]
+    return {
+        chunk.split("\n", 1)[0].replace("\\-", "-"): chunk.split("\n.SH ", 1)[0] for chunk in chunks
+    }
+
+
+def test_every_command_and_option_is_in_its_own_section() -> None:
     parser = build_parser()
     page = _generator().page(parser)
+    sections = _sections(page)
 
     assert page.startswith(".TH SCANXFER 1 ")
-    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for name, sub in subparsers.choices.items():
-        assert "\n.SS " + name.replace("-", "\\-") + "\n" in page
+    commands = dict(_commands(parser))
+    assert {"keys add", "keys list", "keys revoke"} <= commands.keys()  # nesting is reached
+    assert list(sections) == list(commands)
+    for name, sub in commands.items():
         for action in sub._actions:
             for option in action.option_strings:
-                if option not in ("-h", "--help", "-v", "--verbose", "-q", "--quiet"):
-                    assert "\\fB" + option.replace("-", "\\-") + "\\fR" in page, (name, option)
+                if option not in COMMON_OPTIONS:
+                    entry = "\\fB" + option.replace("-", "\\-") + "\\fR"
+                    assert entry in sections[name], (name, option)
+
+
+def test_a_nested_command_has_its_usage_and_arguments_under_its_own_heading() -> None:
+    sections = _sections(_generator().page(build_parser()))
+
+    add = sections["keys add"]
+    assert "scanxfer keys add " in add.replace("\\-", "-")
+    assert "\\fINAME\\fR" in add and "\\fB\\-\\-replace\\fR" in add
+    # The parent keeps its description and examples, without its children's options.
+    assert "\\-\\-replace" not in sections["keys"].split("examples:")[0]
 
 
 def test_roff_escapes_what_roff_would_interpret() -> None:
