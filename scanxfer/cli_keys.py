@@ -91,9 +91,10 @@ def _add_keys(commands: Any) -> None:
         "revoke",
         _keys_revoke,
         help="stop accepting a sender's key",
-        description="Stop accepting the key of the sender NAME from its next connection on. "
-        "The record stays, so the receiver's log can say why it refuses; `keys add NAME` "
-        "issues a new key later.",
+        description="Stop accepting the key of the sender NAME, at once: a running receiver "
+        "refuses its next handshake and closes its open connection within a second, without "
+        "a restart. The record stays, so the receiver's log can say why it refuses; "
+        "`keys add NAME` issues a new key later.",
     )
     revoke.add_argument("name", metavar="NAME", help="the sender to refuse")
     _add_receiver_options(revoke)
@@ -233,7 +234,7 @@ def _keys_revoke(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return EXIT_FAILURE
     log.info(
-        "revoked the key of %s: the receiver refuses it from its next connection on", args.name
+        "revoked the key of %s: the receiver refuses it and closes its open connection", args.name
     )
     return EXIT_OK
 
