@@ -82,6 +82,9 @@ class Gate:
             self.context = server_context(identity)
             self.channel = bytes.fromhex(identity.fingerprint)
             self.fingerprint = identity.fingerprint
+            log.info("TLS 1.3 with certificate fingerprint (SHA-256) %s", identity.fingerprint)
+        else:
+            log.warning("tls is false: files and names cross the network unencrypted")
         if not self.keyring.active_names():
             log.warning(
                 "no sender has a key yet, so nobody can deliver: issue one with "
