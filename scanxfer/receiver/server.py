@@ -7,6 +7,7 @@ import logging
 import selectors
 import signal
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from types import FrameType
@@ -26,6 +27,7 @@ log = logging.getLogger("scanxfer.receiver")
 # Settings bound at start (sockets, the store, the certificate); a reload only warns.
 RESTART_ONLY = ("listen", "state_dir", "incoming_dir", "partial_dir", "tls", "legacy_listen")
 STATUS_SECONDS = 1.0
+MAX_REFUSERS = 4  # connections over max_connections being told so at once
 
 
 class Server:
@@ -41,6 +43,7 @@ class Server:
         self.reload_requested = threading.Event()
         self.notifier = Notifier()
         self.handlers: dict[threading.Thread, ConnectionHandler] = {}
+        self.refusers: list[threading.Thread] = []
         self.listener = _listen(config.listen.host, config.listen.port)
         self.legacy = _legacy_door(config, services)
         self._wake_read, self._wake_write = socket.socketpair()
@@ -133,14 +136,31 @@ class Server:
             log.warning(
                 "%s: refused, already %d connections (max_connections)", peer, len(self.handlers)
             )
-            refusal = p.Error(p.ErrorCode.TOO_MANY_CONNECTIONS, "too many connections, retry later")
-            with contextlib.suppress(OSError):
-                sock.sendall(p.encode(refusal))
-            sock.close()
+            self._turn_away(sock)
             return
         handler = ConnectionHandler(sock, peer, self.config, self.services)
         thread = threading.Thread(target=handler.run, name=f"conn {peer}", daemon=True)
         self.handlers[thread] = handler
+        thread.start()
+
+    def _turn_away(self, sock: socket.socket) -> None:
+        """Tell a connection over max_connections why it is closed, in words it can read.
+
+        Under TLS that takes a TLS handshake, so it runs in a thread; only a few at a time,
+        and beyond those the connection is simply closed: a flood must not cost a thread each.
+        """
+        context = self.services.gate.context
+        if context is None:
+            _send_refusal(sock)  # a few bytes into a fresh socket: this never blocks
+            return
+        self.refusers = [thread for thread in self.refusers if thread.is_alive()]
+        if len(self.refusers) >= MAX_REFUSERS:
+            sock.close()
+            return
+        secured = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        secured.settimeout(self.config.handshake_timeout)
+        thread = threading.Thread(target=_send_refusal, args=(secured,), daemon=True)
+        self.refusers.append(thread)
         thread.start()
 
     def _reap_threads(self) -> None:
@@ -173,6 +193,16 @@ class Server:
         for thread in list(self.handlers):
             thread.join(timeout=30)
         log.info("stopped after %s", self.services.stats.status_line())
+
+
+def _send_refusal(sock: socket.socket) -> None:
+    """TOO_MANY_CONNECTIONS (after the TLS handshake, on a TLS socket), then close."""
+    refusal = p.Error(p.ErrorCode.TOO_MANY_CONNECTIONS, "too many connections, retry later")
+    with contextlib.suppress(OSError, ValueError):
+        if isinstance(sock, ssl.SSLSocket):
+            sock.do_handshake()
+        sock.sendall(p.encode(refusal))
+    sock.close()
 
 
 def _listen(host: str, port: int) -> socket.socket:
