@@ -115,22 +115,26 @@ class Gate:
             return Verdict(None, f"wrong key for {name!r} (pair the sender again)")
         return Verdict(record, "")
 
-    def refused(self, address: str, reason: str) -> None:
-        """Log a failed handshake from `address`, quietly once the address is over the limit."""
-        already_blocked = self.brake.blocked(address)
-        reached_limit = self.brake.failed(address)
+    def refused(self, peer: str, host: str, reason: str) -> None:
+        """Log a failed handshake from `peer` (host:port), counted against its `host`.
+
+        Quiet once the host is over the limit: its next connections are closed at accept.
+        """
+        already_blocked = self.brake.blocked(host)
+        reached_limit = self.brake.failed(host)
         if already_blocked:
             return
         if reached_limit:
             log.warning(
-                "%s: handshake failed: %s; %d failures within a minute, so its connections "
-                "are refused for up to a minute",
-                address,
+                "%s: handshake failed: %s; %d failures within a minute from %s, so its "
+                "connections are refused for up to a minute",
+                peer,
                 reason,
                 self.brake.limit,
+                host,
             )
         else:
-            log.warning("%s: handshake failed: %s", address, reason)
+            log.warning("%s: handshake failed: %s", peer, reason)
 
 
 def _decoy() -> auth.Verifier:

@@ -34,9 +34,15 @@ class ConnectionHandler:
     """Drive one sender's connection from handshake to close."""
 
     def __init__(
-        self, sock: socket.socket, peer: str, config: ReceiverConfig, services: Services
+        self,
+        sock: socket.socket,
+        host: str,
+        peer: str,
+        config: ReceiverConfig,
+        services: Services,
     ) -> None:
-        self.sock, self.address, self.peer = sock, peer, peer
+        # host: the address failures are counted against; peer: host:port, for the log.
+        self.sock, self.host, self.address, self.peer = sock, host, peer, peer
         self.config, self.services = config, services
         self.conn = p.Connection(p.Role.RECEIVER, window=config.window)
         self.aborted = threading.Event()
@@ -58,7 +64,7 @@ class ConnectionHandler:
             self._protocol_error(error)
         except TimeoutError:
             if self.name is None:
-                self.services.gate.refused(self.address, "handshake not completed in time")
+                self._refused("handshake not completed in time")
             else:
                 log.warning("%s: no progress for too long, closing", self.peer)
             self._send_error(p.ErrorCode.TIMEOUT, "timed out")
@@ -95,8 +101,7 @@ class ConnectionHandler:
             wrapped.do_handshake()
         except (ssl.SSLError, ConnectionError) as error:
             reason = getattr(error, "reason", None) or error
-            self.services.gate.refused(
-                self.address,
+            self._refused(
                 f"no TLS handshake ({reason}); a sender needs tls: true, or tls: false on "
                 f"both sides",
             )
@@ -174,6 +179,9 @@ class ConnectionHandler:
                 return True
         return False
 
+    def _refused(self, reason: str) -> None:
+        self.services.gate.refused(self.address, self.host, reason)
+
     def _reply(self, event: p.Event) -> None:
         self.outbox += self.conn.send(event)
 
@@ -186,7 +194,7 @@ class ConnectionHandler:
             hint = ""
             if self.first_byte == _TLS_RECORD_TYPE and self.services.gate.context is None:
                 hint = " (a TLS client: this receiver has tls: false, so the sender needs it too)"
-            self.services.gate.refused(self.address, f"not a scanxfer handshake: {error}{hint}")
+            self._refused(f"not a scanxfer handshake: {error}{hint}")
         else:
             log.warning("%s: protocol error, closing: %s", self.peer, error)
         self._send_error(error.code, str(error))
@@ -212,7 +220,7 @@ class ConnectionHandler:
         )
         verdict = gate.check(hello.name, signed, answer.proof)
         if verdict.record is None:
-            gate.refused(self.address, verdict.reason)
+            self._refused(verdict.reason)
             self._reply(p.Error(p.ErrorCode.AUTH_FAILED, "authentication failed"))
             return True
         proof = auth.server_proof(verdict.record, signed)

@@ -138,7 +138,7 @@ class Server:
             )
             self._turn_away(sock)
             return
-        handler = ConnectionHandler(sock, peer, self.config, self.services)
+        handler = ConnectionHandler(sock, address[0], peer, self.config, self.services)
         thread = threading.Thread(target=handler.run, name=f"conn {peer}", daemon=True)
         self.handlers[thread] = handler
         thread.start()

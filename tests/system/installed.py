@@ -1,8 +1,11 @@
-"""The receiver package installed in a container the way a user does it, and a host sender."""
+"""The receiver package installed in a container the way a user does it, and host senders
+paired with it the way a user pairs them."""
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,7 +17,8 @@ import numpy
 from .container import Container, wait_for
 
 CONFFILE = "/etc/scanxfer/receiver.yaml"
-INCOMING = "/var/lib/scanxfer/incoming"
+STATE = "/var/lib/scanxfer"
+INCOMING = f"{STATE}/incoming"
 UNIT = "scanxfer-receiver"
 _POLICY = "/usr/sbin/policy-rc.d"
 
@@ -42,6 +46,33 @@ class Receiver:
     def _active_and_ready(self) -> bool:
         state = self.container.sh(f"systemctl is-active {UNIT}", check=False).stdout.strip()
         return state == "active"
+
+    def issue_key(self, name: str) -> str:
+        """`sudo scanxfer keys add NAME` on the Pi: the pairing line it prints on stdout.
+
+        --address because the receiver listens on loopback here, which senders on the host
+        reach as 127.0.0.1 (the container shares its network).
+        """
+        address = f"127.0.0.1:{self.port}"
+        printed = self.container.sh(f"scanxfer keys add {name} --address {address}").stdout
+        lines = printed.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("scanxfer://"), printed
+        return lines[0]
+
+    def pair_host_sender(self, name: str, workdir: Path) -> Path:
+        """A sender on the host with a key of its own: its settings file, written by `pair`.
+
+        The sender keeps its record of deliveries in `workdir`, away from the host user's.
+        """
+        config = workdir / f"{name}.yaml"
+        config.write_text(f"state_dir: {json.dumps(str(workdir / f'{name}-state'))}\n")
+        result = scanxfer_on_host("pair", self.issue_key(name), "-c", str(config))
+        assert result.returncode == 0, result.stderr
+        return config
+
+    def pair_container_user(self, name: str, user: str) -> None:
+        """`scanxfer pair LINE` as `user` inside the container, into their default settings."""
+        self.container.sh(f"scanxfer pair {shlex.quote(self.issue_key(name))}", user=user)
 
 
 def install(container: Container, deb: Path, port: int) -> Receiver:
@@ -88,11 +119,15 @@ def make_scans(directory: Path, prefix: str) -> list[str]:
     return sorted(arrays)
 
 
-def send_once(port: int, scans: Path) -> subprocess.CompletedProcess[str]:
-    """`scanxfer send --once` from the host, with the scanxfer under test."""
-    command = [sys.executable, "-m", "scanxfer", "send", "--once"]
+def send_once(config: Path, scans: Path) -> subprocess.CompletedProcess[str]:
+    """`scanxfer send --once` from the host as the paired sender `config`."""
+    return scanxfer_on_host("send", "--once", "-c", str(config), "--watch", str(scans))
+
+
+def scanxfer_on_host(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """`scanxfer ARGUMENTS` on the host, with the scanxfer under test."""
     return subprocess.run(
-        [*command, "--to", f"127.0.0.1:{port}", "--watch", str(scans)],
+        [sys.executable, "-m", "scanxfer", *arguments],
         capture_output=True,
         text=True,
         timeout=300,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from .container import booted, free_port, require_host_tools
-from .installed import UNIT, Receiver, assert_identical, install, make_scans, send_once
+from .installed import STATE, UNIT, Receiver, assert_identical, install, make_scans, send_once
 
 pytestmark = [pytest.mark.system, pytest.mark.arm64]
 
@@ -29,14 +29,21 @@ def receiver(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Re
         yield install(container, deb, free_port())
 
 
-def test_the_same_deb_receives_scans_on_arm64(receiver: Receiver, tmp_path: Path) -> None:
+def test_the_same_deb_receives_scans_from_a_paired_sender_on_arm64(
+    receiver: Receiver, tmp_path: Path
+) -> None:
     container = receiver.container
     assert container.sh("uname -m").stdout.strip() == "aarch64"
     assert container.sh("dpkg --print-architecture").stdout.strip() == "arm64"
     assert container.sh(f"systemctl is-active {UNIT}").stdout.strip() == "active"
 
-    scans = make_scans(tmp_path, "arm64")
-    result = send_once(receiver.port, tmp_path)
+    # The service made its certificate (openssl, under emulation) before anyone asked.
+    owner_and_mode = container.sh(f"stat -c '%U %a' {STATE}/tls/key.pem").stdout.split()
+    assert owner_and_mode == ["scanxfer", "600"]
+
+    sender = receiver.pair_host_sender("host-pc", tmp_path)
+    scans = make_scans(tmp_path / "scans", "arm64")
+    result = send_once(sender, tmp_path / "scans")
     assert result.returncode == 0, result.stderr
-    assert_identical(tmp_path, receiver.incoming(), scans)
+    assert_identical(tmp_path / "scans", receiver.incoming(), scans)
     assert all(f"received {relative} " in receiver.journal() for relative in scans)

@@ -1,7 +1,9 @@
 """The user's story on a real Debian bookworm with systemd (amd64), in order.
 
 One container is booted for the module; the tests run in the order a user meets these things:
-install, receive, watch, reload, survive a hang, the sender's user unit, upgrade, purge.
+install, the certificate the service makes, pairing senders and revoking one, receive, watch,
+reload, survive a hang, the sender's user unit, upgrade, purge. Every sender is paired as a
+user pairs one: `sudo scanxfer keys add NAME` on the Pi, `scanxfer pair LINE` on the sender.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .container import Container, booted, free_port, require_host_tools, wait_fo
 from .installed import (
     CONFFILE,
     INCOMING,
+    STATE,
     UNIT,
     Receiver,
     assert_identical,
@@ -42,6 +45,12 @@ def receiver(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Re
         yield install(container, deb, free_port())
 
 
+@pytest.fixture(scope="module")
+def sender(receiver: Receiver, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The settings of the host's sender, paired once for the tests that only send."""
+    return receiver.pair_host_sender("host-pc", tmp_path_factory.mktemp("sender"))
+
+
 def test_apt_install_fetches_dependencies_and_the_service_runs_unprivileged(
     receiver: Receiver,
 ) -> None:
@@ -62,11 +71,79 @@ def test_hardening_exposure_is_at_most_two(receiver: Receiver) -> None:
     assert float(match.group(1)) <= MAX_EXPOSURE, report
 
 
-def test_sent_scans_arrive_identical_and_each_is_logged_at_info(
+def test_the_service_makes_its_tls_certificate_on_first_start(receiver: Receiver) -> None:
+    container = receiver.container
+    # No `keys add` has run yet (it would make the certificate too), so the service made it:
+    # its sandbox lets it run openssl and write under its state directory.
+    assert not container.path(f"{STATE}/keys.json").exists()
+    for path, mode in (("tls", "700"), ("tls/key.pem", "600"), ("tls/cert.pem", "644")):
+        owner_and_mode = container.sh(f"stat -c '%U %a' {STATE}/{path}").stdout.split()
+        assert owner_and_mode == ["scanxfer", mode], path
+    subject = container.sh(f"openssl x509 -noout -subject -in {STATE}/tls/cert.pem").stdout
+    assert "scanxfer receiver" in subject
+    assert receiver.show("NRestarts") == "0"
+    # Until a sender is paired, the service says how to pair one.
+    assert "scanxfer keys add NAME" in receiver.journal("-p warning")
+
+
+def test_a_key_added_with_sudo_is_accepted_without_a_restart(
     receiver: Receiver, tmp_path: Path
 ) -> None:
+    pid_before, restarts_before = receiver.show("MainPID"), receiver.show("NRestarts")
+
+    config = receiver.pair_host_sender("bench-pc", tmp_path)
+
+    # Written by root, kept readable by the daemon and by nobody else.
+    keys = receiver.container.sh(f"stat -c '%U %a' {STATE}/keys.json").stdout.split()
+    assert keys == ["scanxfer", "600"]
+    paired = config.read_text()
+    assert f'receiver: "127.0.0.1:{receiver.port}"' in paired and "tls: true" in paired
+    scans = make_scans(tmp_path / "scans", "added")
+    result = send_once(config, tmp_path / "scans")
+    assert result.returncode == 0, result.stderr
+    assert_identical(tmp_path / "scans", receiver.incoming(), scans)
+    assert (receiver.show("MainPID"), receiver.show("NRestarts")) == (pid_before, restarts_before)
+
+
+def test_a_revoked_key_is_refused_without_a_restart_and_the_peer_logged(
+    receiver: Receiver, sender: Path, tmp_path: Path
+) -> None:
+    container = receiver.container
+    config = receiver.pair_host_sender("old-pc", tmp_path)
+    scans = tmp_path / "scans"
+    make_scans(scans, "before_revoke")
+    assert send_once(config, scans).returncode == 0  # the key works until it is revoked
+    pid_before, restarts_before = receiver.show("MainPID"), receiver.show("NRestarts")
+
+    container.sh("scanxfer keys revoke old-pc")
+    numpy.save(scans / "after_revoke.npy", numpy.arange(100))
+    result = send_once(config, scans)
+
+    assert result.returncode != 0
+    assert "refused this sender's key" in result.stderr, result.stderr
+    assert not (receiver.incoming() / "after_revoke.npy").exists()
+    # The sender connects from loopback, which is where the receiver sees it come from.
+    refusal = re.compile(r"127\.0\.0\.1(:\d+)?: handshake failed: .*'old-pc'.* revoked")
+    wait_for(
+        lambda: refusal.search(receiver.journal("-p warning")),
+        30,
+        "the failed handshake logged with the peer's address",
+    )
+    assert (receiver.show("MainPID"), receiver.show("NRestarts")) == (pid_before, restarts_before)
+    listed = container.sh("scanxfer keys list").stdout
+    assert re.search(r"(?m)^old-pc +\S+ +revoked ", listed), listed
+    # Only that sender is refused: the others deliver as before.
+    others = tmp_path / "others"
+    delivered = make_scans(others, "not_revoked")
+    assert send_once(sender, others).returncode == 0
+    assert_identical(others, receiver.incoming(), delivered)
+
+
+def test_sent_scans_arrive_identical_and_each_is_logged_at_info(
+    receiver: Receiver, sender: Path, tmp_path: Path
+) -> None:
     scans = make_scans(tmp_path, "first")
-    result = send_once(receiver.port, tmp_path)
+    result = send_once(sender, tmp_path)
     assert result.returncode == 0, result.stderr
 
     assert_identical(tmp_path, receiver.incoming(), scans)
@@ -87,9 +164,11 @@ def test_sent_scans_arrive_identical_and_each_is_logged_at_info(
     assert not any(relative in problems for relative in scans), problems
 
 
-def test_systemctl_status_shows_the_status_line(receiver: Receiver, tmp_path: Path) -> None:
+def test_systemctl_status_shows_the_status_line(
+    receiver: Receiver, sender: Path, tmp_path: Path
+) -> None:
     scans = make_scans(tmp_path, "status")
-    assert send_once(receiver.port, tmp_path).returncode == 0
+    assert send_once(sender, tmp_path).returncode == 0
 
     def status() -> re.Match[str] | None:
         text = receiver.container.sh(f"systemctl status --no-pager {UNIT}", check=False).stdout
@@ -107,7 +186,7 @@ def test_systemctl_status_shows_the_status_line(receiver: Receiver, tmp_path: Pa
 
 
 def test_reload_applies_the_new_config_without_a_restart(
-    receiver: Receiver, tmp_path: Path
+    receiver: Receiver, sender: Path, tmp_path: Path
 ) -> None:
     container = receiver.container
     pid_before, restarts_before = receiver.show("MainPID"), receiver.show("NRestarts")
@@ -119,7 +198,7 @@ def test_reload_applies_the_new_config_without_a_restart(
         wait_for(lambda: "settings reloaded" in receiver.journal(), 30, "the reload logged")
 
         numpy.save(tmp_path / "too_big.npy", numpy.arange(1000, dtype=numpy.uint16))
-        result = send_once(receiver.port, tmp_path)
+        result = send_once(sender, tmp_path)
         assert result.returncode != 0  # refused under the new limit
         assert not (receiver.incoming() / "too_big.npy").exists()
         wait_for(
@@ -133,7 +212,7 @@ def test_reload_applies_the_new_config_without_a_restart(
     assert receiver.show("NRestarts") == restarts_before
 
 
-def test_watchdog_restarts_a_hung_daemon(receiver: Receiver, tmp_path: Path) -> None:
+def test_watchdog_restarts_a_hung_daemon(receiver: Receiver, sender: Path, tmp_path: Path) -> None:
     restarts = int(receiver.show("NRestarts"))
     hung_pid = receiver.show("MainPID")
     receiver.container.sh(f"kill -STOP {hung_pid}")
@@ -143,7 +222,7 @@ def test_watchdog_restarts_a_hung_daemon(receiver: Receiver, tmp_path: Path) -> 
     assert receiver.show("MainPID") not in ("0", hung_pid)
     assert "Watchdog timeout" in receiver.container.sh(f"journalctl -u {UNIT} -o cat").stdout
     scans = make_scans(tmp_path, "after_watchdog")
-    assert send_once(receiver.port, tmp_path).returncode == 0
+    assert send_once(sender, tmp_path).returncode == 0
     assert_identical(tmp_path, receiver.incoming(), scans)
 
 
@@ -159,10 +238,11 @@ def test_a_lingering_users_sender_unit_delivers(receiver: Receiver) -> None:
         120,
         "the lab user's systemd manager",
     )
-    container.sh("mkdir -p .config/scanxfer scans", user=LAB_USER)
-    container.path(f"/home/{LAB_USER}/.config/scanxfer/sender.yaml").write_text(
-        f'receiver: "127.0.0.1:{receiver.port}"\nwatch_dir: ~/scans\nsettle_seconds: 200ms\n'
-    )
+    # Pairing writes ~/.config/scanxfer/sender.yaml from the defaults, which watch ~/scans.
+    receiver.pair_container_user("lab-pi", LAB_USER)
+    container.sh("mkdir scans", user=LAB_USER)
+    settings = container.sh("stat -c '%U %a' .config/scanxfer/sender.yaml", user=LAB_USER)
+    assert settings.stdout.split() == [LAB_USER, "600"]  # it holds the key
     try:
         container.sh("systemctl --user enable --now scanxfer-sender", user=LAB_USER)
         _user_scan_arrives(receiver, "by_packaged_unit.npy")
@@ -203,7 +283,7 @@ def _sender_journal(container: Container) -> str:
 
 
 def test_a_locally_edited_conffile_survives_installing_a_newer_version(
-    receiver: Receiver, deb: Path, tmp_path: Path
+    receiver: Receiver, sender: Path, deb: Path, tmp_path: Path
 ) -> None:
     container = receiver.container
     conffile = container.path(CONFFILE)
@@ -224,8 +304,9 @@ def test_a_locally_edited_conffile_survives_installing_a_newer_version(
     receiver.wait_active()
     assert receiver.show("MainPID") != pid_before  # restarted into the new version
     assert "interrupted files stay resumable" in receiver.journal()  # stopped by SIGTERM
+    # The keys and the certificate the sender pinned outlive the upgrade: no pairing again.
     scans = make_scans(tmp_path / "scans", "after_upgrade")
-    assert send_once(receiver.port, tmp_path / "scans").returncode == 0
+    assert send_once(sender, tmp_path / "scans").returncode == 0
     assert_identical(tmp_path / "scans", receiver.incoming(), scans)
 
 
@@ -261,6 +342,9 @@ def test_purge_removes_config_user_and_unit_but_keeps_received_files(
         "/usr/lib/systemd/user/scanxfer-sender.service",
         "/usr/bin/scanxfer",
         "/var/lib/scanxfer/partial",
+        "/var/lib/scanxfer/tls",
+        "/var/lib/scanxfer/keys.json",
+        "/var/lib/scanxfer/keys.json.lock",
     ):
         assert not container.path(gone).exists(), gone
     listed = container.sh(f"systemctl list-unit-files --no-legend {UNIT}.service", check=False)
