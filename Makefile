@@ -1,12 +1,12 @@
 # Each target is one command a new user runs:
-#   make venv | test | lint | demo | bench | deb | system-test-arm64 | clean.
+#   make venv | test | lint | fuzz | demo | bench | deb | system-test-arm64 | clean.
 
 PYTHON ?= python3
 VENV := .venv
 # Rebuilt whenever pyproject.toml (dependencies, entry points) changes.
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench deb system-test-arm64 prerequisites clean
+.PHONY: venv test lint fuzz demo bench deb system-test-arm64 prerequisites clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,30 @@ prerequisites:
 
 lint: venv
 	$(VENV)/bin/ruff check .
+
+# The parsers that face the network (tests/fuzz: both ends of the protocol, the .npy header
+# check) under atheris/libFuzzer, FUZZ_SECONDS each; the corpus grows from run to run. Not
+# part of `make test`: a fuzzer finds things by running long. A crash fails the run and leaves
+# its input in build/fuzz/TARGET/; `python -m tests.fuzz.fuzz_TARGET FILE` replays it.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := protocol npy
+NO_ATHERIS := make fuzz: cannot install atheris into $(VENV) (see the pip error above). \
+	pip has wheels for Linux on x86_64; elsewhere it builds atheris from source, which needs \
+	clang with libFuzzer (see atheris's README)
+
+fuzz: venv
+	@$(VENV)/bin/python -c 'import atheris' 2>/dev/null || \
+		$(VENV)/bin/python -m pip install --quiet -e '.[fuzz]' || { echo "$(NO_ATHERIS)"; exit 1; }
+	@set -e; for target in $(FUZZ_TARGETS); do \
+		dir=build/fuzz/$$target; mkdir -p $$dir/corpus; \
+		echo "make fuzz: $$target for $(FUZZ_SECONDS) s (log: $$dir/log)"; \
+		$(VENV)/bin/python -m tests.fuzz.fuzz_$$target $$dir/corpus \
+			-max_total_time=$(FUZZ_SECONDS) -artifact_prefix=$$dir/ >$$dir/log 2>&1 || { \
+			tail -n 60 $$dir/log; \
+			echo "make fuzz: $$target failed; its input is $$dir/crash-*, timeout-* or oom-*"; \
+			echo "replay it with: $(VENV)/bin/python -m tests.fuzz.fuzz_$$target FILE"; exit 1; }; \
+		grep -E '^(Done|stat::new_units_added)' $$dir/log || true; \
+	done
 
 demo: venv
 	$(VENV)/bin/python -m scanxfer.demo

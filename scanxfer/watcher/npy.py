@@ -13,6 +13,7 @@ import os
 import re
 import stat
 import struct
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,7 +26,8 @@ _HEADER_LEN_FORMAT = {1: "<H", 2: "<I", 3: "<I"}
 # Version 3.0 only differs from 2.0 in allowing UTF-8 field names in the header.
 _HEADER_ENCODING = {1: "latin1", 2: "latin1", 3: "utf8"}
 # Plain numeric dtypes, which is what instruments write: the item size is in the descr itself.
-_SIMPLE_DESCR = re.compile(r"[<>|=]?([biufc])([0-9]+)")
+# At most 4 digits: int() refuses more than 4300, and a garbage header may hold thousands.
+_SIMPLE_DESCR = re.compile(r"[<>|=]?([biufc])([0-9]{1,4})")
 _SIMPLE_SIZES = {
     "b": {1},
     "i": {1, 2, 4, 8},
@@ -67,7 +69,11 @@ def npy_expected_size(fp: BinaryIO) -> int | None:
 def _npy_data_size(header: bytes, encoding: str) -> int | None:
     """Byte count of the array data described by a header dict literal, or None if invalid."""
     try:
-        fields = ast.literal_eval(header.decode(encoding))
+        # Garbage (a damaged file, a stranger at the prototype door) may make the parser warn
+        # about odd escapes; the warning would land in the journal, the verdict is enough.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fields = ast.literal_eval(header.decode(encoding))
     except (UnicodeDecodeError, ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return None
     if not isinstance(fields, dict) or set(fields) != {"descr", "fortran_order", "shape"}:
@@ -94,7 +100,9 @@ def _itemsize(descr: object) -> int | None:
 
     try:
         dtype = npy_format.descr_to_dtype(descr)
-    except (TypeError, ValueError, KeyError, OverflowError, RecursionError):
+    except Exception:
+        # numpy's parser lets out whatever its internals hit on garbage (a SyntaxError from
+        # its own literal_eval, for one); to us every failure means "not a usable dtype".
         return None
     return None if dtype.hasobject else dtype.itemsize
 

@@ -420,3 +420,23 @@ def test_watching_plain_scans_does_not_import_numpy(tmp_path: Path) -> None:
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+@pytest.mark.parametrize(
+    "descr",
+    [
+        "<,7",  # numpy's own descr parser raises SyntaxError on it (found by make fuzz)
+        "<i" + "9" * 4400,  # more digits than int() converts
+        "\\q",  # an invalid escape: Python warns about it while parsing
+    ],
+)
+def test_garbage_descr_is_incomplete_not_a_crash(
+    tmp_path: Path, descr: str, recwarn: pytest.WarningsRecorder
+) -> None:
+    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': (1,), }}"
+    header += " " * (-(len(header) + 11) % 64) + "\n"
+    path = tmp_path / "bad.npy"
+    path.write_bytes(NPY_MAGIC + b"\x01\x00" + struct.pack("<H", len(header)) + header.encode())
+    assert npy_complete(path) is False
+    # Python 3.11 calls an invalid escape a DeprecationWarning, 3.12 a SyntaxWarning.
+    assert not [w for w in recwarn if issubclass(w.category, SyntaxWarning | DeprecationWarning)]

@@ -1,0 +1,175 @@
+"""In-memory protocol peers that answer the way real ones would, for property tests and fuzzing.
+
+A bare `Connection` fed arbitrary bytes stops at the handshake: nothing past HELLO is legal
+until someone answers it.  A `Peer` is a Connection plus the answers a well-behaved other end
+gives (CHALLENGE after HELLO, READY after OFFER, DATA after READY, ...), chosen from the events
+alone, so the same bytes always get the same answers.  Fed a recorded valid stream, it walks
+the whole state machine; fed that stream damaged, it reaches states a fresh Connection never
+would.  Either way the rules under test are the same: the peer's bytes produce events or a
+RemoteProtocolError, the peer's legal answers never raise LocalProtocolError, and an
+unfinished control frame never holds more than one frame's worth of memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from scanxfer import protocol as p
+from scanxfer.protocol.frames import FRAME_HEAD
+
+DIGEST = bytes(range(16))
+SENDER_NAME = "lab-pc"
+RECEIVER_NAME = "pi"
+HELLO = p.Hello(SENDER_NAME, options={p.INSTANCE_OPTION: b"instance"})
+AUTHENTICATE = p.Authenticate(b"s" * p.NONCE_SIZE, b"c" * p.PROOF_SIZE)
+RECEIVER_NONCE = b"r" * p.NONCE_SIZE
+SERVER_PROOF = b"w" * p.PROOF_SIZE
+# The size of the largest complete control frame: an unfinished one is always smaller.
+BUFFER_BOUND = FRAME_HEAD.size + p.MAX_BODY
+
+
+class Peer:
+    """One end of a connection, driven by the bytes it receives; its answers collect in `output`.
+
+    The sender offers `payloads` (as d/<i>.npy) once the handshake is done, keeps the window
+    full, and says BYE when every file is answered.  The receiver asks for part of each file,
+    refuses or finds some already stored, and acknowledges the rest.
+    """
+
+    def __init__(self, role: p.Role, payloads: Sequence[bytes] = (), window: int = 4) -> None:
+        self.conn = p.Connection(role, window)
+        self.role = role
+        self.payloads = payloads
+        self.output = bytearray()
+        self._next_file = 0
+        if role is p.Role.SENDER:
+            self._send(HELLO)
+
+    def feed(self, data: bytes) -> list[p.Event]:
+        """Hand `data` (b"" for EOF) to the connection; return the events it yields.
+
+        Raises RemoteProtocolError when the bytes break the protocol; anything else escaping
+        from here is a bug in the protocol code (or in this peer).
+        """
+        self.conn.receive_data(data)
+        events: list[p.Event] = []
+        while (event := self.conn.next_event()) is not p.NEED_DATA:
+            events.append(event)
+            if isinstance(event, p.ConnectionClosed):
+                return events
+            self._answer(event)
+        # White-box, because nothing public shows it: what is left over is part of one frame.
+        assert self.conn._input_size < BUFFER_BOUND, self.conn._input_size
+        return events
+
+    def take_output(self) -> bytes:
+        out = bytes(self.output)
+        self.output.clear()
+        return out
+
+    def _send(self, event: p.Event) -> None:
+        self.output += self.conn.send(event)
+
+    def _answer(self, event: p.Event) -> None:
+        if self.conn.state is p.ConnState.CLOSED:
+            return
+        if self.role is p.Role.SENDER:
+            self._answer_as_sender(event)
+        else:
+            self._answer_as_receiver(event)
+
+    def _answer_as_sender(self, event: p.Event) -> None:
+        match event:
+            case p.Challenge():
+                self._send(AUTHENTICATE)
+            case p.Ready():
+                offer = self.conn.files[event.file_id].offer
+                self._send(p.DataHeader(event.file_id, event.offset, offer.size - event.offset))
+                self.output += self.payloads[event.file_id][event.offset :]
+        if self.conn.state is p.ConnState.OPEN:
+            self._offer_or_leave()
+
+    def _offer_or_leave(self) -> None:
+        while self._next_file < len(self.payloads) and len(self.conn.files) < self.conn.window:
+            file_id, self._next_file = self._next_file, self._next_file + 1
+            size = len(self.payloads[file_id])
+            self._send(p.Offer(file_id, f"d/{file_id}.npy", size, file_id, DIGEST))
+        if self._next_file == len(self.payloads) and not self.conn.files:
+            self._send(p.Bye())
+
+    def _answer_as_receiver(self, event: p.Event) -> None:
+        match event:
+            case p.Hello():
+                version = p.negotiate(event)
+                if version is None:
+                    self._send(p.Error(p.ErrorCode.UNSUPPORTED_VERSION, "speaks 1..1"))
+                else:
+                    self._send(p.Challenge(version, RECEIVER_NONCE))
+            case p.Authenticate():
+                version = self.conn.version
+                assert version is not None  # CHALLENGE chose it
+                self._send(p.Welcome(RECEIVER_NAME, self.conn.window, SERVER_PROOF, version))
+            case p.Offer():
+                self._send(_first_answer(event))
+            case p.DataEnd():
+                offer = self.conn.files[event.file_id].offer
+                if offer.file_id % 5 == 4:
+                    reason = p.NackReason.DIGEST_MISMATCH
+                    self._send(p.Nack(event.file_id, reason, True, "digest mismatch"))
+                else:
+                    self._send(p.Ack(event.file_id, p.Outcome.STORED, offer.path))
+
+
+def _first_answer(offer: p.Offer) -> p.Event:
+    """READY (from 0 or from half-way, as after a cut), or an early ACK DUPLICATE or NACK."""
+    match offer.file_id % 5:
+        case 2:
+            return p.Ack(offer.file_id, p.Outcome.DUPLICATE, offer.path)
+        case 3:
+            return p.Nack(offer.file_id, p.NackReason.BUSY, True, "busy")
+        case 1:
+            return p.Ready(offer.file_id, offer.size // 2)
+        case _:
+            return p.Ready(offer.file_id, 0)
+
+
+def record_exchange(payloads: Sequence[bytes], window: int = 4) -> dict[p.Role, bytes]:
+    """Join a sender and a receiver Peer; the bytes each role *received*, by role."""
+    sender, receiver = Peer(p.Role.SENDER, payloads), Peer(p.Role.RECEIVER, window=window)
+    received = {p.Role.SENDER: bytearray(), p.Role.RECEIVER: bytearray()}
+    while sender.output or receiver.output:
+        to_receiver, to_sender = sender.take_output(), receiver.take_output()
+        received[p.Role.RECEIVER] += to_receiver
+        received[p.Role.SENDER] += to_sender
+        if to_receiver:
+            receiver.feed(to_receiver)
+        if to_sender:
+            sender.feed(to_sender)
+    assert sender.conn.state is receiver.conn.state is p.ConnState.CLOSED
+    return {role: bytes(wire) for role, wire in received.items()}
+
+
+def opening(role: p.Role) -> bytes:
+    """What a Peer of `role` receives to get from a fresh connection to OPEN."""
+    if role is p.Role.RECEIVER:
+        return p.encode(HELLO) + p.encode(AUTHENTICATE)
+    challenge = p.Challenge(p.PROTOCOL_VERSION, RECEIVER_NONCE)
+    return p.encode(challenge) + p.encode(p.Welcome(RECEIVER_NAME, 4, SERVER_PROOF))
+
+
+def pieces(data: bytes, cuts: Iterable[int]) -> list[bytes]:
+    """`data` cut at the positions in `cuts` (out-of-range and repeated ones ignored).
+
+    Never an empty piece: to a Connection, b"" means EOF.
+    """
+    points = sorted({cut for cut in cuts if 0 < cut < len(data)})
+    bounds = zip([0, *points], [*points, len(data)], strict=True)
+    return [data[start:end] for start, end in bounds if end > start]
+
+
+def play(peer: Peer, data: bytes, cuts: Iterable[int] = ()) -> list[p.Event]:
+    """Feed `data` to `peer` in pieces, then EOF; every event, or RemoteProtocolError."""
+    events: list[p.Event] = []
+    for piece in pieces(data, cuts):
+        events += peer.feed(piece)
+    return events + peer.feed(b"")
