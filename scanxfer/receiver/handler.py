@@ -99,6 +99,10 @@ class ConnectionHandler:
         try:
             self._arm_timer()
             wrapped.do_handshake()
+        except TimeoutError:
+            # Answering with an ERROR frame would need the handshake that did not happen.
+            self._refused("handshake not completed in time (TLS)")
+            return False
         except (ssl.SSLError, ConnectionError) as error:
             reason = getattr(error, "reason", None) or error
             self._refused(
