@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ..config import ReceiverConfig
 from ..keys import KeysError
-from ..store import Store, StoreLimits, StoreSetupError
+from ..store import LeftoverPartial, Store, StoreLimits, StoreSetupError
 from ..tls import TLSSetupError
 from .gate import Gate
 from .server import Server
@@ -68,10 +68,9 @@ def _listening_on(config: ReceiverConfig) -> str:
 def _clean_leftovers(store: Store, max_age: float) -> None:
     for removed in store.remove_stale_partials(max_age):
         log.warning(
-            "removed stale partial of %s (%d of %d bytes, %.0f days old)",
-            removed.path,
+            "removed stale partial of %s (%d bytes held, %.0f days old)",
+            _described(removed),
             removed.held,
-            removed.size,
             removed.age_seconds / 86400,
         )
     leftovers = store.leftover_partials()
@@ -79,5 +78,10 @@ def _clean_leftovers(store: Store, max_age: float) -> None:
         log.info(
             "%d interrupted files can resume: %s",
             len(leftovers),
-            ", ".join(f"{item.path} ({item.held}/{item.size})" for item in leftovers[:10]),
+            ", ".join(f"{_described(item)} ({item.held} bytes held)" for item in leftovers[:10]),
         )
+
+
+def _described(leftover: LeftoverPartial) -> str:
+    # A small file cut off by a crash has no sidecar naming it (see store.partial).
+    return f"{leftover.path} of {leftover.size} bytes" if leftover.path else "a small file"

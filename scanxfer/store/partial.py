@@ -2,7 +2,8 @@
 
 Bytes go into ``<partial_dir>/<key>.part``, where ``key`` identifies *path + size + digest*, so a
 sender that reconnects resumes the bytes already held. A ``<key>.meta`` JSON sidecar records which
-file a partial belongs to, for the startup scan and the stale-partial cleanup.
+file a partial belongs to, for the startup scan and the stale-partial cleanup. A small file is
+written before a sidecar would pay off, so it gets one only if its transfer is interrupted.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ class LeftoverPartial:
     size: int
     held: int
     age_seconds: float
+
+
+# Files smaller than this get their sidecar only when interrupted: most arrive in one piece,
+# and for them writing and deleting the sidecar was a fifth of the receiver's work.
+SIDECAR_MIN_SIZE = 1 << 20
 
 
 def partial_key(relpath: str, size: int, digest: bytes | None) -> str:
@@ -78,14 +84,14 @@ def write_meta(partial_dir: Path, key: str, relpath: str, size: int, digest: byt
     os.rename(tmp, partial_dir / f"{key}.meta")
 
 
-def remove_partial(partial_dir: Path, key: str) -> None:
+def remove_partial(partial_dir: Path, key: str, sidecar: bool = True) -> None:
     """Best effort: remove a partial and its sidecars.
 
     Not made durable with a directory fsync: a partial that reappears after a
     power cut is harmless (it resumes as complete, and the commit finds the
     stored file identical and drops it again).
     """
-    for suffix in (".part", ".meta", ".meta.tmp"):
+    for suffix in (".part", ".meta", ".meta.tmp") if sidecar else (".part",):
         with suppress(OSError):
             os.unlink(partial_dir / f"{key}{suffix}")
 
@@ -142,8 +148,9 @@ class PartialFile:
         self._store, self._key, self._relpath, self._parts = store, key, relpath, parts
         self._size, self._digest = size, digest
         self._hasher = xxhash.xxh3_128()
-        if not (store.partial_dir / f"{key}.meta").exists():
-            write_meta(store.partial_dir, key, relpath, size, digest)
+        self._named = (store.partial_dir / f"{key}.meta").exists()
+        if size >= SIDECAR_MIN_SIZE:
+            self._name_it()
         fd = os.open(
             store.partial_dir / f"{key}.part", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
         )
@@ -211,16 +218,25 @@ class PartialFile:
             self.discard()  # after success only the sidecar (or a duplicate's bytes) is left
         return stored
 
+    def _name_it(self) -> None:
+        if not self._named:
+            write_meta(self._store.partial_dir, self._key, self._relpath, self._size, self._digest)
+            self._named = True
+
     def release(self) -> None:
         """Keep the bytes on disk for a later resume; close and let others open this file."""
         if self._close_fd():
-            self._store._unclaim(self._key)
+            try:
+                with suppress(OSError):  # the name is for the logs; the bytes resume without it
+                    self._name_it()
+            finally:
+                self._store._unclaim(self._key)
 
     def discard(self) -> None:
         """Delete the partial and its sidecar; close and let others open this file."""
         if self._close_fd():
             try:
-                remove_partial(self._store.partial_dir, self._key)
+                remove_partial(self._store.partial_dir, self._key, sidecar=self._named)
             finally:
                 # Only now: a new open of this key must not find files we are deleting.
                 self._store._unclaim(self._key)

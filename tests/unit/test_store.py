@@ -34,6 +34,7 @@ from scanxfer.store import (
     StoreLimits,
     StoreSetupError,
 )
+from scanxfer.store.partial import SIDECAR_MIN_SIZE
 
 REPO = Path(__file__).resolve().parents[2]
 LIMITS = StoreLimits(max_path_length=200, max_path_depth=4)
@@ -421,6 +422,21 @@ def test_without_hard_links_rename_never_overwrites(
 # -- leftovers, setup, space ---------------------------------------------------------------------
 
 
+def test_a_small_partial_is_named_only_when_interrupted(store: Store) -> None:
+    small = store.open_partial("small.npy", 4, digest(b"abcd"))
+    small.write(b"ab")
+    assert not list(store.partial_dir.glob("*.meta"))  # most small files never need one
+    small.release()
+    assert [p.path for p in store.leftover_partials()] == ["small.npy"]
+    big = store.open_partial("big.npy", SIDECAR_MIN_SIZE, digest(b"x" * SIDECAR_MIN_SIZE))
+    assert len(list(store.partial_dir.glob("*.meta"))) == 2  # a big one is named at once
+    big.discard()
+    resumed = store.open_partial("small.npy", 4, digest(b"abcd"))
+    resumed.write(b"cd")
+    assert resumed.commit(MTIME_NS).outcome is Outcome.STORED
+    assert os.listdir(store.partial_dir) == []
+
+
 def test_leftover_and_stale_partials(store: Store) -> None:
     old = store.open_partial("old.npy", 10, digest(b"0123456789"))
     old.write(b"0123")
@@ -436,17 +452,18 @@ def test_leftover_and_stale_partials(store: Store) -> None:
             os.utime(part)
 
     leftovers = store.leftover_partials()
+    # A small file still arriving has no sidecar yet: it is named once interrupted.
     assert [(p.path, p.size, p.held) for p in leftovers] == [
+        ("", -1, 0),
         ("fresh.npy", 5, 2),
-        ("in_use.npy", 3, 0),
         ("old.npy", 10, 4),
     ]
     assert leftovers[2].age_seconds > 3600
-    assert leftovers[0].age_seconds < leftovers[2].age_seconds
+    assert leftovers[1].age_seconds < leftovers[2].age_seconds
 
     removed = store.remove_stale_partials(max_age_seconds=3600)
     assert [p.path for p in removed] == ["old.npy"]
-    assert [p.path for p in store.leftover_partials()] == ["fresh.npy", "in_use.npy"]
+    assert [p.path for p in store.leftover_partials()] == ["", "fresh.npy"]
     assert [p.path for p in store.remove_stale_partials(0)] == ["fresh.npy"]  # not in_use
     in_use.write(b"xyz")
     assert in_use.commit(MTIME_NS).outcome is Outcome.STORED
