@@ -148,6 +148,12 @@ def _add_receive(commands: Any) -> None:
     sub.add_argument(
         "--state-dir", type=Path, metavar="DIR", help="where the receiver keeps its state"
     )
+    sub.add_argument(
+        "--check",
+        action="store_true",
+        help="only check the settings and exit: 0 if they are valid (`systemctl reload` runs "
+        "this first, so a broken file makes the reload fail instead of being ignored)",
+    )
 
 
 def _add_send(commands: Any) -> None:
@@ -344,6 +350,9 @@ def _sender_config(args: argparse.Namespace) -> SenderConfig:
 
 def _receive(args: argparse.Namespace) -> int:
     config = _receiver_config(args)
+    if args.check:
+        log.info("settings are valid")
+        return EXIT_OK
     from scanxfer import receiver
 
     # SIGHUP re-reads the same file with the same command-line overrides.

@@ -212,6 +212,25 @@ def test_reload_applies_the_new_config_without_a_restart(
     assert receiver.show("NRestarts") == restarts_before
 
 
+def test_a_reload_with_broken_settings_fails_and_the_daemon_keeps_running(
+    receiver: Receiver,
+) -> None:
+    container = receiver.container
+    pid_before = receiver.show("MainPID")
+    set_conffile_key(container, "max_file_size", "lots")
+    try:
+        reload = container.sh(f"systemctl reload {UNIT}", check=False)
+        assert reload.returncode != 0  # the admin sees it failed, not a silent no-op
+        assert container.sh(f"systemctl is-active {UNIT}").stdout.strip() == "active"
+        assert receiver.show("MainPID") == pid_before
+        wait_for(
+            lambda: "key 'max_file_size'" in receiver.journal(), 30, "the reason in the journal"
+        )
+    finally:
+        set_conffile_key(container, "max_file_size", "64GiB")
+    container.sh(f"systemctl reload {UNIT}")
+
+
 def test_watchdog_restarts_a_hung_daemon(receiver: Receiver, sender: Path, tmp_path: Path) -> None:
     restarts = int(receiver.show("NRestarts"))
     hung_pid = receiver.show("MainPID")

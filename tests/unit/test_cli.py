@@ -249,3 +249,16 @@ def _wait_for_a_file(directory: Path, child: subprocess.Popen[bytes]) -> None:
             return
         time.sleep(0.1)
     pytest.fail("simulate wrote nothing within a minute")
+
+
+def test_receive_check_validates_the_settings_and_exits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    assert main(["receive", "--check", "-c", str(good)]) == 0
+    assert not (tmp_path / "state").exists()  # checked, not started
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_file_size: lots\n")
+    assert main(["receive", "--check", "-c", str(bad)]) == 2
+    assert "key 'max_file_size'" in capsys.readouterr().err
