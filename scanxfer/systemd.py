@@ -7,6 +7,7 @@ under a systemd unit, and in tests.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -17,6 +18,8 @@ log = logging.getLogger(__name__)
 
 # Syslog priorities as a "<N>" line prefix: journald strips it and records the priority, so
 # `journalctl -p warning` shows only problems (see sd-daemon(3)).
+# How often a long step pings the watchdog: far below any sensible WatchdogSec=.
+ALIVE_SECONDS = 1.0
 _JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
 _TERMINAL_PREFIX = {
     logging.DEBUG: "scanxfer: debug: ",
@@ -93,6 +96,7 @@ class Notifier:
 
     def __init__(self) -> None:
         self._notifier: SystemdNotifier | None = None
+        self._last_alive = -math.inf
         address = os.environ.get("NOTIFY_SOCKET")
         if not address:
             return
@@ -131,6 +135,14 @@ class Notifier:
     def watchdog(self) -> None:
         """Still alive; call every watchdog_interval() seconds when that is not None."""
         self._send("WATCHDOG=1")
+
+    def alive(self) -> None:
+        """Progress inside one long step (hashing or sending a big file): a watchdog ping,
+        at most every ALIVE_SECONDS, so the step can call it as often as it likes."""
+        now = time.monotonic()
+        if self._notifier is not None and now - self._last_alive >= ALIVE_SECONDS:
+            self._last_alive = now
+            self.watchdog()
 
     def watchdog_interval(self) -> float | None:
         """Half of the unit's WatchdogSec=, in seconds, or None when no watchdog is asked for.

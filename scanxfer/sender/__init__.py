@@ -117,7 +117,9 @@ def _run_daemon(
     notifier = Notifier()
     delivered = 0
     while not stop.is_set():
-        delivery = Delivery(config, ledger, once=False, stop=stop, legacy=legacy)
+        delivery = Delivery(
+            config, ledger, once=False, stop=stop, legacy=legacy, alive=notifier.alive
+        )
         _watch_and_deliver(delivery, notifier, reload_requested)
         delivered += delivery.progress.files_done
         delivery.close()

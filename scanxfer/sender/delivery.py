@@ -16,6 +16,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import protocol as p
@@ -83,6 +84,8 @@ class Delivery:
     stop: threading.Event = field(default_factory=threading.Event)
     # `send --legacy`: to an old prototype receiver, one connection per file (see legacy.py).
     legacy: bool = False
+    # Called while one big file is hashed or sent: the watchdog's sign of life.
+    alive: Callable[[], None] = field(default_factory=lambda: _idle)
     pending: deque[FileJob] = field(default_factory=deque)
     delayed: list[tuple[float, int, FileJob]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
@@ -170,7 +173,7 @@ class Delivery:
 
     def _prepare(self, job: FileJob) -> bool:
         try:
-            job.prepare()
+            job.prepare(self.alive)
         except OSError as error:
             reason = f"cannot be read: {error.strerror or error}"
             log.warning("skipping %s: %s", job.relpath, reason)
@@ -184,10 +187,10 @@ class Delivery:
     def _connect(self) -> bool:
         if self.legacy:
             # Each file opens its own connection when it is sent: nothing to connect yet.
-            self.session = LegacySession(self.config)
+            self.session = LegacySession(self.config, self.alive)
             return True
         try:
-            self.session = Session(self.config, INSTANCE)
+            self.session = Session(self.config, INSTANCE, self.alive)
         except AuthenticationFailed as error:
             self._not_recognised(str(error))
             return False
@@ -204,7 +207,13 @@ class Delivery:
             self.unreachable = reason
             return
         log.error("%s; trying again in %.0f s", reason, self.config.retry_max)
-        self.stop.wait(self.config.retry_max)
+        self._pause(self.config.retry_max)
+
+    def _pause(self, seconds: float) -> None:
+        """Wait before trying again, still showing signs of life, until a stop is asked."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0 and not self.stop.wait(min(left, 1.0)):
+            self.alive()
 
     def _connection_failed(self, reason: str) -> None:
         delay = self.connect_backoff.next_delay()
@@ -212,7 +221,7 @@ class Delivery:
             self.unreachable = reason
             return
         log.warning("%s; retrying in %.1f s", reason, delay)
-        self.stop.wait(delay)
+        self._pause(delay)
 
     def _lost(self, error: Exception) -> None:
         assert self.session is not None
@@ -290,3 +299,7 @@ class Delivery:
         if self.session is not None:
             self.session.close()
             self.session = None
+
+
+def _idle() -> None:
+    """No watchdog to tell (send --once, tests)."""

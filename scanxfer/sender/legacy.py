@@ -20,11 +20,12 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import BinaryIO
 
 from .. import protocol as p
 from ..config import SenderConfig
-from .session import ConnectionLost, FileChanged, FileJob, where
+from .session import ConnectionLost, FileChanged, FileJob, send_in_slices, where
 
 log = logging.getLogger("scanxfer.sender")
 
@@ -42,8 +43,10 @@ class LegacySession:
     reach the prototype as a file cut short.
     """
 
-    def __init__(self, config: SenderConfig) -> None:
-        self.config = config
+    def __init__(
+        self, config: SenderConfig, alive: Callable[[], None] = lambda: None
+    ) -> None:
+        self.config, self.alive = config, alive
         self.inflight: dict[int, FileJob] = {}
         self._ids = itertools.count(1)
 
@@ -103,7 +106,7 @@ class LegacySession:
     def _stream(self, sock: socket.socket, handle: BinaryIO, job: FileJob) -> None:
         try:
             sock.sendall(LENGTH.pack(job.size))
-            sent = sock.sendfile(handle, 0, job.size) if job.size else 0
+            sent = send_in_slices(sock, handle, 0, job.size, self.alive)
             sock.shutdown(socket.SHUT_WR)
         except OSError as error:
             raise ConnectionLost(f"connection lost while sending {job.relpath}: {error}") from error

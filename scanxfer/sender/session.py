@@ -17,6 +17,7 @@ import socket
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -33,6 +34,7 @@ log = logging.getLogger("scanxfer.sender")
 READ_CHUNK = 1 << 20
 RECV_CHUNK = 1 << 16
 TLS_CHUNK = 1 << 18  # payload per sendall when sendfile cannot bypass TLS
+SEND_SLICE = 1 << 23  # sendfile per call: a sign of life for the watchdog at least every 8 MiB
 
 
 class ConnectionLost(Exception):
@@ -59,30 +61,36 @@ class FileJob:
     attempts: int = 0
     started: float = 0.0
 
-    def prepare(self) -> None:
-        """Take the file's current size, mtime and digest (it may have changed since queued)."""
+    def prepare(self, alive: Callable[[], None] = lambda: None) -> None:
+        """Take the file's current size, mtime and digest (it may have changed since queued).
+
+        `alive` is called as the hashing goes: a big file on a slow disk takes minutes.
+        """
         with self.path.open("rb") as handle:
             stat = os.fstat(handle.fileno())
-            self.digest = _digest(handle)
+            self.digest = _digest(handle, alive)
         self.size, self.mtime_ns = stat.st_size, stat.st_mtime_ns
 
 
-def _digest(handle: BinaryIO) -> bytes:
+def _digest(handle: BinaryIO, alive: Callable[[], None]) -> bytes:
     hasher = xxhash.xxh3_128()
     buffer = bytearray(READ_CHUNK)
     view = memoryview(buffer)
     while count := handle.readinto(buffer):
         hasher.update(view[:count])
+        alive()
     return hasher.digest()
 
 
 class Session:
     """One connection to the receiver: handshake, then offers, streams and answers."""
 
-    def __init__(self, config: SenderConfig, instance: bytes) -> None:
+    def __init__(
+        self, config: SenderConfig, instance: bytes, alive: Callable[[], None] = lambda: None
+    ) -> None:
         if config.key is None:
             raise AuthenticationFailed(NOT_PAIRED)
-        self.config = config
+        self.config, self.alive = config, alive
         self.sock, self.channel = _connect(config)
         self.stall_timeout = config.stall_timeout
         self.conn = p.Connection(p.Role.SENDER)
@@ -195,8 +203,8 @@ class Session:
     def _sendfile(self, handle: BinaryIO, offset: int, length: int) -> int:
         try:
             if isinstance(self.sock, ssl.SSLSocket):
-                return _send_through_tls(self.sock, handle, offset, length)
-            return self.sock.sendfile(handle, offset, length)
+                return _send_through_tls(self.sock, handle, offset, length, self.alive)
+            return send_in_slices(self.sock, handle, offset, length, self.alive)
         except OSError as error:
             raise ConnectionLost(f"connection lost while streaming: {error}") from error
 
@@ -307,7 +315,24 @@ def _connect(config: SenderConfig) -> tuple[socket.socket, bytes]:
     return secured, bytes.fromhex(actual)
 
 
-def _send_through_tls(sock: ssl.SSLSocket, handle: BinaryIO, offset: int, length: int) -> int:
+def send_in_slices(
+    sock: socket.socket, handle: BinaryIO, offset: int, length: int, alive: Callable[[], None]
+) -> int:
+    """socket.sendfile, a slice at a time, calling `alive` between slices: at 100 MB/s a
+    big scan takes minutes, longer than the watchdog waits for a sign of life."""
+    sent = 0
+    while sent < length:
+        count = sock.sendfile(handle, offset + sent, min(SEND_SLICE, length - sent))
+        alive()
+        if count == 0:
+            break  # the file shrank: the caller reports it
+        sent += count
+    return sent
+
+
+def _send_through_tls(
+    sock: ssl.SSLSocket, handle: BinaryIO, offset: int, length: int, alive: Callable[[], None]
+) -> int:
     """sendfile for TLS: the kernel cannot encrypt, so the bytes pass through in big slices."""
     buffer = bytearray(TLS_CHUNK)
     view = memoryview(buffer)
@@ -317,5 +342,6 @@ def _send_through_tls(sock: ssl.SSLSocket, handle: BinaryIO, offset: int, length
         if count == 0:
             break  # the file shrank: the caller reports it
         sock.sendall(view[:count])
+        alive()
         sent += count
     return sent

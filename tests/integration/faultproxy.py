@@ -21,6 +21,9 @@ from dataclasses import dataclass
 CHUNK = 1 << 16
 
 
+RECEIVE_BUFFER = 256 * 1024
+
+
 @dataclass(frozen=True)
 class Plan:
     """What to break on one connection; the default breaks nothing."""
@@ -195,6 +198,9 @@ class FaultProxy:
         self._changed = threading.Condition()
         self._closing = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
+        # A modest receive buffer, as on a real link: with loopback's default (up to 32 MiB)
+        # a rate-limited sender would hand off a whole big file at once and never wait.
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         # A timeout lets the accept loop notice close(): closing a socket another thread is
         # blocked on does not wake it.
         self._listener.settimeout(0.1)
