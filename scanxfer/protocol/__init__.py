@@ -12,6 +12,7 @@ Two error types, as in h11: `RemoteProtocolError` means the peer broke the rules
 
 from .connection import Connection, ConnState, FileInFlight, FileState, negotiate
 from .frames import (
+    DEFERRED_DIGEST,
     DIGEST_SIZE,
     INSTANCE_OPTION,
     MAGIC,
@@ -30,6 +31,7 @@ from .frames import (
     DataChunk,
     DataEnd,
     DataHeader,
+    Digest,
     Error,
     ErrorCode,
     Event,
@@ -50,6 +52,7 @@ from .frames import (
 )
 
 __all__ = [
+    "DEFERRED_DIGEST",
     "DIGEST_SIZE",
     "INSTANCE_OPTION",
     "MAGIC",
@@ -70,6 +73,7 @@ __all__ = [
     "DataChunk",
     "DataEnd",
     "DataHeader",
+    "Digest",
     "Error",
     "ErrorCode",
     "Event",

@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from .frames import (
+    DEFERRED_DIGEST,
     DIGEST_SIZE,
     FRAME_HEAD,
     MAX_BODY,
@@ -29,6 +30,7 @@ from .frames import (
     DataChunk,
     DataEnd,
     DataHeader,
+    Digest,
     Error,
     ErrorCode,
     Event,
@@ -68,11 +70,12 @@ class FileInFlight:
     offer: Offer
     state: FileState = FileState.OFFERED
     offset: int = 0
+    digest_due: bool = False  # offered with DEFERRED_DIGEST, its DIGEST not yet sent
 
 
 # Which frames each role may send; the peer may send only the other role's set.
 _SENDS = {
-    Role.SENDER: frozenset({Hello, Authenticate, Offer, DataHeader, Bye, Error}),
+    Role.SENDER: frozenset({Hello, Authenticate, Offer, DataHeader, Digest, Bye, Error}),
     Role.RECEIVER: frozenset({Challenge, Welcome, Ready, Ack, Nack, Error}),
 }
 # The handshake, in order: each frame is legal only right after the one before it.
@@ -234,6 +237,8 @@ class Connection:
                 self._on_ready(event, fail)
             case DataHeader():
                 self._on_data_header(event, fail)
+            case Digest():
+                self._on_digest(event, fail)
             case Ack() | Nack():
                 self._on_answer(event, fail)
             case Bye():
@@ -291,7 +296,7 @@ class Connection:
             raise fail(f"digest must be {DIGEST_SIZE} bytes")
         if event.size > MAX_SIZE:
             raise fail(f"size {event.size} exceeds {MAX_SIZE}")
-        self.files[event.file_id] = FileInFlight(event)
+        self.files[event.file_id] = FileInFlight(event, digest_due=event.digest == DEFERRED_DIGEST)
 
     def _on_ready(self, event: Ready, fail: type[ProtocolError]) -> None:
         entry = self._file(event, FileState.OFFERED, fail)
@@ -310,6 +315,14 @@ class Connection:
         # Locally the whole payload goes out right after the header.
         entry.state = FileState.STREAMING if fail is _remote else FileState.SENT
 
+    def _on_digest(self, event: Digest, fail: type[ProtocolError]) -> None:
+        entry = self._file(event, FileState.SENT, fail)
+        if not entry.digest_due:
+            raise fail(f"DIGEST for file {event.file_id}, whose offer carried its digest")
+        if event.digest == DEFERRED_DIGEST:
+            raise fail(f"DIGEST for file {event.file_id} defers it again")
+        entry.digest_due = False
+
     def _on_answer(self, event: Ack | Nack, fail: type[ProtocolError]) -> None:
         entry = self._file(event, None, fail)
         early = entry.state is FileState.OFFERED
@@ -317,11 +330,13 @@ class Connection:
             raise fail(f"file {event.file_id} stored before any data was sent")
         if not early and entry.state is not FileState.SENT:
             raise fail(f"answer for file {event.file_id} while it is {entry.state.value}")
+        if not early and entry.digest_due:
+            raise fail(f"answer for file {event.file_id} before its DIGEST")
         del self.files[event.file_id]
 
     def _file(
         self,
-        event: Ready | DataHeader | Ack | Nack,
+        event: Ready | DataHeader | Digest | Ack | Nack,
         state: FileState | None,
         fail: type[ProtocolError],
     ) -> FileInFlight:

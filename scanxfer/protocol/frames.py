@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 PROTOCOL_VERSION = 1
 MAGIC = b"SCANXFER"
 DIGEST_SIZE = 16  # xxh3-128
+# An OFFER with this digest promises a DIGEST frame right after its payload instead: the
+# sender hashes while it sends, rather than reading a big file once more beforehand.
+DEFERRED_DIGEST = bytes(DIGEST_SIZE)
 MAX_BODY = 65536  # largest control-frame body; DATA payload is streamed, not framed
 MAX_WINDOW = 1024
 MAX_U64 = 2**64 - 1
@@ -29,6 +32,7 @@ _OFFER_HEAD = struct.Struct(">IQq16s")  # file_id, size, mtime_ns, digest
 _READY = struct.Struct(">IQ")
 _ACK_HEAD = struct.Struct(">IB")
 _NACK_HEAD = struct.Struct(">IHB")
+_DIGEST = struct.Struct(">I16s")  # file_id, digest
 _HELLO_HEAD = struct.Struct(">8sHH")
 _WELCOME_HEAD = struct.Struct(">HH32s")  # version, window, receiver's proof
 _CHALLENGE = struct.Struct(">H32s")  # chosen version, receiver nonce
@@ -49,6 +53,7 @@ class FrameType(enum.IntEnum):
     DATA = 0x12
     ACK = 0x13
     NACK = 0x14
+    DIGEST = 0x15
 
 
 class ErrorCode(enum.IntEnum):
@@ -196,6 +201,14 @@ class DataEnd:
 
 
 @dataclass(frozen=True, slots=True)
+class Digest:
+    """The digest of a file offered with DEFERRED_DIGEST, sent right after its payload."""
+
+    file_id: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Ack:
     file_id: int
     outcome: Outcome
@@ -234,6 +247,7 @@ Event = (
     | DataHeader
     | DataChunk
     | DataEnd
+    | Digest
     | Ack
     | Nack
     | ConnectionClosed
@@ -333,6 +347,8 @@ def encode(event: Event) -> bytes:
         case DataHeader():
             body = _DATA_HEAD.pack(event.file_id, event.offset, event.length)
             kind = FrameType.DATA
+        case Digest():
+            body, kind = _DIGEST.pack(event.file_id, event.digest), FrameType.DIGEST
         case Ack():
             head = _ACK_HEAD.pack(event.file_id, event.outcome)
             body, kind = head + _pack_str(event.stored_path), FrameType.ACK
@@ -375,6 +391,8 @@ def decode_body(kind: FrameType, body: bytes) -> Event:
             event = Ready(*reader.fixed(_READY))
         case FrameType.DATA:
             event = DataHeader(*reader.fixed(_DATA_HEAD))
+        case FrameType.DIGEST:
+            event = Digest(*reader.fixed(_DIGEST))
         case FrameType.ACK:
             file_id, outcome = reader.fixed(_ACK_HEAD)
             event = Ack(file_id, parse_enum(Outcome, outcome, "outcome"), reader.text())

@@ -176,6 +176,8 @@ class ConnectionHandler:
                 intake.on_data_header(event)
             case p.DataEnd() if intake is not None:
                 intake.on_data_end()
+            case p.Digest() if intake is not None:
+                intake.on_digest(event)
             case p.Bye() | p.ConnectionClosed():
                 return True
             case p.Error():

@@ -74,10 +74,8 @@ class Intake:
             log.warning("%s: refused %r: %s", self.peer, offer.path, refusal.message)
             self._reply(refusal)
             return
-        path = self.prefix + offer.path
         try:
-            identical = self.store.find_identical(path, offer.size, offer.digest)
-            partial = None if identical else self.store.open_partial(path, offer.size, offer.digest)
+            identical, partial = self._open(offer)
         except StoreError as error:
             log.warning("%s: refused %r: %s", self.peer, offer.path, error)
             self._reply(_nack(offer.file_id, error))
@@ -99,6 +97,17 @@ class Intake:
             )
         self.files[offer.file_id] = _Incoming(offer, partial, partial.offset)
         self._reply(p.Ready(offer.file_id, partial.offset))
+
+    def _open(self, offer: p.Offer) -> tuple[StoredFile | None, PartialFile | None]:
+        """The stored file identical to the offer, or else the partial to receive it into."""
+        path = self.prefix + offer.path
+        if offer.digest == p.DEFERRED_DIGEST:
+            # No digest yet, so no telling whether it is stored already: placement will.
+            return None, self.store.open_deferred(path, offer.size, offer.mtime_ns)
+        identical = self.store.find_identical(path, offer.size, offer.digest)
+        if identical is not None:
+            return identical, None
+        return None, self.store.open_partial(path, offer.size, offer.digest)
 
     def _check_offer(self, offer: p.Offer) -> p.Nack | None:
         if offer.size > self.config.max_file_size:
@@ -145,7 +154,19 @@ class Intake:
     def on_data_end(self) -> None:
         incoming, self.current = self.current, None
         assert incoming is not None  # the protocol guarantees a header before the end
+        if incoming.offer.digest == p.DEFERRED_DIGEST:
+            return  # its DIGEST comes next; on_digest answers it
         del self.files[incoming.offer.file_id]
+        self._conclude(incoming)
+
+    def on_digest(self, event: p.Digest) -> None:
+        incoming = self.files.pop(event.file_id)
+        if incoming.partial is not None:
+            incoming.partial.expect(event.digest)
+        self._conclude(incoming)
+
+    def _conclude(self, incoming: _Incoming) -> None:
+        """All of a file is in: answer a failed write, or commit it."""
         if incoming.partial is None:
             assert incoming.failure is not None
             self._reply(incoming.failure)

@@ -208,6 +208,16 @@ class Store:
             self._unclaim(key)
             raise
 
+    def open_deferred(self, relpath: str, size: int, mtime_ns: int) -> PartialFile:
+        """Open or resume the partial of a file whose digest comes after its bytes.
+
+        Until then its version is told by size and mtime, so a sender that reconnects
+        resumes the same version.  `PartialFile.expect` must name the digest before the
+        commit, which otherwise fails: no real digest equals this stand-in.
+        """
+        stand_in = b"mtime" + mtime_ns.to_bytes(11, "big", signed=True)
+        return self.open_partial(relpath, size, stand_in)
+
     def _claim(self, key: str) -> bool:
         with self._lock:
             if key in self._busy:

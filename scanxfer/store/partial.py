@@ -191,6 +191,10 @@ class PartialFile:
         self._hasher.update(view)
         self.offset += len(view)
 
+    def expect(self, digest: bytes) -> None:
+        """The digest to check at commit, when it was not known at open (a deferred digest)."""
+        self._digest = digest
+
     def commit(self, mtime_ns: int, sync_dir: bool = True) -> StoredFile:
         """Verify, fsync and place the file under its final (or a clash) name.
 

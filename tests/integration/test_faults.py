@@ -262,6 +262,20 @@ def test_a_flipped_byte_is_caught_by_the_digest_and_the_file_resent(tmp_path: Pa
     receiver.stop()
 
 
+def test_a_flipped_byte_in_a_file_with_a_deferred_digest_is_caught_too(tmp_path: Path) -> None:
+    # 16 MiB: big enough that the sender hashes it while sending and sends the digest after.
+    settings = tmp_path / "receiver.yaml"
+    settings.write_text("tls: false\n")
+    receiver = ReceiverProcess(tmp_path / "pi", config=settings).start()
+    write_big_scan(tmp_path / "scans" / "big.npy", 16)
+    with FaultProxy(receiver.port, [Plan(flip_at=5 << 20)]) as proxy:
+        log = deliver_through(tmp_path, proxy, receiver, ["big.npy"], tls="false")
+        assert proxy.link(1).flipped.is_set()
+    assert count_matches(r"digest mismatch", log) == 1
+    assert receiver.partials() == []
+    receiver.stop()
+
+
 def test_a_flipped_byte_under_tls_ends_the_connection_and_the_file_is_resent(
     tmp_path: Path, receiver: ReceiverProcess
 ) -> None:

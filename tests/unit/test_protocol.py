@@ -295,3 +295,50 @@ def test_undecodable_path_bytes_survive_for_the_name_check() -> None:
     frame = p.encode(p.Offer(1, "ab", 1, 0, DIGEST)).replace(b"ab", b"a\xff")
     event = p.decode_body(p.FrameType.OFFER, frame[5:])
     assert isinstance(event, p.Offer) and event.path == "a\udcff"
+
+
+def deferred_exchange() -> tuple[p.Connection, p.Connection]:
+    """A file offered with a deferred digest, its payload sent: the DIGEST is due."""
+    return send_one(p.DEFERRED_DIGEST)
+
+
+def send_one(digest: bytes) -> tuple[p.Connection, p.Connection]:
+    """A 3-byte file offered with `digest`, its payload sent and received."""
+    sender, receiver = open_pair()
+    receiver.receive_data(sender.send(p.Offer(1, "big.npy", 3, 0, digest)))
+    assert [type(e) for e in drain(receiver)] == [p.Offer]
+    sender.receive_data(receiver.send(p.Ready(1, 0)))
+    assert drain(sender) == [p.Ready(1, 0)]
+    receiver.receive_data(sender.send(p.DataHeader(1, 0, 3)) + b"abc")
+    assert [type(e) for e in drain(receiver)] == [p.DataHeader, p.DataChunk, p.DataEnd]
+    return sender, receiver
+
+
+def test_a_deferred_digest_follows_the_payload_before_any_answer() -> None:
+    sender, receiver = deferred_exchange()
+    with pytest.raises(p.LocalProtocolError, match="before its DIGEST"):
+        receiver.send(p.Ack(1, p.Outcome.STORED, "big.npy"))
+    receiver.receive_data(sender.send(p.Digest(1, DIGEST)))
+    assert drain(receiver) == [p.Digest(1, DIGEST)]
+    sender.receive_data(receiver.send(p.Ack(1, p.Outcome.STORED, "big.npy")))
+    assert drain(sender) == [p.Ack(1, p.Outcome.STORED, "big.npy")]
+
+
+@pytest.mark.parametrize(
+    ("digest", "message"),
+    [(DIGEST, "carried its digest"), (p.DEFERRED_DIGEST, "defers it again")],
+)
+def test_a_digest_frame_must_settle_a_deferred_offer(digest: bytes, message: str) -> None:
+    # A deferred offer may not be deferred again; a digest-carrying one takes no DIGEST.
+    _, receiver = send_one(p.DEFERRED_DIGEST if digest == p.DEFERRED_DIGEST else DIGEST)
+    receiver.receive_data(p.encode(p.Digest(1, digest)))
+    with pytest.raises(p.RemoteProtocolError, match=message):
+        drain(receiver)
+
+
+def test_a_digest_before_the_payload_is_refused() -> None:
+    sender, receiver = open_pair()
+    receiver.receive_data(sender.send(p.Offer(1, "big.npy", 3, 0, p.DEFERRED_DIGEST)))
+    receiver.receive_data(p.encode(p.Digest(1, DIGEST)))
+    with pytest.raises(p.RemoteProtocolError, match="offered"):
+        drain(receiver)

@@ -598,3 +598,24 @@ def test_group_commit_withdraws_names_when_the_directory_fsync_fails(
     assert set(failures) == {stored.path for stored in placed}
     assert all(isinstance(error, StorageIOError) for error in failures.values())
     assert files_under(incoming) == []  # no ACK may rest on a name that might not survive
+
+
+def test_a_deferred_digest_resumes_by_version_and_must_be_named_before_commit(
+    store: Store,
+) -> None:
+    payload = b"0123456789"
+    first = store.open_deferred("big.npy", len(payload), MTIME_NS)
+    first.write(payload[:4])
+    first.release()
+    other_version = store.open_deferred("big.npy", len(payload), MTIME_NS + 1)
+    assert other_version.offset == 0  # a different mtime is a different file
+    other_version.discard()
+    resumed = store.open_deferred("big.npy", len(payload), MTIME_NS)
+    assert resumed.offset == 4
+    resumed.write(payload[4:])
+    with pytest.raises(DigestMismatch):  # never stored unverified
+        resumed.commit(MTIME_NS)
+    again = store.open_deferred("big.npy", len(payload), MTIME_NS)
+    again.write(payload)
+    again.expect(digest(payload))
+    assert again.commit(MTIME_NS).outcome is Outcome.STORED
