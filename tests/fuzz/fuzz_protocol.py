@@ -44,6 +44,7 @@ SAMPLES: dict[p.FrameType, p.Event] = {
     p.FrameType.OFFER: p.Offer(7, "run1/scan_0001.npy", 4096, -1, DIGEST),
     p.FrameType.READY: p.Ready(7, 1024),
     p.FrameType.DATA: p.DataHeader(7, 1024, 3072),
+    p.FrameType.DIGEST: p.Digest(7, bytes(range(16))),
     p.FrameType.ACK: p.Ack(7, p.Outcome.KEPT_BESIDE, "run1/scan_0001~1.npy"),
     p.FrameType.NACK: p.Nack(7, p.NackReason.BAD_NAME, False, "bad name"),
 }

@@ -86,6 +86,8 @@ class Peer:
                 offer = self.conn.files[event.file_id].offer
                 self._send(p.DataHeader(event.file_id, event.offset, offer.size - event.offset))
                 self.output += self.payloads[event.file_id][event.offset :]
+                if offer.digest == p.DEFERRED_DIGEST:
+                    self._send(p.Digest(event.file_id, DIGEST))
         if self.conn.state is p.ConnState.OPEN:
             self._offer_or_leave()
 
@@ -93,7 +95,9 @@ class Peer:
         while self._next_file < len(self.payloads) and len(self.conn.files) < self.conn.window:
             file_id, self._next_file = self._next_file, self._next_file + 1
             size = len(self.payloads[file_id])
-            self._send(p.Offer(file_id, f"d/{file_id}.npy", size, file_id, DIGEST))
+            # One in three offered with a deferred digest, which a DIGEST frame settles later.
+            digest = p.DEFERRED_DIGEST if file_id % 3 == 2 else DIGEST
+            self._send(p.Offer(file_id, f"d/{file_id}.npy", size, file_id, digest))
         if self._next_file == len(self.payloads) and not self.conn.files:
             self._send(p.Bye())
 
@@ -111,13 +115,19 @@ class Peer:
                 self._send(p.Welcome(RECEIVER_NAME, self.conn.window, SERVER_PROOF, version))
             case p.Offer():
                 self._send(_first_answer(event))
-            case p.DataEnd():
-                offer = self.conn.files[event.file_id].offer
-                if offer.file_id % 5 == 4:
-                    reason = p.NackReason.DIGEST_MISMATCH
-                    self._send(p.Nack(event.file_id, reason, True, "digest mismatch"))
-                else:
-                    self._send(p.Ack(event.file_id, p.Outcome.STORED, offer.path))
+            case p.DataEnd() if not self.conn.files[event.file_id].digest_due:
+                self._conclude(event.file_id)
+            case p.Digest():
+                self._conclude(event.file_id)
+
+    def _conclude(self, file_id: int) -> None:
+        """The whole file is in (and its deferred digest, if any): ACK, or NACK one in five."""
+        offer = self.conn.files[file_id].offer
+        if offer.file_id % 5 == 4:
+            reason = p.NackReason.DIGEST_MISMATCH
+            self._send(p.Nack(file_id, reason, True, "digest mismatch"))
+        else:
+            self._send(p.Ack(file_id, p.Outcome.STORED, offer.path))
 
 
 def _first_answer(offer: p.Offer) -> p.Event:
