@@ -120,7 +120,8 @@ class Intake:
         try:
             # The sender's own path first, so its error names what the sender sent.
             self.store.check_name(offer.path)
-            self.store.check_name(self.prefix + offer.path)
+            if self.prefix:
+                self.store.check_name(self.prefix + offer.path)
         except BadName as error:
             return p.Nack(offer.file_id, p.NackReason.BAD_NAME, False, str(error))
         free = self.store.free_bytes()
