@@ -118,6 +118,8 @@ class ConnectionHandler:
         while True:
             self._arm_timer()
             count = self.sock.recv_into(buffer)
+            if count and isinstance(self.sock, ssl.SSLSocket):
+                count += _read_arrived_records(self.sock, view[count:])
             if self.first_byte is None and count:
                 self.first_byte = buffer[0]
             if count == 0 and self.aborted.is_set():
@@ -244,3 +246,26 @@ class ConnectionHandler:
         if instance:
             self.sender = (hello.name, instance)
             self.services.registry.claim(self.sender, self)
+
+
+def _read_arrived_records(sock: ssl.SSLSocket, view: memoryview) -> int:
+    """Decrypt into `view` the records that have already arrived, without waiting for more.
+
+    A read of a TLS socket returns one record, 16 KiB at most.  A pass of the parser, the
+    write and the hash for each record cost the receiver more CPU than the decryption;
+    gathered, a 1 GiB scan takes about a thousand passes instead of 65,536.
+    """
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    count = 0
+    try:
+        while count < len(view):
+            got = sock.recv_into(view[count:])
+            if got == 0:
+                break  # the sender closed: the next blocking read reports it
+            count += got
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        pass  # nothing more has arrived yet
+    finally:
+        sock.settimeout(timeout)
+    return count

@@ -34,7 +34,7 @@ from scanxfer.store import (
     StoreLimits,
     StoreSetupError,
 )
-from scanxfer.store.partial import SIDECAR_MIN_SIZE
+from scanxfer.store.partial import SIDECAR_MIN_SIZE, WRITE_BACK_STEP
 
 REPO = Path(__file__).resolve().parents[2]
 LIMITS = StoreLimits(max_path_length=200, max_path_depth=4)
@@ -123,6 +123,32 @@ def test_resume_after_release(store: Store, incoming: Path) -> None:
     resumed.write(data[resumed.offset :])
     assert resumed.commit(MTIME_NS).outcome is Outcome.STORED
     assert (incoming / "r" / "scan.npy").read_bytes() == data
+
+
+def test_a_big_file_goes_to_disk_step_by_step_not_all_at_the_fsync(
+    store: Store, incoming: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each step is handed to the disk when the next one is written, and the step before
+    it leaves the cache; nothing is advised before it is written."""
+    advised: list[tuple[int, int]] = []
+    advise = os.posix_fadvise
+
+    def watched(fd: int, offset: int, length: int, advice: int) -> None:
+        assert advice == os.POSIX_FADV_DONTNEED
+        advised.append((offset, length))
+        advise(fd, offset, length, advice)  # the real call: its effect is the point
+
+    monkeypatch.setattr(os, "posix_fadvise", watched)
+    data = payload(3 * WRITE_BACK_STEP + 12_345)
+    partial = store.open_partial("big.npy", len(data), digest(data))
+    view = memoryview(data)
+    for start in range(0, len(data), 1 << 20):
+        partial.write(view[start : start + (1 << 20)])
+        assert all(offset + length <= partial.offset for offset, length in advised)
+    step = WRITE_BACK_STEP
+    assert advised == [(0, step), (0, 2 * step), (step, 2 * step)]
+    assert partial.commit(MTIME_NS).outcome is Outcome.STORED
+    assert (incoming / "big.npy").read_bytes() == data
 
 
 def test_partial_longer_than_size_starts_over(store: Store, incoming: Path) -> None:
