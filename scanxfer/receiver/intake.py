@@ -58,6 +58,8 @@ class Intake:
         self.prefix = f"{sender}/" if config.per_sender_dirs else ""
         self.files: dict[int, _Incoming] = {}
         self.current: _Incoming | None = None
+        # All bytes in and verified: made durable together at the end of the batch.
+        self.sealed: list[_Incoming] = []
         # Placed but not yet acknowledged: their directories are fsynced in one go first.
         self.unsynced: list[tuple[_Incoming, StoredFile]] = []
 
@@ -66,6 +68,9 @@ class Intake:
         # Files placed but unanswered stay: make them durable, a re-offer finds them.
         with contextlib.suppress(StoreError):
             self.store.sync_placed([stored for _, stored in self.unsynced])
+        # Whole but not yet durable: kept as partials, a re-offer resumes at their end.
+        self.files.update((incoming.offer.file_id, incoming) for incoming in self.sealed)
+        self.sealed.clear()
         self._release_partials()
 
     def on_offer(self, offer: p.Offer) -> None:
@@ -167,25 +172,22 @@ class Intake:
         self._conclude(incoming)
 
     def _conclude(self, incoming: _Incoming) -> None:
-        """All of a file is in: answer a failed write, or commit it."""
+        """All of a file is in: answer a failed write, or seal it for the batch's commit."""
         if incoming.partial is None:
             assert incoming.failure is not None
             self._reply(incoming.failure)
             return
-        self._commit(incoming, incoming.partial)
-
-    def _commit(self, incoming: _Incoming, partial: PartialFile) -> None:
-        offer = incoming.offer
         try:
-            stored = partial.commit(offer.mtime_ns, sync_dir=False)
+            incoming.partial.seal(incoming.offer.mtime_ns)
         except StoreError as error:
-            log.error("%s: %s not stored: %s", self.peer, offer.path, error)
-            self._reply(_nack(offer.file_id, error))
+            self._refuse(incoming, error)
             return
-        self.unsynced.append((incoming, stored))
+        self.sealed.append(incoming)
 
     def acknowledge_placed(self) -> None:
-        """Group commit: one directory fsync for all files completed in this batch, then ACKs."""
+        """Group commit of the files completed in this batch, then their ACKs: their bytes
+        made durable together, each placed, each directory fsynced once."""
+        self._place_sealed()
         if not self.unsynced:
             return
         placed, self.unsynced = self.unsynced, []
@@ -193,12 +195,34 @@ class Intake:
         for incoming, stored in placed:
             error = failures.get(stored.path)
             if error is not None:
-                log.error("%s: %s not stored: %s", self.peer, incoming.offer.path, error)
-                self._reply(_nack(incoming.offer.file_id, error))
+                self._refuse(incoming, error)
                 continue
             outcome = p.Outcome[stored.outcome.name]
             self._reply(p.Ack(incoming.offer.file_id, outcome, stored.path))
             self._log_stored(incoming, stored.path, outcome)
+
+    def _place_sealed(self) -> None:
+        if not self.sealed:
+            return
+        sealed, self.sealed = self.sealed, []
+        partials = [incoming.partial for incoming in sealed if incoming.partial is not None]
+        try:
+            self.store.sync_sealed(partials)
+        except StoreError as error:
+            for incoming in sealed:
+                self._refuse(incoming, error)
+            return
+        for incoming, partial in zip(sealed, partials, strict=True):
+            try:
+                stored = partial.place(sync_dir=False)
+            except StoreError as error:
+                self._refuse(incoming, error)
+                continue
+            self.unsynced.append((incoming, stored))
+
+    def _refuse(self, incoming: _Incoming, error: StoreError) -> None:
+        log.error("%s: %s not stored: %s", self.peer, incoming.offer.path, error)
+        self._reply(_nack(incoming.offer.file_id, error))
 
     def _log_stored(self, incoming: _Incoming, path: str, outcome: p.Outcome) -> None:
         offer = incoming.offer

@@ -5,7 +5,8 @@ being received is a `PartialFile` used by one thread.
 
 Durability. Bytes go into a partial file (see `partial`). On commit the whole-file xxh3-128 digest
 is checked, the file is fsynced, hard-linked (renamed, where the filesystem has no hard links) to
-its final name, and the destination directory is fsynced. A crash never leaves a partial file
+its final name, and the destination directory is fsynced. A batch does the same in steps: seal
+each, one syncfs for all (`Store.sync_sealed`), place each, one fsync per directory. A crash never leaves a partial file
 under a final name, and a stored file is never overwritten.
 
 Name clashes. If the final name is free the file is stored there (``stored``). If anything is
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import itertools
 import os
 import stat
 import threading
@@ -100,6 +102,7 @@ class Store:
         self.limits = limits
         self._lock = threading.Lock()
         self._busy: set[str] = set()
+        self.opened = itertools.count()  # numbers the partials in the order they are opened
         self._digests: dict[tuple[str, int, int, int], bytes] = {}
         try:
             self.incoming_dir.mkdir(parents=True, exist_ok=True)
@@ -249,6 +252,25 @@ class Store:
         """Space available to the receiver in the incoming directory."""
         st = os.statvfs(self.incoming_dir)
         return st.f_bavail * st.f_frsize
+
+    def sync_sealed(self, partials: Sequence[PartialFile]) -> None:
+        """Make a batch of sealed partials durable together; on failure all are dropped.
+
+        Group commit of the bytes: on ext4 each fsync is a journal commit and a disk flush,
+        so a batch of small files costs one syncfs of the filesystem instead of an fsync
+        each (on an SD card a flush alone takes milliseconds).  syncfs is called through
+        the partial opened first: it reports any writeback error since then, so since
+        every partial of the batch was opened later, an error in any of them.
+        """
+        if len(partials) == 1:
+            partials[0].sync()
+            return
+        try:
+            min(partials, key=lambda partial: partial.serial).sync_filesystem()
+        except OSError as exc:
+            for partial in partials:
+                partial.discard()
+            raise io_error(exc, f"making {len(partials)} received files durable") from exc
 
     def sync_placed(self, files: Sequence[StoredFile]) -> dict[str, StoreError]:
         """fsync the directories of files placed with ``sync_dir=False``, each directory once.

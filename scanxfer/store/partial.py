@@ -8,6 +8,7 @@ written before a sidecar would pay off, so it gets one only if its transfer is i
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import secrets
@@ -39,6 +40,7 @@ class LeftoverPartial:
 # Files smaller than this get their sidecar only when interrupted: most arrive in one piece,
 # and for them writing and deleting the sidecar was a fifth of the receiver's work.
 SIDECAR_MIN_SIZE = 1 << 20
+_libc = ctypes.CDLL(None, use_errno=True)  # for syncfs, which the os module lacks
 # Written bytes are handed to the disk every this many bytes (see PartialFile._write_back).
 WRITE_BACK_STEP = 1 << 24
 
@@ -167,6 +169,7 @@ class PartialFile:
             os.close(fd)
             raise
         self._fd: int | None = fd
+        self.serial = next(store.opened)  # which of a batch was opened first
         self._written_back = self.offset
 
     def _require_fd(self) -> int:
@@ -220,13 +223,19 @@ class PartialFile:
 
         With ``sync_dir=False`` the directory fsync is left to ``Store.sync_placed``,
         which does it once for a batch of files: the caller must not acknowledge
-        the file before that.
+        the file before that.  For a batch, `seal`, `Store.sync_sealed` and `place`
+        do the same in three steps.
         """
+        self.seal(mtime_ns)
+        self.sync()
+        return self.place(sync_dir)
+
+    def seal(self, mtime_ns: int) -> None:
+        """Check that every byte is in and has the sender's digest; stamp the mtime."""
         fd = self._require_fd()
         if self.offset != self._size:
             raise StoreError(f"only {self.offset} of {self._size} bytes of {self._relpath!r} held")
-        digest = self._hasher.digest()
-        if self._digest is not None and digest != self._digest:
+        if self._digest is not None and self._hasher.digest() != self._digest:
             self.discard()
             raise DigestMismatch(
                 f"the bytes received for {self._relpath!r} do not match the sender's digest; "
@@ -234,13 +243,38 @@ class PartialFile:
             )
         try:
             os.utime(fd, ns=(mtime_ns, mtime_ns))
-            os.fsync(fd)
-            stored = self._store._place(self._key, self._parts, self._size, digest, sync_dir)
+        except OSError as exc:
+            self.discard()
+            raise io_error(exc, f"storing {self._relpath!r}") from exc
+
+    def sync(self) -> None:
+        """fsync the sealed file; on failure it is dropped, never synced again."""
+        try:
+            os.fsync(self._require_fd())
+        except OSError as exc:
+            self.discard()
+            raise io_error(exc, f"storing {self._relpath!r}") from exc
+
+    def sync_filesystem(self) -> None:
+        """syncfs(2) through this file: everything written to its filesystem reaches the disk.
+
+        Errors come back for any write since this file was opened (Linux >= 5.8 reports
+        writeback errors to syncfs), so the partial opened first in a batch speaks for all.
+        """
+        if _libc.syncfs(self._require_fd()) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error))
+
+    def place(self, sync_dir: bool = True) -> StoredFile:
+        """Give a sealed file, made durable by now, its final (or a clash) name."""
+        try:
+            return self._store._place(
+                self._key, self._parts, self._size, self._hasher.digest(), sync_dir
+            )
         except OSError as exc:
             raise io_error(exc, f"storing {self._relpath!r}") from exc
         finally:
             self.discard()  # after success only the sidecar (or a duplicate's bytes) is left
-        return stored
 
     def _name_it(self) -> None:
         if not self._named:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from scanxfer import protocol as p
 
@@ -152,6 +153,31 @@ def test_bad_names_are_refused_and_nothing_is_written(
     assert receiver.stored_files() == ["fine.npy"]
     assert list(outside.iterdir()) == []
     assert list(receiver.root.parent.glob("x.npy")) == []
+
+
+def test_files_arriving_together_are_committed_together_and_a_bad_one_alone_refused(
+    receiver: ReceiverProcess,
+) -> None:
+    """Three files sent in one write, so (usually) read in one pass and committed together;
+    the middle one's bytes do not match its digest."""
+    client = RawSender(receiver.port)
+    scans = {f"group/scan_{i}.npy": os.urandom(20_000 + i) for i in range(3)}
+    for file_id, (path, payload) in enumerate(scans.items(), start=1):
+        client.send(p.Offer(file_id, path, len(payload), 0, xxhash.xxh3_128_digest(payload)))
+    assert [type(client.next_event()) for _ in scans] == [p.Ready] * 3
+    stream = bytearray()
+    for file_id, payload in enumerate(scans.values(), start=1):
+        damaged = payload[:-1] + bytes([payload[-1] ^ 1]) if file_id == 2 else payload
+        stream += client.conn.send(p.DataHeader(file_id, 0, len(payload))) + damaged
+    client.sock.sendall(stream)
+    answers = {answer.file_id: answer for answer in (client.next_event() for _ in scans)}
+    assert [type(answers[i]) for i in (1, 2, 3)] == [p.Ack, p.Nack, p.Ack]
+    assert answers[2].reason is p.NackReason.DIGEST_MISMATCH and answers[2].retryable
+    assert receiver.stored_files() == ["group/scan_0.npy", "group/scan_2.npy"]
+    for path in ("group/scan_0.npy", "group/scan_2.npy"):
+        assert (receiver.incoming / path).read_bytes() == scans[path]
+    assert receiver.partials() == []
+    client.close()
 
 
 def test_a_symlink_planted_in_incoming_is_never_followed(

@@ -6,6 +6,7 @@ short writes, and a filesystem without hard links.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import random
@@ -34,7 +35,8 @@ from scanxfer.store import (
     StoreLimits,
     StoreSetupError,
 )
-from scanxfer.store.partial import SIDECAR_MIN_SIZE, WRITE_BACK_STEP
+from scanxfer.store import partial as partial_module
+from scanxfer.store.partial import SIDECAR_MIN_SIZE, WRITE_BACK_STEP, PartialFile, partial_key
 
 REPO = Path(__file__).resolve().parents[2]
 LIMITS = StoreLimits(max_path_length=200, max_path_depth=4)
@@ -393,6 +395,82 @@ def test_eight_threads_commit_into_one_new_directory(store: Store, incoming: Pat
     }
     for i in range(8):
         assert (incoming / f"run/a/b/scan_{i}.npy").read_bytes() == payload(200_000, seed=i)
+
+
+def sealed_batch(store: Store, count: int) -> list[tuple[str, bytes, PartialFile]]:
+    """`count` whole files, verified and stamped, waiting to be made durable together."""
+    batch = []
+    for i in range(count):
+        data = payload(5_000 + i, seed=i)
+        partial = store.open_partial(f"batch/scan_{i}.npy", len(data), digest(data))
+        partial.write(data)
+        partial.seal(MTIME_NS)
+        batch.append((f"batch/scan_{i}.npy", data, partial))
+    return batch
+
+
+def test_a_batch_is_made_durable_by_one_syncfs_through_the_partial_opened_first(
+    store: Store, incoming: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = sealed_batch(store, 4)
+    calls: list[str] = []
+    libc = partial_module._libc
+
+    class Watched:
+        """The real syncfs, noting which file it went through."""
+
+        def syncfs(self, fd: int) -> int:
+            calls.append(os.readlink(f"/proc/self/fd/{fd}"))
+            return libc.syncfs(fd)
+
+    def no_fsync(fd: int) -> None:
+        raise AssertionError("a batch takes one syncfs, not an fsync per file")
+
+    monkeypatch.setattr(partial_module, "_libc", Watched())
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "fsync", no_fsync)
+        store.sync_sealed([partial for _, _, partial in reversed(batch)])
+    first_key = partial_key(batch[0][0], len(batch[0][1]), digest(batch[0][1]))
+    assert calls == [str(store.partial_dir / f"{first_key}.part")]
+    placed = [partial.place(sync_dir=False) for _, _, partial in batch]
+    assert store.sync_placed(placed) == {}
+    for relpath, data, _ in batch:
+        assert (incoming / relpath).read_bytes() == data
+        assert (incoming / relpath).stat().st_mtime_ns == MTIME_NS
+    assert os.listdir(store.partial_dir) == []
+
+
+def test_a_batch_of_one_is_fsynced(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    [(_, _, partial)] = sealed_batch(store, 1)
+    synced: list[str] = []
+    fsync = os.fsync
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), fsync(fd))
+    )
+    store.sync_sealed([partial])
+    assert len(synced) == 1 and synced[0].endswith(".part")
+
+
+def test_a_failed_syncfs_drops_the_whole_batch(
+    store: Store, incoming: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = sealed_batch(store, 3)
+
+    class Failing:
+        """syncfs reporting a writeback error, as Linux does since 5.8."""
+
+        def syncfs(self, fd: int) -> int:
+            ctypes.set_errno(errno.EIO)
+            return -1
+
+    monkeypatch.setattr(partial_module, "_libc", Failing())
+    with pytest.raises(StorageIOError, match="making 3 received files durable"):
+        store.sync_sealed([partial for _, _, partial in batch])
+    assert os.listdir(store.partial_dir) == []
+    assert files_under(incoming) == []
+    # Dropped, not stuck: the sender's next offer of each starts afresh.
+    relpath, data, _ = batch[0]
+    assert store.open_partial(relpath, len(data), digest(data)).offset == 0
 
 
 # -- faults --------------------------------------------------------------------------------------
