@@ -6,8 +6,8 @@ being received is a `PartialFile` used by one thread.
 Durability. Bytes go into a partial file (see `partial`). On commit the whole-file xxh3-128 digest
 is checked, the file is fsynced, hard-linked (renamed, where the filesystem has no hard links) to
 its final name, and the destination directory is fsynced. A batch does the same in steps: seal
-each, one syncfs for all (`Store.sync_sealed`), place each, one fsync per directory. A crash never leaves a partial file
-under a final name, and a stored file is never overwritten.
+each, one syncfs for all (`Store.sync_sealed`), place each, one fsync per directory. A crash
+never leaves a partial file under a final name, and a stored file is never overwritten.
 
 Name clashes. If the final name is free the file is stored there (``stored``). If anything is
 there (a file, a directory, or a symlink, which is never followed):

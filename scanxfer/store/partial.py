@@ -200,18 +200,21 @@ class PartialFile:
             self._write_back(fd)
 
     def _write_back(self, fd: int) -> None:
-        """Start writing the bytes of the last step to disk now, not at the fsync.
+        """Start writing the last step's bytes to disk now, and drop the step before from the cache.
 
         Left to the end, the fsync of a 1 GiB scan waits half a second for all of it while
         the link stands idle; started early, the disk works while the next bytes arrive.
-        The fsync at commit still decides durability.  POSIX_FADV_DONTNEED on pages just
-        written starts their writeback without waiting for it (Python has no
-        sync_file_range); pages still dirty or under writeback stay in the cache.  Also
-        dropping the step before, on disk by then, cost the receiver 6% more CPU per GB.
+        The fsync at commit still decides durability.  POSIX_FADV_DONTNEED starts writeback
+        of the dirty pages in its range without waiting (Python has no sync_file_range) and
+        drops the clean ones: the step before, on disk by then, leaves the page cache.  So a
+        scan of any size holds at most two steps of cache, and does not push out everything
+        else on a Pi; the next step reuses the pages just freed.  Keeping them instead made
+        the copy into the page cache (a profile's copy_folio_from_iter_atomic) twice as
+        slow in some runs here, when fresh pages had to come from memory long untouched.
         """
+        start = max(0, self._written_back - WRITE_BACK_STEP)
         with suppress(OSError):  # advice only: refused, the fsync at commit does it all
-            length = self.offset - self._written_back
-            os.posix_fadvise(fd, self._written_back, length, os.POSIX_FADV_DONTNEED)
+            os.posix_fadvise(fd, start, self.offset - start, os.POSIX_FADV_DONTNEED)
         self._written_back = self.offset
 
     def expect(self, digest: bytes) -> None:
