@@ -161,7 +161,9 @@ def _method(results: dict[str, Any]) -> list[str]:
         "and sends the whole source directory once, as real processes on 127.0.0.1. The source "
         "files are in the page cache; `sync` runs before each transfer. Tools take turns, in a "
         "rotating order, within each repetition. Every received tree is checked file by file "
-        "against the source (size and xxh3-128).",
+        "against the source (size and xxh3-128). B2's received trees are deleted only at the "
+        "end: ext4 passes over inodes freed within the last minute when it allocates new ones, "
+        "so deleting 2,000 files between runs slowed whichever tool ran next.",
         "",
         "1. B3: `scanxfer simulate` writes "
         f"{b3.get('files', '—')} scans of 1 MiB (4 writes each) with --interval "
