@@ -207,7 +207,7 @@ class PartialFile:
         The fsync at commit still decides durability.  POSIX_FADV_DONTNEED starts writeback
         of the dirty pages in its range without waiting (Python has no sync_file_range) and
         drops the clean ones: the step before, on disk by then, leaves the page cache.  So a
-        scan of any size holds at most two steps of cache, and does not push out everything
+        scan of any size holds about two steps of cache, and does not push out everything
         else on a Pi; the next step reuses the pages just freed.  Keeping them instead made
         the copy into the page cache (a profile's copy_folio_from_iter_atomic) twice as
         slow in some runs here, when fresh pages had to come from memory long untouched.
