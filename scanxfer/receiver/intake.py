@@ -7,7 +7,6 @@ partial file; answers go back through `reply` in the order the protocol requires
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -60,14 +59,9 @@ class Intake:
         self.current: _Incoming | None = None
         # All bytes in and verified: made durable together at the end of the batch.
         self.sealed: list[_Incoming] = []
-        # Placed but not yet acknowledged: their directories are fsynced in one go first.
-        self.unsynced: list[tuple[_Incoming, StoredFile]] = []
 
     def finish(self) -> None:
-        """The connection is over: make placed files durable, keep partials for resume."""
-        # Files placed but unanswered stay: make them durable, a re-offer finds them.
-        with contextlib.suppress(StoreError):
-            self.store.sync_placed([stored for _, stored in self.unsynced])
+        """The connection is over: keep partials for resume."""
         # Whole but not yet durable: kept as partials, a re-offer resumes at their end.
         self.files.update((incoming.offer.file_id, incoming) for incoming in self.sealed)
         self.sealed.clear()
@@ -187,10 +181,9 @@ class Intake:
     def acknowledge_placed(self) -> None:
         """Group commit of the files completed in this batch, then their ACKs: their bytes
         made durable together, each placed, each directory fsynced once."""
-        self._place_sealed()
-        if not self.unsynced:
+        placed = self._place_sealed()
+        if not placed:
             return
-        placed, self.unsynced = self.unsynced, []
         failures = self.store.sync_placed([stored for _, stored in placed])
         for incoming, stored in placed:
             error = failures.get(stored.path)
@@ -201,24 +194,25 @@ class Intake:
             self._reply(p.Ack(incoming.offer.file_id, outcome, stored.path))
             self._log_stored(incoming, stored.path, outcome)
 
-    def _place_sealed(self) -> None:
-        if not self.sealed:
-            return
+    def _place_sealed(self) -> list[tuple[_Incoming, StoredFile]]:
+        """Make the sealed files durable and give them their names; refuse the failures."""
         sealed, self.sealed = self.sealed, []
+        if not sealed:
+            return []
         partials = [incoming.partial for incoming in sealed if incoming.partial is not None]
         try:
             self.store.sync_sealed(partials)
         except StoreError as error:
             for incoming in sealed:
                 self._refuse(incoming, error)
-            return
+            return []
+        placed = []
         for incoming, partial in zip(sealed, partials, strict=True):
             try:
-                stored = partial.place(sync_dir=False)
+                placed.append((incoming, partial.place(sync_dir=False)))
             except StoreError as error:
                 self._refuse(incoming, error)
-                continue
-            self.unsynced.append((incoming, stored))
+        return placed
 
     def _refuse(self, incoming: _Incoming, error: StoreError) -> None:
         log.error("%s: %s not stored: %s", self.peer, incoming.offer.path, error)

@@ -258,9 +258,9 @@ class Store:
 
         Group commit of the bytes: on ext4 each fsync is a journal commit and a disk flush,
         so a batch of small files costs one syncfs of the filesystem instead of an fsync
-        each (on an SD card a flush alone takes milliseconds).  syncfs is called through
-        the partial opened first: it reports any writeback error since then, so since
-        every partial of the batch was opened later, an error in any of them.
+        each (on an SD card a flush alone takes milliseconds).  syncfs goes through the
+        partial opened first: it reports every writeback error since that open, which
+        covers all the writes of the batch, since the others were opened after it.
         """
         if len(partials) == 1:
             partials[0].sync()
