@@ -7,9 +7,12 @@ again, files refused for good stay refused until they change, a file changed
 after delivery is recognised as a new version, and `scanxfer status` can say
 what is waiting, what failed and why.
 
-Each row is one relative path.  A row's version is its (size, mtime_ns): the
-journal compares it with the file on disk to decide whether there is anything
-to do.  Every state change is its own committed transaction, so a `kill -9`
+Each row is one relative path.  A row's version is its (size, mtime_ns,
+ctime_ns, inode) -- see `watcher.Version`: the journal compares it with the file
+on disk to decide whether there is anything to do.  Journals written before the
+ctime and inode were kept have NULL there; such a row is matched on size and
+mtime once, and learns the other two, so an upgrade sends nothing again.
+Every state change is its own committed transaction, so a `kill -9`
 loses at most the change in progress, and every such loss is safe: a file
 whose "delivered" was lost is offered again and ACKed as a duplicate.
 """
@@ -21,6 +24,8 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .watcher import Version
 
 LEDGER_NAME = "ledger.sqlite3"
 
@@ -36,10 +41,15 @@ CREATE TABLE IF NOT EXISTS files (
     first_seen   REAL NOT NULL,
     delivered_at REAL,
     stored_path  TEXT,
-    versions     INTEGER NOT NULL DEFAULT 0
+    versions     INTEGER NOT NULL DEFAULT 0,
+    ctime_ns     INTEGER,
+    inode        INTEGER,
+    delivered_digest BLOB
 );
 CREATE INDEX IF NOT EXISTS files_by_state ON files (state, first_seen);
 """
+# Columns added after the first release, with their declarations, for journals made before.
+_ADDED_COLUMNS = {"ctime_ns": "INTEGER", "inode": "INTEGER", "delivered_digest": "BLOB"}
 
 
 class State(enum.StrEnum):
@@ -87,21 +97,28 @@ class Ledger:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        present = {row["name"] for row in self._db.execute("PRAGMA table_info(files)")}
+        for name, declaration in _ADDED_COLUMNS.items():
+            if name not in present:
+                self._db.execute(f"ALTER TABLE files ADD COLUMN {name} {declaration}")
 
     def close(self) -> None:
         self._db.close()
 
-    def observe(self, path: str, size: int, mtime_ns: int) -> Verdict:
+    def observe(self, path: str, version: Version) -> Verdict:
         """Record a complete file the watcher found and say what to do with it."""
         row = self._db.execute("SELECT * FROM files WHERE path = ?", (path,)).fetchone()
         if row is None:
             self._db.execute(
-                "INSERT INTO files (path, size, mtime_ns, state, first_seen) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (path, size, mtime_ns, State.PENDING, time.time()),
+                "INSERT INTO files (path, size, mtime_ns, ctime_ns, inode, state, first_seen) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (path, *version, State.PENDING, time.time()),
             )
             return Verdict.SEND
-        unchanged = (row["size"], row["mtime_ns"]) == (size, mtime_ns)
+        unchanged = self._same_version(row, version)
         state = State(row["state"])
         if unchanged and state is State.DELIVERED:
             return Verdict.ALREADY_DELIVERED
@@ -109,9 +126,9 @@ class Ledger:
             return Verdict.FAILED_BEFORE
         if not unchanged or state in (State.DELIVERED, State.FAILED):
             self._db.execute(
-                "UPDATE files SET size = ?, mtime_ns = ?, state = ?, attempts = 0, "
-                "last_error = NULL, digest = NULL, first_seen = ? WHERE path = ?",
-                (size, mtime_ns, State.PENDING, time.time(), path),
+                "UPDATE files SET size = ?, mtime_ns = ?, ctime_ns = ?, inode = ?, state = ?, "
+                "attempts = 0, last_error = NULL, digest = NULL, first_seen = ? WHERE path = ?",
+                (*version, State.PENDING, time.time(), path),
             )
         if state is State.DELIVERED:
             return Verdict.NEW_VERSION
@@ -119,23 +136,52 @@ class Ledger:
             return Verdict.RETRY_CHANGED
         return Verdict.SEND
 
-    def sending(self, path: str, size: int, mtime_ns: int, digest: bytes) -> None:
+    def _same_version(self, row: sqlite3.Row, version: Version) -> bool:
+        if (row["size"], row["mtime_ns"]) != (version.size, version.mtime_ns):
+            return False
+        if row["ctime_ns"] is None:
+            # A row from before ctime and inode were kept: learn them now.
+            self._db.execute(
+                "UPDATE files SET ctime_ns = ?, inode = ? WHERE path = ?",
+                (version.ctime_ns, version.inode, row["path"]),
+            )
+            return True
+        return (row["ctime_ns"], row["inode"]) == (version.ctime_ns, version.inode)
+
+    def sending(self, path: str, version: Version, digest: bytes) -> None:
         self._db.execute(
-            "UPDATE files SET state = ?, size = ?, mtime_ns = ?, digest = ? WHERE path = ?",
-            (State.SENDING, size, mtime_ns, digest, path),
+            "UPDATE files SET state = ?, size = ?, mtime_ns = ?, ctime_ns = ?, inode = ?, "
+            "digest = ? WHERE path = ?",
+            (State.SENDING, *version, digest, path),
         )
 
-    def delivered(self, path: str, stored_path: str, size: int, mtime_ns: int) -> None:
+    def delivered(
+        self, path: str, stored_path: str, version: Version, digest: bytes | None = None
+    ) -> None:
         """Record the version that was delivered, which may be older than the one last seen.
 
         A file rewritten while its previous version was in flight must stay owed: if the
-        row kept the newer version here, a crash now would let a restart skip it.
+        row kept the newer version here, a crash now would let a restart skip it.  `digest`
+        is that of the bytes delivered, when known.
         """
         self._db.execute(
             "UPDATE files SET state = ?, delivered_at = ?, stored_path = ?, size = ?, "
-            "mtime_ns = ?, last_error = NULL, versions = versions + 1 WHERE path = ?",
-            (State.DELIVERED, time.time(), stored_path, size, mtime_ns, path),
+            "mtime_ns = ?, ctime_ns = ?, inode = ?, delivered_digest = ?, "
+            "last_error = NULL, versions = versions + 1 WHERE path = ?",
+            (State.DELIVERED, time.time(), stored_path, *version, digest, path),
         )
+
+    def delivered_digest(self, path: str, size: int) -> bytes | None:
+        """The digest of the delivered version of `path`, if it had `size` bytes and is known.
+
+        A file whose ctime changed but not its size may hold the same bytes (a chmod, or a
+        program that rewrote it identically): hashing it locally then beats sending it.
+        """
+        row = self._db.execute(
+            "SELECT delivered_digest FROM files WHERE path = ? AND size = ?", (path, size)
+        ).fetchone()
+        digest = row["delivered_digest"] if row is not None else None
+        return bytes(digest) if digest and any(digest) else None
 
     def refused(self, path: str, error: str, final: bool) -> None:
         """A NACK: `final` ones stay failed until the file changes."""

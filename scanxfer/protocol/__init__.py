@@ -10,13 +10,20 @@ Two error types, as in h11: `RemoteProtocolError` means the peer broke the rules
 `LocalProtocolError` means our own code tried to send something illegal (a bug).
 """
 
-from .connection import Connection, ConnState, FileInFlight, FileState, negotiate
-from .frames import (
+from .connection import (
+    Connection,
+    ConnState,
+    FileInFlight,
+    FileState,
+    negotiate,
+    welcome_options,
+)
+from .events import (
+    CANCEL_ON,
+    CANCEL_OPTION,
     DEFERRED_DIGEST,
     DIGEST_SIZE,
     INSTANCE_OPTION,
-    MAGIC,
-    MAX_BODY,
     MAX_SIZE,
     MAX_WINDOW,
     NEED_DATA,
@@ -26,6 +33,7 @@ from .frames import (
     Ack,
     Authenticate,
     Bye,
+    Cancel,
     Challenge,
     ConnectionClosed,
     DataChunk,
@@ -35,7 +43,6 @@ from .frames import (
     Error,
     ErrorCode,
     Event,
-    FrameType,
     Hello,
     LocalProtocolError,
     Nack,
@@ -47,11 +54,12 @@ from .frames import (
     RemoteProtocolError,
     Role,
     Welcome,
-    decode_body,
-    encode,
 )
+from .frames import MAGIC, MAX_BODY, FrameType, decode_body, encode
 
 __all__ = [
+    "CANCEL_ON",
+    "CANCEL_OPTION",
     "DEFERRED_DIGEST",
     "DIGEST_SIZE",
     "INSTANCE_OPTION",
@@ -66,6 +74,7 @@ __all__ = [
     "Ack",
     "Authenticate",
     "Bye",
+    "Cancel",
     "Challenge",
     "ConnState",
     "Connection",
@@ -94,4 +103,5 @@ __all__ = [
     "decode_body",
     "encode",
     "negotiate",
+    "welcome_options",
 ]

@@ -26,7 +26,7 @@ import secrets
 import struct
 from dataclasses import dataclass
 
-from .frames import NONCE_SIZE, PROOF_SIZE
+from .events import NONCE_SIZE, PROOF_SIZE
 
 SECRET_SIZE = 32
 SECRET_TEXT_LENGTH = 43  # base64url of 32 bytes, without padding

@@ -8,14 +8,14 @@ each refuses what the other may not do.
 from __future__ import annotations
 
 import enum
-from collections import deque
 from dataclasses import dataclass
 
-from .frames import (
+from .buffer import ReceiveBuffer
+from .events import (
+    CANCEL_ON,
+    CANCEL_OPTION,
     DEFERRED_DIGEST,
     DIGEST_SIZE,
-    FRAME_HEAD,
-    MAX_BODY,
     MAX_SIZE,
     MAX_WINDOW,
     NEED_DATA,
@@ -25,6 +25,7 @@ from .frames import (
     Ack,
     Authenticate,
     Bye,
+    Cancel,
     Challenge,
     ConnectionClosed,
     DataChunk,
@@ -34,7 +35,6 @@ from .frames import (
     Error,
     ErrorCode,
     Event,
-    FrameType,
     Hello,
     LocalProtocolError,
     Nack,
@@ -46,10 +46,8 @@ from .frames import (
     RemoteProtocolError,
     Role,
     Welcome,
-    decode_body,
-    encode,
-    parse_enum,
 )
+from .frames import FRAME_HEAD, MAX_BODY, FrameType, decode_body, encode, parse_enum
 
 
 class FileState(enum.Enum):
@@ -75,7 +73,7 @@ class FileInFlight:
 
 # Which frames each role may send; the peer may send only the other role's set.
 _SENDS = {
-    Role.SENDER: frozenset({Hello, Authenticate, Offer, DataHeader, Digest, Bye, Error}),
+    Role.SENDER: frozenset({Hello, Authenticate, Offer, DataHeader, Digest, Cancel, Bye, Error}),
     Role.RECEIVER: frozenset({Challenge, Welcome, Ready, Ack, Nack, Error}),
 }
 # The handshake, in order: each frame is legal only right after the one before it.
@@ -99,11 +97,16 @@ class Connection:
         self.version: int | None = None
         self.files: dict[int, FileInFlight] = {}
         self._hello: Hello | None = None
+        self._can_cancel = False
         self._handshake_done = 0  # how many frames of _HANDSHAKE have passed
-        self._input: deque[memoryview] = deque()
-        self._input_size = 0
+        self._input = ReceiveBuffer()
         self._payload: list[int] | None = None  # [file_id, bytes still to come]
         self._eof = False
+
+    @property
+    def can_cancel(self) -> bool:
+        """Whether the sender may send CANCEL: its HELLO asked, and the WELCOME echoed it."""
+        return self._can_cancel
 
     # -- outgoing --------------------------------------------------------------
 
@@ -136,9 +139,7 @@ class Connection:
         if not data:
             self._eof = True
             return
-        view = memoryview(data).cast("B")
-        self._input.append(view)
-        self._input_size += len(view)
+        self._input.append(data)
 
     def next_event(self) -> Event | NeedData:
         """The next event from the bytes received so far, or NEED_DATA."""
@@ -147,10 +148,10 @@ class Connection:
         event = self._next_frame()
         if event is NEED_DATA:
             if self._eof:
-                if self._input_size:
+                if self._input:
                     raise RemoteProtocolError("connection closed in the middle of a frame")
                 return ConnectionClosed()
-            self._own_leftovers()
+            self._input.own()
             return NEED_DATA
         if isinstance(event, Error):
             self.state = ConnState.CLOSED
@@ -174,56 +175,22 @@ class Connection:
             if self._eof:
                 raise RemoteProtocolError(f"connection closed with {remaining} payload bytes due")
             return NEED_DATA
-        chunk = self._input[0]
-        if len(chunk) > remaining:
-            self._input[0] = chunk[remaining:]
-            chunk = chunk[:remaining]
-        else:
-            self._input.popleft()
-        self._input_size -= len(chunk)
+        chunk = self._input.take_view(remaining)
         self._payload[1] -= len(chunk)  # type: ignore[index]
         return DataChunk(file_id, chunk)
 
     def _next_frame(self) -> Event | NeedData:
-        if self._input_size < FRAME_HEAD.size:
+        if len(self._input) < FRAME_HEAD.size:
             return NEED_DATA
-        kind_value, length = FRAME_HEAD.unpack(self._peek(FRAME_HEAD.size))
+        kind_value, length = FRAME_HEAD.unpack(self._input.peek(FRAME_HEAD.size))
         kind = parse_enum(FrameType, kind_value, "frame type")
         # Checked before buffering the body: a peer never sizes our allocations.
         if length > MAX_BODY:
             raise RemoteProtocolError(f"{kind.name} frame of {length} bytes exceeds {MAX_BODY}")
-        if self._input_size < FRAME_HEAD.size + length:
+        if len(self._input) < FRAME_HEAD.size + length:
             return NEED_DATA
-        self._take(FRAME_HEAD.size)
-        return decode_body(kind, self._take(length))
-
-    def _peek(self, size: int) -> bytes:
-        out = bytearray()
-        for chunk in self._input:
-            out += chunk[: size - len(out)]
-            if len(out) == size:
-                break
-        return bytes(out)
-
-    def _take(self, size: int) -> bytes:
-        out = bytearray()
-        while len(out) < size:
-            chunk = self._input[0]
-            need = size - len(out)
-            out += chunk[:need]
-            if len(chunk) > need:
-                self._input[0] = chunk[need:]
-            else:
-                self._input.popleft()
-        self._input_size -= size
-        return bytes(out)
-
-    def _own_leftovers(self) -> None:
-        """Copy a partial frame out of the caller's buffer before it is reused."""
-        if self._input:
-            rest = memoryview(self._take(self._input_size))
-            self._input.append(rest)
-            self._input_size = len(rest)
+        self._input.take(FRAME_HEAD.size)
+        return decode_body(kind, self._input.take(length))
 
     # -- the rules, shared by both directions -----------------------------------
 
@@ -239,6 +206,8 @@ class Connection:
                 self._on_data_header(event, fail)
             case Digest():
                 self._on_digest(event, fail)
+            case Cancel():
+                self._on_cancel(event, fail)
             case Ack() | Nack():
                 self._on_answer(event, fail)
             case Bye():
@@ -285,6 +254,9 @@ class Connection:
         if len(event.proof) != PROOF_SIZE:
             raise fail(f"proof must be {PROOF_SIZE} bytes")
         self.window, self.state = event.window, ConnState.OPEN
+        # An echo nobody asked for means nothing (a peer ignores options it does not know).
+        assert self._hello is not None  # the order check put HELLO first
+        self._can_cancel = _asks_cancel(self._hello.options) and _asks_cancel(event.options)
 
     def _on_offer(self, event: Offer, fail: type[ProtocolError]) -> None:
         self._require_open(event, fail)
@@ -323,6 +295,20 @@ class Connection:
             raise fail(f"DIGEST for file {event.file_id} defers it again")
         entry.digest_due = False
 
+    def _on_cancel(self, event: Cancel, fail: type[ProtocolError]) -> None:
+        entry = self._file(event, None, fail)
+        if not self._can_cancel:
+            raise fail(f"CANCEL for file {event.file_id}, but the handshake did not negotiate it")
+        # Only where no answer can be under way: the receiver answers a READY file after its
+        # payload, and a deferred-digest file after its DIGEST.
+        due = entry.state is FileState.READY or (entry.state is FileState.SENT and entry.digest_due)
+        if not due:
+            raise fail(
+                f"CANCEL for file {event.file_id} while it is {entry.state.value}: only a READY "
+                "file, or one whose deferred DIGEST is due, can be cancelled"
+            )
+        del self.files[event.file_id]
+
     def _on_answer(self, event: Ack | Nack, fail: type[ProtocolError]) -> None:
         entry = self._file(event, None, fail)
         early = entry.state is FileState.OFFERED
@@ -336,7 +322,7 @@ class Connection:
 
     def _file(
         self,
-        event: Ready | DataHeader | Digest | Ack | Nack,
+        event: Ready | DataHeader | Digest | Cancel | Ack | Nack,
         state: FileState | None,
         fail: type[ProtocolError],
     ) -> FileInFlight:
@@ -361,6 +347,18 @@ _remote = RemoteProtocolError
 
 def _other(role: Role) -> Role:
     return Role.RECEIVER if role is Role.SENDER else Role.SENDER
+
+
+def _asks_cancel(options: dict[str, bytes]) -> bool:
+    return options.get(CANCEL_OPTION) == CANCEL_ON
+
+
+def welcome_options(hello: Hello) -> dict[str, bytes]:
+    """The options a receiver puts in its WELCOME for `hello`: the extensions both ends use.
+
+    Each is echoed only when the HELLO asked for it, so a sender learns what it may use.
+    """
+    return {CANCEL_OPTION: CANCEL_ON} if _asks_cancel(hello.options) else {}
 
 
 def negotiate(hello: Hello) -> int | None:

@@ -180,6 +180,8 @@ class ConnectionHandler:
                 intake.on_data_end()
             case p.Digest() if intake is not None:
                 intake.on_digest(event)
+            case p.Cancel() if intake is not None:
+                intake.on_cancel(event)
             case p.Bye() | p.ConnectionClosed():
                 return True
             case p.Error():
@@ -232,7 +234,10 @@ class ConnectionHandler:
             self._reply(p.Error(p.ErrorCode.AUTH_FAILED, "authentication failed"))
             return True
         proof = auth.server_proof(verdict.record, signed)
-        self._reply(p.Welcome(self.config.name, self.config.window, proof, self.conn.version))
+        options = p.welcome_options(hello)
+        self._reply(
+            p.Welcome(self.config.name, self.config.window, proof, self.conn.version, options)
+        )
         self._admit(hello)
         return False
 

@@ -36,7 +36,7 @@ class _Incoming:
     offer: p.Offer
     partial: PartialFile | None  # None once a write failed: the rest is drained
     resumed_from: int
-    started: float = 0.0
+    started: float | None = None  # when its DATA began
     failure: p.Nack | None = None
 
 
@@ -86,6 +86,8 @@ class Intake:
             self._reply(p.Ack(offer.file_id, p.Outcome.DUPLICATE, identical.path))
             return
         assert partial is not None
+        if partial.drop_older_versions():
+            log.info("%s: dropped the partial of an older version of %s", self.peer, partial.path)
         if partial.offset:
             log.info(
                 "%s: resuming %s at %d of %d bytes",
@@ -165,6 +167,21 @@ class Intake:
             incoming.partial.expect(event.digest)
         self._conclude(incoming)
 
+    def on_cancel(self, event: p.Cancel) -> None:
+        """The sender withdrew the file: what it would send is not the file it offered."""
+        incoming = self.files.pop(event.file_id)
+        if incoming.partial is not None:
+            # Even bytes held from an earlier connection: they belong to a version that is gone.
+            incoming.partial.discard()
+        # A READY file is withdrawn instead of its DATA, a deferred one after its payload.
+        when = "before it was sent" if incoming.started is None else "while being sent"
+        log.info(
+            "%s: sender withdrew %r: it changed %s; nothing kept",
+            self.peer,
+            incoming.offer.path,
+            when,
+        )
+
     def _conclude(self, incoming: _Incoming) -> None:
         """All of a file is in: answer a failed write, or seal it for the batch's commit."""
         if incoming.partial is None:
@@ -222,6 +239,7 @@ class Intake:
         offer = incoming.offer
         received = offer.size - incoming.resumed_from
         self.stats.stored(path, received)
+        assert incoming.started is not None  # a placed file had its DATA
         speed = rate(received, time.monotonic() - incoming.started)
         resumed = f", resumed at {incoming.resumed_from}" if incoming.resumed_from else ""
         if outcome is p.Outcome.KEPT_BESIDE:
@@ -246,8 +264,13 @@ class Intake:
     def _release_partials(self) -> None:
         """Keep interrupted partials on disk: the sender resumes them next time."""
         for incoming in self.files.values():
-            if incoming.partial is not None:
-                incoming.partial.release()
+            partial = incoming.partial
+            if partial is not None and not partial.release():
+                # A newer version was offered meanwhile, on a connection its sender made
+                # before this one noticed that it was gone.
+                log.info(
+                    "%s: dropped the partial of an older version of %s", self.peer, partial.path
+                )
         self.files.clear()
 
 
@@ -259,5 +282,3 @@ def _nack(file_id: int, error: StoreError) -> p.Nack:
         DigestMismatch: p.NackReason.DIGEST_MISMATCH,
     }.get(type(error), p.NackReason.IO_ERROR)
     return p.Nack(file_id, reason, reason.retryable, str(error))
-
-

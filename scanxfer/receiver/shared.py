@@ -84,7 +84,6 @@ class SenderRegistry:
                 del self._by_sender[sender]
 
 
-
 @dataclass
 class Services:
     """What every connection thread shares with the server."""

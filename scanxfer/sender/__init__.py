@@ -13,12 +13,13 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import PurePosixPath
 from types import FrameType
 
 from ..config import ConfigError, SenderConfig
 from ..ledger import Ledger
 from ..systemd import Notifier
-from ..watcher import CompletionWatcher, npy_complete, scan
+from ..watcher import CompletionWatcher, Condition, assess, scan
 from .delivery import Delivery
 from .progress import ProgressBar
 from .session import NOT_PAIRED
@@ -73,10 +74,14 @@ def _run_once(delivery: Delivery) -> int:
         )
         return EXIT_USAGE
     for relpath in scan(config.watch_dir, config.patterns, config.ignore):
-        if npy_complete(config.watch_dir / relpath):
+        readiness = assess(config.watch_dir / relpath)
+        if readiness.ready:
             delivery.add(relpath.as_posix())
-        else:
-            log.warning("skipping %s: not a complete .npy file yet (still being written?)", relpath)
+        elif readiness.condition is Condition.UNREADABLE:
+            log.error("cannot send %s: %s", relpath, readiness.reason)
+            delivery.failed.append((relpath.as_posix(), readiness.reason))
+        elif readiness.condition is not Condition.GONE:
+            log.warning("skipping %s: %s", relpath, readiness.reason)
     total = delivery.progress.files_total
     log.info("sending %d files from %s to %s", total, config.watch_dir, config.receiver)
     with ProgressBar.for_terminal(delivery.progress) as bar:
@@ -84,11 +89,18 @@ def _run_once(delivery: Delivery) -> int:
             delivery.step()
             bar.draw()
     delivery.close()
-    return _once_result(delivery, total)
+    return _once_result(delivery)
 
 
-def _once_result(delivery: Delivery, total: int) -> int:
-    done = delivery.progress.files_done
+def _once_result(delivery: Delivery) -> int:
+    # Files found not complete at their turn left the count: they are not owed by this run.
+    total, done = delivery.progress.files_total, delivery.progress.files_done
+    if delivery.skipped:
+        log.warning(
+            "%d files were not complete when their turn came and were not sent: %s",
+            len(delivery.skipped),
+            ", ".join(path for path, _ in delivery.skipped[:10]),
+        )
     if delivery.unreachable:
         log.error("gave up: %s; %d of %d files delivered", delivery.unreachable, done, total)
         return EXIT_UNREACHABLE
@@ -100,7 +112,7 @@ def _once_result(delivery: Delivery, total: int) -> int:
         log.info("all %d files sent; the prototype receiver confirms nothing more", total)
     elif total:
         log.info("all %d files delivered and stored durably", total)
-    else:
+    elif not delivery.skipped:
         skipped = delivery.progress.files_already_delivered
         log.info("nothing to send: %d files already delivered", skipped)
     return EXIT_OK
@@ -144,6 +156,7 @@ def _watch_and_deliver(
         config.watch_method,
     )
     with watcher:
+        delivery.reconsider = lambda relpath: watcher.reconsider(PurePosixPath(relpath))
         log.info("watching %s, delivering to %s", config.watch_dir, config.receiver)
         notifier.ready()
         shown = ""

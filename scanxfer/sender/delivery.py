@@ -4,6 +4,12 @@ A lost connection puts its files back at the front of the queue and the
 receiver's partials let the next session resume them.  Every state change is
 written to the ledger first, so a crash at any moment costs at most a
 duplicate offer, which the receiver ACKs without storing a second copy.
+
+A file is checked again right before it is offered (`readiness.assess`: no
+writer, complete header, still the version queued), after it is sent
+(`Session`: changed meanwhile? then it is withdrawn) and before it is moved or
+deleted (`handoff`).  A file that fails a check is handed back to the watcher
+(`reconsider`), which offers it again once it is complete.
 """
 
 from __future__ import annotations
@@ -23,14 +29,18 @@ from .. import protocol as p
 from ..config import SenderConfig
 from ..ledger import Ledger, Verdict
 from ..sizes import human_size, rate
+from ..watcher import Condition, Version, assess
 from .handoff import after_delivery
 from .legacy import LegacySession
 from .session import (
+    Answer,
     AuthenticationFailed,
     ConnectionLost,
     FileChanged,
     FileJob,
+    NotReady,
     Session,
+    Withdrawn,
     where,
 )
 
@@ -54,7 +64,9 @@ class Backoff:
         self.failures = failures
 
     def next_delay(self) -> float:
-        delay = min(self.maximum, self.initial * 2**self.failures)
+        # The exponent is capped: past it the delay is the maximum anyway, and 2.0**1024
+        # would overflow after a long run of refusals.
+        delay = min(self.maximum, self.initial * 2.0 ** min(self.failures, 64))
         self.failures += 1
         return delay * random.uniform(0.5, 1.0)
 
@@ -86,9 +98,15 @@ class Delivery:
     legacy: bool = False
     # Called while one big file is hashed or sent: the watchdog's sign of life.
     alive: Callable[[], None] = field(default_factory=lambda: _idle)
+    # Hands a file back to the watcher, which judges it again once it settles (the daemon);
+    # None with --once, where nothing looks at a file twice.
+    reconsider: Callable[[str], None] | None = None
     pending: deque[FileJob] = field(default_factory=deque)
     delayed: list[tuple[float, int, FileJob]] = field(default_factory=list)
+    # The jobs in `pending` and `delayed`, by path: a path is queued once, at its newest version.
+    queued: dict[str, FileJob] = field(default_factory=dict)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # --once: not complete in time
     progress: Progress = field(default_factory=Progress)
     unreachable: str = ""
     session: Session | LegacySession | None = None
@@ -104,14 +122,18 @@ class Delivery:
         """Consider a complete file: queue it unless the journal says it is done."""
         path = self.config.watch_dir / relpath
         try:
-            stat = path.stat()
+            version = Version.of(path.lstat())
         except OSError:
             self.ledger.forget(relpath)
             return
-        verdict = self.ledger.observe(relpath, stat.st_size, stat.st_mtime_ns)
+        if (queued := self.queued.get(relpath)) is not None:
+            queued.version = version  # its turn comes with its newest version
+            return
+        known_digest = self.ledger.delivered_digest(relpath, version.size)
+        verdict = self.ledger.observe(relpath, version)
         if verdict is Verdict.ALREADY_DELIVERED:
             self.progress.files_already_delivered += 1
-            after_delivery(self.config, relpath, stat.st_size, stat.st_mtime_ns)
+            self._hand_off(relpath, version)
             return
         if verdict is Verdict.FAILED_BEFORE:
             if self.once:
@@ -121,9 +143,25 @@ class Delivery:
             log.info("%s changed after delivery; sending the new version", relpath)
         elif verdict is Verdict.RETRY_CHANGED:
             log.info("%s changed since it was refused; trying again", relpath)
-        self.pending.append(FileJob(relpath, path))
+        known = known_digest if verdict is Verdict.NEW_VERSION else None
+        self._enqueue(FileJob(relpath, path, version, known_digest=known))
         self.progress.files_total += 1
-        self.progress.bytes_total += stat.st_size
+        self.progress.bytes_total += version.size
+
+    def _enqueue(self, job: FileJob, *, front: bool = False) -> None:
+        if job.relpath in self.queued:
+            return  # a newer version of it arrived meanwhile and is queued already
+        if front:
+            self.pending.appendleft(job)
+        else:
+            self.pending.append(job)
+        self.queued[job.relpath] = job
+
+    def _requeue(self, jobs: list[FileJob]) -> None:
+        """Files back from a lost connection go first, unless a newer version is queued."""
+        for job in reversed(jobs):
+            job.release()
+            self._enqueue(job, front=True)
 
     @property
     def finished(self) -> bool:
@@ -166,23 +204,55 @@ class Delivery:
         assert session is not None
         while self.pending and session.free_slots > 0:
             job = self.pending.popleft()
+            del self.queued[job.relpath]
             if self._prepare(job):
                 session.offer(job)
         for job, answer in session.step(wait=0.2):
             self._answered(job, answer)
 
     def _prepare(self, job: FileJob) -> bool:
+        """Check the file once more right before it is offered; open and hash it."""
+        readiness = assess(job.path)
+        if not readiness.ready:
+            unreadable = readiness.condition is Condition.UNREADABLE
+            return self._not_ready(job, readiness.reason, unreadable=unreadable)
+        if readiness.version != job.version:
+            if self.reconsider is not None:
+                return self._not_ready(job, "changed since it was found complete")
+            job.version = readiness.version  # --once: deliver what is complete now
         try:
             job.prepare(self.alive)
+        except NotReady as error:
+            return self._not_ready(job, str(error))
         except OSError as error:
-            reason = f"cannot be read: {error.strerror or error}"
-            log.warning("skipping %s: %s", job.relpath, reason)
+            return self._not_ready(job, f"cannot be read: {error.strerror or error}", True)
+        self.ledger.sending(job.relpath, job.version, job.digest)
+        return True
+
+    def _not_ready(self, job: FileJob, reason: str, unreadable: bool = False) -> bool:
+        """Take a file out of this run's queue: it is not the complete file it was."""
+        if unreadable:
+            log.warning("cannot send %s: %s", job.relpath, reason)
             self.ledger.forget(job.relpath)
             if self.once:
                 self.failed.append((job.relpath, reason))
-            return False
-        self.ledger.sending(job.relpath, job.size, job.mtime_ns, job.digest)
-        return True
+        elif self.reconsider is not None:
+            log.info("not sending %s yet: %s; it is sent once it is complete", job.relpath, reason)
+        else:
+            log.warning("skipping %s: %s; run again once it is complete", job.relpath, reason)
+        self._drop(job, reason, counted=not unreadable)
+        return False
+
+    def _drop(self, job: FileJob, reason: str, counted: bool = True) -> None:
+        self.progress.files_total -= 1
+        self.progress.bytes_total -= job.size
+        if counted and self.once:
+            self.skipped.append((job.relpath, reason))
+        self._give_back(job.relpath)
+
+    def _give_back(self, relpath: str) -> None:
+        if self.reconsider is not None:
+            self.reconsider(relpath)
 
     def _connect(self) -> bool:
         if self.legacy:
@@ -227,22 +297,37 @@ class Delivery:
         assert self.session is not None
         jobs = self.session.requeue()
         self.session = None
-        self.pending.extendleft(reversed(jobs))
+        self._requeue(jobs)
         if isinstance(error, FileChanged):
             log.warning("%s; it will be offered again", error)
             return
         self._connection_failed(str(error))
 
-    def _answered(self, job: FileJob, answer: p.Ack | p.Nack) -> None:
+    def _answered(self, job: FileJob, answer: Answer) -> None:
         self.last_activity = time.monotonic()
+        job.release()
         if isinstance(answer, p.Ack):
             self._acked(job, answer)
+        elif isinstance(answer, Withdrawn):
+            self._withdrawn(job, answer)
         else:
             self._refused(job, answer)
 
+    def _withdrawn(self, job: FileJob, withdrawn: Withdrawn) -> None:
+        self.ledger.refused(job.relpath, f"withdrawn: {withdrawn.reason}", final=False)
+        later = "it is sent again once complete" if self.reconsider else "run again to send it"
+        log.warning(
+            "%s %s: withdrawn, the receiver keeps nothing of it; %s",
+            job.relpath,
+            withdrawn.reason,
+            later,
+        )
+        self._drop(job, withdrawn.reason)
+
     def _acked(self, job: FileJob, ack: p.Ack) -> None:
         # Journal first: a crash before the hand-off redoes the hand-off, never the send.
-        self.ledger.delivered(job.relpath, ack.stored_path, job.size, job.mtime_ns)
+        known = job.sent_digest or (None if job.digest == p.DEFERRED_DIGEST else job.digest)
+        self.ledger.delivered(job.relpath, ack.stored_path, job.version, known)
         self.progress.files_done += 1
         self.progress.bytes_done += job.size
         self.connect_backoff.reset()
@@ -257,7 +342,12 @@ class Delivery:
             )
             speed = rate(job.size, time.monotonic() - job.started)
             log.info("sent %s (%s, %s)%s", job.relpath, human_size(job.size), speed, beside)
-        after_delivery(self.config, job.relpath, job.size, job.mtime_ns)
+        self._hand_off(job.relpath, job.version)
+
+    def _hand_off(self, relpath: str, version: Version) -> None:
+        """after_send, now; or, if a writer holds the file or it changed, once it settles."""
+        if not after_delivery(self.config, relpath, version):
+            self._give_back(relpath)
 
     def _refused(self, job: FileJob, nack: p.Nack) -> None:
         job.attempts += 1
@@ -273,12 +363,12 @@ class Delivery:
                 "in flight); sending it again from the start",
                 job.relpath,
             )
-            self.pending.appendleft(job)
+            self._enqueue(job, front=True)
         elif nack.reason is p.NackReason.NO_SPACE:
             delay = self.space_backoff.next_delay()
             log.warning("receiver has no space for %s; pausing %.1f s", job.relpath, delay)
             self.paused_until = time.monotonic() + delay
-            self.pending.appendleft(job)
+            self._enqueue(job, front=True)
         else:
             self._retry_later(job, reason)
 
@@ -288,7 +378,9 @@ class Delivery:
         log.warning(
             "receiver refused %s for now (%s); retrying in %.1f s", job.relpath, reason, seconds
         )
-        heapq.heappush(self.delayed, (time.monotonic() + seconds, next(self._tiebreak), job))
+        if job.relpath not in self.queued:
+            heapq.heappush(self.delayed, (time.monotonic() + seconds, next(self._tiebreak), job))
+            self.queued[job.relpath] = job
 
     def _maybe_disconnect(self, now: float) -> None:
         if self.session and now - self.last_activity > IDLE_DISCONNECT_SECONDS:
@@ -297,7 +389,8 @@ class Delivery:
 
     def close(self) -> None:
         if self.session is not None:
-            self.session.close()
+            for job in self.session.requeue():
+                job.release()
             self.session = None
 
 

@@ -2,8 +2,12 @@
 
 Called only once the journal records the delivery, and again for a delivered
 file found still in place after a restart, so a crash between the ACK and the
-hand-off just redoes the hand-off.  The file must still be the version that was
-delivered: a scan rewritten in the meantime is never moved or deleted.
+hand-off just redoes the hand-off.  Moving or deleting a scan is the one act of
+the sender that cannot be undone, so it is done only to the very file that was
+delivered -- same inode, size, mtime and ctime -- and only while no process has
+it open for writing: a read lease (`watcher.guard_against_writers`) holds off
+any writer for the moment of the act, and a writer that tried to open it during
+that moment makes the sender put the file back.
 """
 
 from __future__ import annotations
@@ -15,31 +19,110 @@ import shutil
 from pathlib import Path
 
 from ..config import SenderConfig
+from ..watcher import Version, WriterGuard, WriterPresent, guard_against_writers
 
 log = logging.getLogger("scanxfer.sender")
 
 
-def after_delivery(config: SenderConfig, relpath: str, size: int, mtime_ns: int) -> None:
+def after_delivery(config: SenderConfig, relpath: str, version: Version) -> bool:
+    """Hand the delivered `version` of `relpath` off; False if it must wait for a writer.
+
+    True also when there is nothing to do: `keep`, the file already gone, or a failure
+    that a later attempt would not fix (logged).
+    """
     if config.after_send == "keep":
-        return
+        return True
     source = config.watch_dir / relpath
     try:
-        stat = source.stat()
+        with guard_against_writers(source) as guard:
+            if Version.of(guard.stat) != version:
+                log.info("%s changed after it was sent; leaving it in place", relpath)
+                return False
+            if config.after_send == "delete":
+                return _delete(source, guard, relpath)
+            return _move(source, config.sent_dir / relpath, guard, relpath)
     except FileNotFoundError:
-        return  # already handed off before a restart
-    if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
-        log.warning("%s changed after it was sent; leaving it in place", relpath)
-        return
-    try:
-        if config.after_send == "delete":
-            source.unlink()
-            log.info("deleted %s after delivery", relpath)
-        else:
-            target = _free_name(config.sent_dir / relpath)
-            _move(source, target)
-            log.info("moved %s to %s after delivery", relpath, target)
+        return True  # already handed off before a restart
+    except WriterPresent as busy:
+        log.info("%s; it is %s once the writer lets go", busy, _past(config.after_send))
+        return False
     except OSError as error:
         log.warning("could not %s %s after delivery: %s", config.after_send, relpath, error)
+        return True
+
+
+def _past(action: str) -> str:
+    return "deleted" if action == "delete" else "moved"
+
+
+def _delete(source: Path, guard: WriterGuard, relpath: str) -> bool:
+    if not _remove(source, guard, relpath):
+        return False
+    log.info("deleted %s after delivery", relpath)
+    return True
+
+
+def _remove(source: Path, guard: WriterGuard, relpath: str) -> bool:
+    # Renamed aside first: an unlink cannot be taken back if a writer turns up meanwhile.
+    aside = source.with_name(f".{source.name}.scanxfer-deleting")
+    os.rename(source, aside)
+    if not _still_ours(aside, guard):
+        _put_back(aside, source, relpath)
+        return False
+    os.unlink(aside)
+    return True
+
+
+def _move(source: Path, target: Path, guard: WriterGuard, relpath: str) -> bool:
+    target = _free_name(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(source, target)
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+        return _copy_across(source, target, guard, relpath)
+    if not _still_ours(target, guard):
+        _put_back(target, source, relpath)
+        return False
+    log.info("moved %s to %s after delivery", relpath, target)
+    return True
+
+
+def _copy_across(source: Path, target: Path, guard: WriterGuard, relpath: str) -> bool:
+    """sent/ is on another filesystem: copy from the guarded descriptor, durably, then delete."""
+    partial = target.with_name(f".{target.name}.scanxfer-copying")
+    with os.fdopen(os.dup(guard.fd), "rb") as original, open(partial, "wb") as copy:
+        shutil.copyfileobj(original, copy, 1 << 20)
+        copy.flush()
+        os.fsync(copy.fileno())
+    shutil.copystat(source, partial)
+    os.rename(partial, target)
+    if _remove(source, guard, relpath):
+        log.info("moved %s to %s after delivery", relpath, target)
+        return True
+    target.unlink()  # the original stays, so the copy must not stay beside it
+    return False
+
+
+def _still_ours(path: Path, guard: WriterGuard) -> bool:
+    """True if `path` is the guarded file and no process began to open it for writing."""
+    st = path.lstat()
+    same = (st.st_dev, st.st_ino) == (guard.stat.st_dev, guard.stat.st_ino)
+    return same and not guard.intruded()
+
+
+def _put_back(moved: Path, source: Path, relpath: str) -> None:
+    """Undo a rename without overwriting: link back under the old name, then drop the new."""
+    try:
+        os.link(moved, source)
+    except FileExistsError:
+        log.error(
+            "%s was replaced while it was handed off; the delivered file is %s", relpath, moved
+        )
+        return
+    os.unlink(moved)
+    log.info("%s was opened for writing while it was handed off; left in place", relpath)
 
 
 def _free_name(target: Path) -> Path:
@@ -49,17 +132,3 @@ def _free_name(target: Path) -> Path:
         number += 1
         candidate = target.with_name(f"{target.stem}~{number}{target.suffix}")
     return candidate
-
-
-def _move(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.rename(source, target)
-    except OSError as error:
-        if error.errno != errno.EXDEV:
-            raise
-        # sent/ is on another filesystem: copy durably, then remove the original.
-        shutil.copy2(source, target)
-        with target.open("rb") as handle:
-            os.fsync(handle.fileno())
-        source.unlink()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import socket
 import struct
 import time
@@ -81,17 +80,13 @@ class LegacySession:
 
     def _send(self, job: FileJob) -> None:
         job.started = time.monotonic()
-        try:
-            handle = job.path.open("rb")
-        except OSError as error:
-            raise FileChanged(f"{job.relpath} cannot be read any more: {error}") from error
-        with handle:
-            # Checked before connecting: the prototype would store a file cut short as it is.
-            if os.fstat(handle.fileno()).st_size != job.size:
-                raise FileChanged(f"{job.relpath} changed size since it was queued")
-            with self._connect() as sock:
-                self._stream(sock, handle, job)
-                self._await_close(sock, job)
+        assert job.handle is not None  # opened and checked by FileJob.prepare
+        # Checked before connecting: the prototype would store a changed file as it is.
+        if why := job.changed():
+            raise FileChanged(f"{job.relpath} {why}")
+        with self._connect() as sock:
+            self._stream(sock, job.handle, job)
+            self._await_close(sock, job)
 
     def _connect(self) -> socket.socket:
         address = (self.config.receiver.host, self.config.receiver.port)

@@ -29,6 +29,7 @@ from .. import protocol as p
 from ..config import SenderConfig
 from ..protocol import auth
 from ..tls import client_context, peer_fingerprint, pin_matches
+from ..watcher import Version
 
 log = logging.getLogger("scanxfer.sender")
 
@@ -51,51 +52,116 @@ class AuthenticationFailed(ConnectionLost):
 
 
 class FileChanged(Exception):
-    """The file shrank while being streamed; its DATA frame cannot be completed."""
+    """The file changed while being streamed, and this receiver cannot be told to drop it."""
+
+
+class NotReady(Exception):
+    """The file is not the complete version it was queued as; it is not offered now."""
+
+
+@dataclass(frozen=True)
+class Withdrawn:
+    """The sender's own answer for a file it withdrew (CANCEL): it changed while being sent."""
+
+    reason: str
+
+
+Answer = p.Ack | p.Nack | Withdrawn
 
 
 @dataclass
 class FileJob:
-    """One file to deliver, with the identity it is offered under."""
+    """One file to deliver: the version it is offered as, and the open file it is read from.
+
+    The file stays open from `prepare` until its answer, so every byte offered, streamed and
+    hashed comes from the one inode that was checked, even if the name is replaced meanwhile.
+    """
 
     relpath: str
     path: Path
-    size: int = 0
-    mtime_ns: int = 0
+    version: Version
     digest: bytes = b""
+    # The digest of the delivered version of the same size, if any: then even a big file is
+    # hashed before it is offered, so unchanged bytes (a chmod) are answered DUPLICATE unsent.
+    known_digest: bytes | None = None
+    sent_digest: bytes | None = None  # of the bytes streamed, for a deferred digest
     attempts: int = 0
     started: float = 0.0
+    handle: BinaryIO | None = None
+
+    @property
+    def size(self) -> int:
+        return self.version.size
+
+    @property
+    def mtime_ns(self) -> int:
+        return self.version.mtime_ns
 
     def prepare(self, alive: Callable[[], None] = lambda: None) -> None:
-        """Take the file's current size, mtime and digest (it may have changed since queued).
+        """Open the file, check it is still the version queued, and take its digest.
 
         A big file is not hashed here: it is offered with a deferred digest and hashed while
         it is sent (`Session._stream`), so it is not read once more before the first byte
         goes out.  `alive` is called as the hashing goes: a slow disk takes a while.
+        Raises NotReady if the file changed, OSError if it cannot be read.
         """
-        with self.path.open("rb") as handle:
-            stat = os.fstat(handle.fileno())
-            deferred = stat.st_size >= DEFER_DIGEST_FROM
+        handle = open(self.path, "rb", opener=_open_no_follow)  # noqa: SIM115 (kept open)
+        try:
+            self._check(os.fstat(handle.fileno()), "changed since it was checked")
+            deferred = self.size >= DEFER_DIGEST_FROM and self.known_digest is None
             self.digest = p.DEFERRED_DIGEST if deferred else _digest(handle, alive)
-        self.size, self.mtime_ns = stat.st_size, stat.st_mtime_ns
+            self._check(os.fstat(handle.fileno()), "changed while it was hashed")
+        except BaseException:
+            handle.close()
+            raise
+        self.handle = handle
+
+    def _check(self, stat: os.stat_result, what: str) -> None:
+        if Version.of(stat) != self.version:
+            raise NotReady(what)
+
+    def changed(self) -> str:
+        """Why the file is no longer the version being sent, or "" if it still is."""
+        assert self.handle is not None
+        try:
+            if self.path.lstat().st_ino != self.version.inode:
+                return "was replaced while being sent"
+        except FileNotFoundError:
+            return "was removed while being sent"
+        if Version.of(os.fstat(self.handle.fileno())) != self.version:
+            return "changed while being sent"
+        return ""
+
+    def release(self) -> None:
+        """Close the file: the job is answered, withdrawn or back in the queue."""
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+def _open_no_follow(path: str, flags: int) -> int:
+    # A scan replaced by a symlink is not followed, as the watcher never follows one.
+    return os.open(path, flags | os.O_NOFOLLOW)
 
 
 class _Hashing:
     """The digest of a whole file, computed in a thread while the file is sent.
 
     xxhash and file reads release the GIL, so the hash runs beside sendfile instead of
-    before it; on this machine that takes 0.15 s per GiB off the transfer.
+    before it; on this machine that takes 0.15 s per GiB off the transfer.  It reads a
+    duplicate of the sending descriptor: the same inode, and its own to close.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, handle: BinaryIO) -> None:
         self._digest = b""
         self._error: OSError | None = None
-        self._thread = threading.Thread(target=self._run, args=(path,), daemon=True)
+        fd = os.dup(handle.fileno())
+        self._thread = threading.Thread(target=self._run, args=(fd,), daemon=True)
         self._thread.start()
 
-    def _run(self, path: Path) -> None:
+    def _run(self, fd: int) -> None:
         try:
-            with path.open("rb") as handle:
+            with os.fdopen(fd, "rb") as handle:
                 self._digest = _digest(handle, lambda: None)
         except OSError as error:
             self._error = error
@@ -105,7 +171,7 @@ class _Hashing:
             self._thread.join(timeout=1.0)
             alive()
         if self._error is not None:
-            raise FileChanged(f"{self._error.filename} cannot be read any more: {self._error}")
+            raise FileChanged(f"the file cannot be read any more: {self._error}")
         return self._digest
 
 
@@ -133,11 +199,12 @@ class Session:
         self.conn = p.Connection(p.Role.SENDER)
         self.inflight: dict[int, FileJob] = {}
         self.ready: deque[p.Ready] = deque()
-        self.answers: list[tuple[FileJob, p.Ack | p.Nack]] = []
+        self.answers: list[tuple[FileJob, Answer]] = []
         self._ids = itertools.count(1)
         self._secret = auth.decode_secret(config.key)
         self._signed = b""
-        hello = p.Hello(config.name, options={p.INSTANCE_OPTION: instance})
+        options = {p.INSTANCE_OPTION: instance, p.CANCEL_OPTION: p.CANCEL_ON}
+        hello = p.Hello(config.name, options=options)
         self._outbox = bytearray(self.conn.send(hello))
         self.last_heard = time.monotonic()
         try:
@@ -191,7 +258,7 @@ class Session:
             p.Offer(file_id, job.relpath, job.size, job.mtime_ns, job.digest)
         )
 
-    def step(self, wait: float) -> list[tuple[FileJob, p.Ack | p.Nack]]:
+    def step(self, wait: float) -> list[tuple[FileJob, Answer]]:
         """Send queued offers, stream one ready file or wait up to `wait` s for answers."""
         self._flush()
         if self.ready:
@@ -221,26 +288,56 @@ class Session:
 
     def _stream(self, ready: p.Ready) -> None:
         job = self.inflight[ready.file_id]
+        assert job.handle is not None  # prepared before it was offered
+        if (why := job.changed()) and self.conn.can_cancel:
+            self._withdraw(ready.file_id, job, why)  # not a byte of a stale version goes out
+            return
         length = job.size - ready.offset
         if ready.offset:
             log.info("resuming %s at byte %d of %d", job.relpath, ready.offset, job.size)
         job.started = time.monotonic()
-        try:
-            handle = job.path.open("rb")
-        except OSError as error:
-            # The DATA frame is owed and cannot be sent: only closing the connection ends it.
-            raise FileChanged(f"{job.relpath} cannot be read any more: {error}") from error
-        header = self.conn.send(p.DataHeader(ready.file_id, ready.offset, length))
-        with handle:
-            hashing = _Hashing(job.path) if job.digest == p.DEFERRED_DIGEST else None
-            self._sendall(header)
-            sent = self._sendfile(handle, ready.offset, length) if length else 0
-        if sent != length:
-            raise FileChanged(f"{job.relpath} shrank while being sent ({sent} of {length} bytes)")
-        if hashing is not None:
-            # Bytes that changed meanwhile make this digest differ from the receiver's:
-            # it refuses the file and it is sent again, never stored damaged.
-            self._sendall(self.conn.send(p.Digest(ready.file_id, hashing.result(self.alive))))
+        deferred = job.digest == p.DEFERRED_DIGEST
+        hashing = _Hashing(job.handle) if deferred else None
+        self._sendall(self.conn.send(p.DataHeader(ready.file_id, ready.offset, length)))
+        sent = self._sendfile(job.handle, ready.offset, length) if length else 0
+        if sent < length:
+            self._complete_shrunk_payload(job, length - sent, deferred)
+        why = "shrank while being sent" if sent < length else job.changed()
+        if hashing is None:
+            # The OFFER's digest was taken from the version checked: the receiver stores
+            # exactly that version or refuses the bytes, whatever happened meanwhile.
+            return
+        digest = hashing.result(self.alive)
+        if why:
+            # The digest of bytes read while the file changed may match a torn copy.
+            self._withdraw(ready.file_id, job, why)
+            return
+        job.sent_digest = digest
+        self._sendall(self.conn.send(p.Digest(ready.file_id, digest)))
+
+    def _complete_shrunk_payload(self, job: FileJob, missing: int, deferred: bool) -> None:
+        """The file shrank mid-payload: finish the DATA frame with zeros, or give up the link.
+
+        The zeros are never stored: a deferred digest is withdrawn after them, and an
+        OFFER's digest does not match them.  A receiver that cannot be told to withdraw a
+        file must see the connection end instead.
+        """
+        if deferred and not self.conn.can_cancel:
+            raise FileChanged(f"{job.relpath} shrank while being sent")
+        zeros = bytes(min(missing, TLS_CHUNK))
+        while missing > 0:
+            chunk = min(missing, len(zeros))
+            self._sendall(zeros[:chunk])
+            missing -= chunk
+            self.alive()
+
+    def _withdraw(self, file_id: int, job: FileJob, why: str) -> None:
+        """Tell the receiver to drop the file; it is answered here, by the sender itself."""
+        if not self.conn.can_cancel:
+            raise FileChanged(f"{job.relpath} {why}")
+        self._sendall(self.conn.send(p.Cancel(file_id)))
+        del self.inflight[file_id]
+        self.answers.append((job, Withdrawn(why)))
 
     def _sendfile(self, handle: BinaryIO, offset: int, length: int) -> int:
         try:

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from ..config import SenderConfig
 from ..ledger import Entry, Ledger, State
 from ..sizes import human_size
-from ..watcher import npy_complete, scan
+from ..watcher import Condition, assess, scan
 
 RECENT_SECONDS = 600
 
@@ -59,9 +59,10 @@ def _incomplete(config: SenderConfig) -> list[dict[str, Any]]:
         return []
     found = []
     for relpath in scan(config.watch_dir, config.patterns, config.ignore):
-        path = config.watch_dir / relpath
-        if not npy_complete(path):
-            found.append({"path": relpath.as_posix(), "size": path.stat().st_size})
+        readiness = assess(config.watch_dir / relpath)
+        if readiness.version is not None and readiness.condition is not Condition.READY:
+            size, reason = readiness.version.size, readiness.reason
+            found.append({"path": relpath.as_posix(), "size": size, "reason": reason})
     return found
 
 
@@ -94,8 +95,11 @@ def _human_lines(data: dict[str, Any]) -> list[str]:
         lines.append(f"failed ({len(data['failed'])}), not retried until the file changes:")
         lines += [f"  {item['path']}: {item['reason']}" for item in data["failed"]]
     if data["incomplete"]:
-        lines.append(f"incomplete .npy files, not sent ({len(data['incomplete'])}):")
-        lines += [f"  {item['path']} ({item['size']} bytes)" for item in data["incomplete"]]
+        lines.append(f"not complete, not sent yet ({len(data['incomplete'])}):")
+        lines += [
+            f"  {item['path']} ({item['size']} bytes): {item['reason']}"
+            for item in data["incomplete"]
+        ]
     return lines
 
 

@@ -19,8 +19,8 @@ there (a file, a directory, or a symlink, which is never followed):
 
 Everything under the incoming directory is reached through directory file descriptors opened with
 ``O_NOFOLLOW`` (see `dirs`), so a symlink planted there can never make the receiver write outside
-it. Errors live in `errors`; this module holds the shared state (claims, digest cache) and the
-placement of finished files.
+it. Errors live in `errors`, the claims on partials and their index by path in `claims`; this
+module holds the digest cache and the placement of finished files.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from pathlib import Path
 
 import xxhash
 
+from .claims import Claims
 from .dirs import opened_dir, opened_subdir
 from .errors import (
     BadName,
@@ -101,12 +102,12 @@ class Store:
         self.partial_dir = Path(partial_dir)
         self.limits = limits
         self._lock = threading.Lock()
-        self._busy: set[str] = set()
         self.opened = itertools.count()  # numbers the partials in the order they are opened
         self._digests: dict[tuple[str, int, int, int], bytes] = {}
         try:
             self.incoming_dir.mkdir(parents=True, exist_ok=True)
             self.partial_dir.mkdir(parents=True, exist_ok=True)
+            leftovers = scan_partials(self.partial_dir)
             # Resolved, so that a symlink cannot hide the nesting.
             nested = self.partial_dir.resolve().is_relative_to(self.incoming_dir.resolve())
             same_fs = self.incoming_dir.stat().st_dev == self.partial_dir.stat().st_dev
@@ -126,6 +127,8 @@ class Store:
                 f"{str(incoming_dir)!r}, so files cannot be moved into place atomically; "
                 "set partial_dir to a directory on the incoming_dir filesystem"
             )
+        # Shared with every PartialFile: which keys are in use, which idle ones each path has.
+        self.claims = Claims((key, left.path) for key, left in leftovers if left.path)
 
     def check_name(self, relpath: str) -> tuple[str, ...]:
         """Validate an offered relative path and return its components, or raise BadName."""
@@ -198,17 +201,17 @@ class Store:
         try:
             with opened_subdir(self.incoming_dir, parts[:-1], relpath, create=False):
                 pass  # refuse a symlinked directory now, not after the whole transfer
-            if not self._claim(key):
+            if not self.claims.claim(key, relpath):
                 raise Busy(f"{relpath!r} is being received on another connection; offer it later")
         except OSError as exc:
             raise io_error(exc, f"checking the directories of {relpath!r}") from exc
         try:
             return PartialFile(self, key, relpath, parts, size, digest)
         except OSError as exc:
-            self._unclaim(key)
+            self.claims.unclaim(key)
             raise io_error(exc, f"opening the partial file for {relpath!r}") from exc
         except BaseException:
-            self._unclaim(key)
+            self.claims.unclaim(key)
             raise
 
     def open_deferred(self, relpath: str, size: int, mtime_ns: int) -> PartialFile:
@@ -221,17 +224,6 @@ class Store:
         stand_in = b"mtime" + mtime_ns.to_bytes(11, "big", signed=True)
         return self.open_partial(relpath, size, stand_in)
 
-    def _claim(self, key: str) -> bool:
-        with self._lock:
-            if key in self._busy:
-                return False
-            self._busy.add(key)
-            return True
-
-    def _unclaim(self, key: str) -> None:
-        with self._lock:
-            self._busy.discard(key)
-
     def leftover_partials(self) -> list[LeftoverPartial]:
         """Partial files on disk, for the startup scan and logging."""
         return [leftover for _, leftover in scan_partials(self.partial_dir)]
@@ -240,11 +232,11 @@ class Store:
         """Delete partials untouched for ``max_age_seconds`` (never ones in use); return them."""
         removed = []
         for key, leftover in scan_partials(self.partial_dir):
-            if leftover.age_seconds >= max_age_seconds and self._claim(key):
+            if leftover.age_seconds >= max_age_seconds and self.claims.claim(key, None):
                 try:
                     remove_partial(self.partial_dir, key)
                 finally:
-                    self._unclaim(key)
+                    self.claims.unclaim(key)
                 removed.append(leftover)
         return removed
 

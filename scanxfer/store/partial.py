@@ -2,8 +2,9 @@
 
 Bytes go into ``<partial_dir>/<key>.part``, where ``key`` identifies *path + size + digest*, so a
 sender that reconnects resumes the bytes already held. A ``<key>.meta`` JSON sidecar records which
-file a partial belongs to, for the startup scan and the stale-partial cleanup. A small file is
-written before a sidecar would pay off, so it gets one only if its transfer is interrupted.
+file a partial belongs to, for the startup scan, the stale-partial cleanup and the index of idle
+partials by path (see `claims`). A small file is written before a sidecar would pay off, so it
+gets one only if its transfer is interrupted.
 """
 
 from __future__ import annotations
@@ -72,9 +73,10 @@ def hash_fd(hasher: xxhash.xxh3_128, fd: int, length: int) -> int:
 def write_meta(partial_dir: Path, key: str, relpath: str, size: int, digest: bytes | None) -> None:
     """Write the sidecar atomically so a leftover scan never reads half of one.
 
-    Not fsynced: it only names a partial in logs, and a power cut that loses it
-    loses nothing else (the partial still resumes by its key).  Skipping the
-    fsync halves the cost of storing a small file.
+    Not fsynced: it only names a partial, and a power cut that loses it loses
+    nothing else: the partial still resumes by its key, and one that never does
+    goes at partial_max_age.  Skipping the fsync halves the cost of storing a
+    small file.
     """
     created = datetime.now(UTC).isoformat(timespec="seconds")
     hexdigest = None if digest is None else digest.hex()
@@ -171,6 +173,11 @@ class PartialFile:
         self._fd: int | None = fd
         self.serial = next(store.opened)  # which of a batch was opened first
         self._written_back = self.offset
+
+    @property
+    def path(self) -> str:
+        """The final path this partial is for, relative to the incoming directory."""
+        return self._relpath
 
     def _require_fd(self) -> int:
         if self._fd is None:
@@ -284,14 +291,43 @@ class PartialFile:
             write_meta(self._store.partial_dir, self._key, self._relpath, self._size, self._digest)
             self._named = True
 
-    def release(self) -> None:
-        """Keep the bytes on disk for a later resume; close and let others open this file."""
-        if self._close_fd():
+    def release(self) -> bool:
+        """Keep the bytes on disk for a later resume; close and let others open this file.
+
+        Returns False only if they were dropped instead, because another version of this
+        path was opened meanwhile (see `claims`): these bytes could never resume.
+        """
+        if not self._close_fd():
+            return True
+        claims = self._store.claims
+        try:
+            # Named before it is idle: the sidecar is how the next start finds its path.
+            with suppress(OSError):  # the bytes resume without it
+                self._name_it()
+        finally:
+            kept = claims.release(self._key)
+            if not kept:
+                try:
+                    remove_partial(self._store.partial_dir, self._key)
+                finally:
+                    claims.unclaim(self._key)
+        return kept
+
+    def drop_older_versions(self) -> int:
+        """Remove the idle partials of other versions of this path; return how many there were.
+
+        A sender only ever offers the current version of a path, so none of them can resume:
+        they are what connections that ended mid-payload left behind.  Those still held by a
+        connection go when it releases them.
+        """
+        claims = self._store.claims
+        keys = claims.supersede(self._relpath, self._key)
+        for key in keys:
             try:
-                with suppress(OSError):  # the name is for the logs; the bytes resume without it
-                    self._name_it()
+                remove_partial(self._store.partial_dir, key)
             finally:
-                self._store._unclaim(self._key)
+                claims.unclaim(key)
+        return len(keys)
 
     def discard(self) -> None:
         """Delete the partial and its sidecar; close and let others open this file."""
@@ -300,7 +336,7 @@ class PartialFile:
                 remove_partial(self._store.partial_dir, self._key, sidecar=self._named)
             finally:
                 # Only now: a new open of this key must not find files we are deleting.
-                self._store._unclaim(self._key)
+                self._store.claims.unclaim(self._key)
 
     def _close_fd(self) -> bool:
         """Close once; True if this call did the closing (so the key is still ours)."""

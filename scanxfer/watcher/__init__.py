@@ -1,15 +1,25 @@
 """Find scan files under the watched directory and decide when each one is complete.
 
 An instrument writes a scan under its final name while it acquires, so "the file exists" says
-nothing about "the file is finished". Two independent signals must agree before a file is handed
-to the sender: it has been quiet for ``settle_seconds`` (no inotify event for it, or unchanged
-size and mtime when polling), and -- for ``.npy`` files -- its size is exactly what its own header
-promises. The header check catches writers that pause for longer than the settle time.
+nothing about "the file is finished". Three independent signals must agree before a file is
+handed to the sender: it has been quiet for ``settle_seconds`` (no inotify event for it, and the
+same size, mtime, ctime and inode when looked at again), no process on this machine holds it
+open for writing or mapped writable (`writers`: catches writers that pause, preallocate or fill
+a memory map), and -- for ``.npy`` files -- its size is exactly what its own header promises.
 """
 
 from .completion import DEFAULT_RESCAN_SECONDS, METHODS, CompletionWatcher
 from .npy import MAX_NPY_HEADER, NPY_MAGIC, npy_complete, npy_expected_size
+from .readiness import Condition, Readiness, assess
 from .scan import ErrorHandler, Version, matches, scan
+from .writers import (
+    WriterCheck,
+    WriterGuard,
+    WriterPresent,
+    WriterState,
+    check_writers,
+    guard_against_writers,
+)
 
 __all__ = [
     "DEFAULT_RESCAN_SECONDS",
@@ -17,8 +27,17 @@ __all__ = [
     "METHODS",
     "NPY_MAGIC",
     "CompletionWatcher",
+    "Condition",
     "ErrorHandler",
+    "Readiness",
     "Version",
+    "WriterCheck",
+    "WriterGuard",
+    "WriterPresent",
+    "WriterState",
+    "assess",
+    "check_writers",
+    "guard_against_writers",
     "matches",
     "npy_complete",
     "npy_expected_size",

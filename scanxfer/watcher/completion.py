@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import stat
 import sys
 import threading
 import time
@@ -17,13 +16,12 @@ from typing import Any
 from watchdog.observers.api import BaseObserver
 
 from .events import _EventHandler
-from .npy import npy_complete
+from .readiness import Condition, assess
 from .scan import (
     Version,
     _ignored,
     _log_scan_error,
     _require_directory,
-    _version,
     _walk,
     matches,
 )
@@ -35,15 +33,22 @@ METHODS = ("auto", "inotify", "poll")
 # queue overflows (watchdog 2.2 discards that signal) and files in a directory moved in from
 # outside the tree, which watchdog 2.2 never adds a watch for.
 DEFAULT_RESCAN_SECONDS = 60.0
+# A file some process holds open for writing is looked at again this often (or every
+# settle_seconds, if longer): its writer's close may raise no event (polling, or a mapping
+# released long after its descriptor was closed).
+BUSY_RECHECK_SECONDS = 1.0
 
 
 class CompletionWatcher:
     """Watches ``root`` recursively and hands out each matching file once it is complete.
 
-    A file is handed out once per (size, mtime_ns) version; if it is modified later it becomes
-    eligible again. Candidates are tracked by a background thread; ``get()`` returns them oldest
-    mtime first within each batch. Method "inotify" reacts to watchdog events, "poll" compares
-    stat results, "auto" uses inotify on Linux if the observer starts and polls otherwise.
+    A file is handed out once per `Version`; if it is modified later it becomes eligible again.
+    A candidate is judged once it has been quiet for ``settle_seconds``: no event for it, and
+    the same version as when it was last looked at (mapped writes raise no event). Judging is
+    `readiness.assess`: no writer, a complete .npy header. Candidates are tracked by a
+    background thread; ``get()`` returns them oldest mtime first within each batch. Method
+    "inotify" reacts to watchdog events, "poll" compares stat results, "auto" uses inotify on
+    Linux if the observer starts and polls otherwise.
     """
 
     def __init__(
@@ -73,8 +78,8 @@ class CompletionWatcher:
         self.method: str | None = None  # "inotify" or "poll" once started
         self._ready: queue.Queue[PurePosixPath] = queue.Queue()
         self._lock = threading.Lock()
-        self._quiet_since: dict[PurePosixPath, float] = {}  # candidates: time of last change
-        self._last_seen: dict[PurePosixPath, Version] = {}  # poll mode: version at last poll
+        self._due: dict[PurePosixPath, float] = {}  # candidates: when to judge them
+        self._seen: dict[PurePosixPath, Version] = {}  # version at the last look
         self._evaluated: dict[PurePosixPath, Version] = {}  # version already judged
         self._reported_errors: set[str] = set()
         self._stopping = threading.Event()
@@ -112,6 +117,16 @@ class CompletionWatcher:
         except queue.Empty:
             self._raise_if_failed()
             return None
+
+    def reconsider(self, relpath: PurePosixPath) -> None:
+        """Judge ``relpath`` again once it has settled, even if its version was judged before.
+
+        The sender calls this for a file it handed back: one that changed or gained a writer
+        after it was handed out, or that it could not move or delete because a writer held it.
+        """
+        with self._lock:
+            self._evaluated.pop(relpath, None)
+            self._due[relpath] = time.monotonic() + self._settle
 
     def stop(self) -> None:
         """Stop the background thread and the inotify observer; safe to call twice."""
@@ -182,7 +197,7 @@ class CompletionWatcher:
         rel = self._relative(raw)
         if rel is not None and matches(rel, self._patterns, self._ignore):
             with self._lock:
-                self._quiet_since[rel] = time.monotonic()
+                self._due[rel] = time.monotonic() + self._settle
 
     def _dir_appeared(self, raw: bytes | str) -> None:
         """A directory was created or moved in: its files may predate our watch on it."""
@@ -207,7 +222,7 @@ class CompletionWatcher:
                         del table[known]
 
     def _tables(self) -> tuple[dict[PurePosixPath, Any], ...]:
-        return self._quiet_since, self._last_seen, self._evaluated
+        return self._due, self._seen, self._evaluated
 
     # -- background thread
 
@@ -253,65 +268,61 @@ class CompletionWatcher:
                 self._report_once(FileNotFoundError(2, "scan directory missing", str(self._root)))
             return
         found = {
-            rel: _version(st)
+            rel: Version.of(st)
             for rel, st in _walk(self._root, start, self._patterns, self._ignore, self._report_once)
         }
         now = time.monotonic()
         with self._lock:
             for rel, version in found.items():
-                restart = track_changes and self._last_seen.get(rel) != version
-                if restart:
-                    self._last_seen[rel] = version
-                fresh = restart or rel not in self._quiet_since
+                changed = track_changes and self._seen.get(rel) != version
+                if changed:
+                    self._seen[rel] = version
+                fresh = changed or rel not in self._due
                 if fresh and self._evaluated.get(rel) != version:
-                    self._quiet_since[rel] = now
+                    self._due[rel] = now + self._settle
             if track_changes:
-                for gone in self._last_seen.keys() - found.keys():
-                    self._last_seen.pop(gone, None)
-                    self._quiet_since.pop(gone, None)
-                    self._evaluated.pop(gone, None)
+                for gone in self._seen.keys() - found.keys():
+                    for table in self._tables():
+                        table.pop(gone, None)
 
     def _hand_out_settled(self) -> None:
         now = time.monotonic()
         with self._lock:
-            due = [rel for rel, t in self._quiet_since.items() if now - t >= self._settle]
+            due = [rel for rel, when in self._due.items() if when <= now]
             for rel in due:
-                del self._quiet_since[rel]
+                del self._due[rel]
         ready = [item for item in map(self._judge, sorted(due)) if item is not None]
         for _, rel in sorted(ready):
             self._ready.put(rel)
 
     def _judge(self, rel: PurePosixPath) -> tuple[int, PurePosixPath] | None:
         """Decide whether a settled candidate is complete; returns a sort key + path if so."""
-        path = self._root / rel
-        before = self._lstat_regular(path)
-        if before is None:
-            return None
-        version = _version(before)
+        readiness = assess(self._root / rel)
+        version, condition = readiness.version, readiness.condition
+        now = time.monotonic()
         with self._lock:
-            if self.method == "poll" and self._last_seen.get(rel) != version:
-                # Changed since the last poll: not quiet after all.
-                self._last_seen[rel] = version
-                self._quiet_since[rel] = time.monotonic()
+            if version is None:
+                for table in self._tables():
+                    table.pop(rel, None)
                 return None
+            if self._seen.get(rel, version) != version or condition is Condition.CHANGING:
+                # Changed since it was last looked at, with or without an event: not quiet.
+                self._seen[rel] = version
+                self._due[rel] = now + self._settle
+                return None
+            self._seen[rel] = version
             if self._evaluated.get(rel) == version:
                 return None
-        complete = npy_complete(path)
-        after = self._lstat_regular(path)
-        with self._lock:
-            if after is None or _version(after) != version:
-                self._quiet_since[rel] = time.monotonic()
+            if condition is Condition.WRITING:
+                # Its writer's close may raise no event: look again, never hand it out now.
+                self._due[rel] = now + max(self._settle, BUSY_RECHECK_SECONDS)
+                log.debug("%s is %s", rel, readiness.reason)
                 return None
             self._evaluated[rel] = version
-        if not complete:
-            log.debug("%s is not a complete .npy file yet (size %d)", rel, version[0])
-            return None
-        return before.st_mtime_ns, rel
-
-    @staticmethod
-    def _lstat_regular(path: Path) -> os.stat_result | None:
-        try:
-            st = path.lstat()
-        except OSError:
-            return None
-        return st if stat.S_ISREG(st.st_mode) else None
+        if condition is Condition.READY:
+            return version.mtime_ns, rel
+        if condition is Condition.UNREADABLE:
+            log.warning("%s %s; it is sent once the sender may read it", rel, readiness.reason)
+        else:
+            log.debug("%s is %s", rel, readiness.reason)
+        return None

@@ -11,11 +11,11 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 # The layer's one logger, whichever of its modules speaks.
 log = logging.getLogger("scanxfer.watcher")
 
-Version = tuple[int, int]  # (st_size, st_mtime_ns): a file is handed out once per version
 ErrorHandler = Callable[[OSError], None]
 
 
@@ -103,5 +103,20 @@ def scan(
     return [rel for rel, _ in found]
 
 
-def _version(st: os.stat_result) -> Version:
-    return st.st_size, st.st_mtime_ns
+class Version(NamedTuple):
+    """One state of a file, as the kernel tells it: a file is handed out once per version.
+
+    Size and mtime alone miss an in-place change whose writer set the mtime back (`cp -p`,
+    `rsync -t`, `os.utime`). The ctime moves on every change of content or metadata and no
+    user can set it, and the inode tells a file replaced under the same name (write to a
+    temporary file, then rename) from the one that was there.
+    """
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Version:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)

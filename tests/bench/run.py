@@ -1,11 +1,13 @@
 """`make bench`: scanxfer against a bare socket pump and an rsync daemon, on loopback.
 
-    python -m tests.bench [--reps N] [--only B1,B2,B3] [--work DIR] [--keep]
+    python -m tests.bench [--reps N] [--only B1,B2,B3,W1] [--merge] [--work DIR] [--keep]
 
 B1 moves one 1 GiB scan, B2 2,000 scans of 64 KiB (both also give B4, peak memory, and B5,
-receiver CPU per GB); B3 times scans written at 20 Hz from close to durable ACK.  Writes
-bench/results.json and bench/results.md and prints the table.  Needs about 5 GB free where
-the work directory is (a fresh one under $TMPDIR or /tmp, removed afterwards).
+receiver CPU per GB); B3 times scans written at 20 Hz from close to durable ACK; W1 times the
+writer check per file (a few seconds).  Writes bench/results.json and bench/results.md and
+prints the table; with --merge, the workloads run now replace theirs in the last run's files
+and the others stay.  B1-B3 need about 5 GB free where the work directory is (a fresh one
+under $TMPDIR or /tmp, removed afterwards).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 import xxhash
 
-from . import contenders, latency, report, table
+from . import contenders, latency, report, table, writers
 from .contenders import REPO, Run, python_module
 from .procs import Proc
 
@@ -57,14 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop(name, None)
     work = Path(tempfile.mkdtemp(prefix="scanxfer-bench-", dir=args.work))
     try:
-        _require_space(work)
+        _require_space(work, args.only)
         results = measure(args, work)
+        results["load_average_after"] = report.load_average()
     finally:
         if args.keep:
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    publish(results)
+    publish(_merged(results, args.only) if args.merge else results)
     print(f"make bench took {(time.monotonic() - started) / 60:.1f} min")
     return 0
 
@@ -72,18 +75,25 @@ def main(argv: list[str] | None = None) -> int:
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
     parser.add_argument("--reps", type=int, default=5, help="repetitions of each run (5)")
-    parser.add_argument("--only", default="B1,B2,B3", help="workloads to run (B1,B2,B3)")
+    parser.add_argument("--only", default="B1,B2,B3,W1", help="workloads to run (B1,B2,B3,W1)")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the other workloads of bench/results.json"
+    )
     parser.add_argument("--b3-files", type=int, default=200, help="scans per B3 run (200)")
     parser.add_argument("--work", type=Path, help="parent of the work directory ($TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     args.only = {name.strip().upper() for name in args.only.split(",")}
-    if not args.only <= {"B1", "B2", "B3"} or args.reps < 1:
-        parser.error("--only takes B1, B2 and/or B3 (B4 and B5 come from B1 and B2); --reps >= 1")
+    if not args.only <= {"B1", "B2", "B3", "W1"} or args.reps < 1:
+        parser.error(
+            "--only takes B1, B2, B3 and/or W1 (B4 and B5 come from B1 and B2); --reps >= 1"
+        )
     return args
 
 
-def _require_space(work: Path) -> None:
+def _require_space(work: Path, only: set[str]) -> None:
+    if not only & {"B1", "B2", "B3"}:
+        return  # W1's files take a few MB
     free = shutil.disk_usage(work).free
     if free < NEEDED_BYTES:
         raise SystemExit(
@@ -117,6 +127,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             results[workload.name] = _bulk(workload, tools, args.reps, work)
     if "B3" in args.only:
         results["B3"] = _latency(args.reps, args.b3_files, work)
+    if "W1" in args.only:  # last: its 2,000 files must not be freed before the others run
+        results["W1"] = writers.measure(work, args.reps)
     return results
 
 
@@ -225,11 +237,24 @@ def _latency(reps: int, files: int, work: Path) -> dict[str, Any]:
     return {"files": files, "interval_seconds": B3_INTERVAL, "runs": runs}
 
 
+def _merged(results: dict[str, Any], only: set[str]) -> dict[str, Any]:
+    """--merge: the sections measured now, put into the last run's results, whose header
+    (date, machine, load averages) keeps describing its own sections; W1 carries its own."""
+    path = OUT_DIR / "results.json"
+    try:
+        merged: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"--merge needs {path} from an earlier run: drop --merge") from None
+    merged.update({name: results[name] for name in only})
+    return merged
+
+
 def publish(results: dict[str, Any]) -> None:
     """Write results.json and results.md and print the table; a missed target is a finding,
     not a failure of `make bench`."""
-    results["load_average_after"] = report.load_average()
     summary = report.summarize(results)
+    if "W1" in results:
+        summary["W1"] = writers.summarize(results["W1"])
     verdicts = report.targets(summary, results["rsync_tool"], B3_SETTLES[0])
     results["summary"] = summary
     results["targets"] = [t.as_dict() for t in verdicts]

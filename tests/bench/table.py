@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .report import TLS_NOTE, Target, get, ratio
+from .writers import rows as writer_check_rows
 
 
 def _num(value: float | None, digits: int = 0) -> str:
@@ -47,6 +48,7 @@ def render(results: dict[str, Any], summary: dict[str, Any], verdicts: list[Targ
             for t in verdicts
         ),
         "",
+        *(writer_check_rows(results["W1"], summary["W1"]) if "W1" in results else []),
         *_details(results, summary, rsync),
         *_method(results),
     ]

@@ -34,9 +34,10 @@ WINDOW = 4
 MAX_LEN = 8192
 _CUT = struct.Struct(">H")
 _MAX_CUTS = 4
+CANCEL = {p.CANCEL_OPTION: p.CANCEL_ON}
 SAMPLES: dict[p.FrameType, p.Event] = {
-    p.FrameType.HELLO: p.Hello("lab-pc", 1, 2, {p.INSTANCE_OPTION: b"12345678"}),
-    p.FrameType.WELCOME: p.Welcome("pi", 64, bytes(p.PROOF_SIZE)),
+    p.FrameType.HELLO: p.Hello("lab-pc", 1, 2, {p.INSTANCE_OPTION: b"12345678", **CANCEL}),
+    p.FrameType.WELCOME: p.Welcome("pi", 64, bytes(p.PROOF_SIZE), options=CANCEL),
     p.FrameType.ERROR: p.Error(p.ErrorCode.AUTH_FAILED, "authentication failed"),
     p.FrameType.BYE: p.Bye(),
     p.FrameType.CHALLENGE: p.Challenge(1, bytes(p.NONCE_SIZE)),
@@ -45,6 +46,7 @@ SAMPLES: dict[p.FrameType, p.Event] = {
     p.FrameType.READY: p.Ready(7, 1024),
     p.FrameType.DATA: p.DataHeader(7, 1024, 3072),
     p.FrameType.DIGEST: p.Digest(7, bytes(range(16))),
+    p.FrameType.CANCEL: p.Cancel(7),
     p.FrameType.ACK: p.Ack(7, p.Outcome.KEPT_BESIDE, "run1/scan_0001~1.npy"),
     p.FrameType.NACK: p.Nack(7, p.NackReason.BAD_NAME, False, "bad name"),
 }

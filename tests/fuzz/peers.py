@@ -2,10 +2,10 @@
 
 A bare `Connection` fed arbitrary bytes stops at the handshake: nothing past HELLO is legal
 until someone answers it.  A `Peer` is a Connection plus the answers a well-behaved other end
-gives (CHALLENGE after HELLO, READY after OFFER, DATA after READY, ...), chosen from the events
-alone, so the same bytes always get the same answers.  Fed a recorded valid stream, it walks
-the whole state machine; fed that stream damaged, it reaches states a fresh Connection never
-would.  Either way the rules under test are the same: the peer's bytes produce events or a
+gives (CHALLENGE after HELLO, READY after OFFER, DATA or CANCEL after READY, ...), chosen from
+the events alone, so the same bytes always get the same answers.  Fed a recorded valid stream,
+it walks the whole state machine; fed that stream damaged, it reaches states a fresh Connection
+never would.  Either way the rules under test are the same: the peer's bytes produce events or a
 RemoteProtocolError, the peer's legal answers never raise LocalProtocolError, and an
 unfinished control frame never holds more than one frame's worth of memory.
 """
@@ -20,7 +20,7 @@ from scanxfer.protocol.frames import FRAME_HEAD
 DIGEST = bytes(range(16))
 SENDER_NAME = "lab-pc"
 RECEIVER_NAME = "pi"
-HELLO = p.Hello(SENDER_NAME, options={p.INSTANCE_OPTION: b"instance"})
+HELLO = p.Hello(SENDER_NAME, options={p.INSTANCE_OPTION: b"instance", p.CANCEL_OPTION: p.CANCEL_ON})
 AUTHENTICATE = p.Authenticate(b"s" * p.NONCE_SIZE, b"c" * p.PROOF_SIZE)
 RECEIVER_NONCE = b"r" * p.NONCE_SIZE
 SERVER_PROOF = b"w" * p.PROOF_SIZE
@@ -32,8 +32,9 @@ class Peer:
     """One end of a connection, driven by the bytes it receives; its answers collect in `output`.
 
     The sender offers `payloads` (as d/<i>.npy) once the handshake is done, keeps the window
-    full, and says BYE when every file is answered.  The receiver asks for part of each file,
-    refuses or finds some already stored, and acknowledges the rest.
+    full, withdraws some (CANCEL, when the receiver echoed the option) and says BYE when every
+    file is answered or withdrawn.  The receiver asks for part of each file, refuses or finds
+    some already stored, and acknowledges the rest.
     """
 
     def __init__(self, role: p.Role, payloads: Sequence[bytes] = (), window: int = 4) -> None:
@@ -42,6 +43,7 @@ class Peer:
         self.payloads = payloads
         self.output = bytearray()
         self._next_file = 0
+        self._hello: p.Hello | None = None  # what a receiver answers in WELCOME
         if role is p.Role.SENDER:
             self._send(HELLO)
 
@@ -59,7 +61,7 @@ class Peer:
                 return events
             self._answer(event)
         # White-box, because nothing public shows it: what is left over is part of one frame.
-        assert self.conn._input_size < BUFFER_BOUND, self.conn._input_size
+        assert len(self.conn._input) < BUFFER_BOUND, len(self.conn._input)
         return events
 
     def take_output(self) -> bytes:
@@ -83,13 +85,24 @@ class Peer:
             case p.Challenge():
                 self._send(AUTHENTICATE)
             case p.Ready():
-                offer = self.conn.files[event.file_id].offer
-                self._send(p.DataHeader(event.file_id, event.offset, offer.size - event.offset))
-                self.output += self.payloads[event.file_id][event.offset :]
-                if offer.digest == p.DEFERRED_DIGEST:
-                    self._send(p.Digest(event.file_id, DIGEST))
+                self._stream(event)
         if self.conn.state is p.ConnState.OPEN:
             self._offer_or_leave()
+
+    def _stream(self, ready: p.Ready) -> None:
+        """DATA, and the DIGEST of a deferred file; or CANCEL instead of either for some."""
+        file_id, offer = ready.file_id, self.conn.files[ready.file_id].offer
+        if self.conn.can_cancel and file_id % 7 == 4:
+            self._send(p.Cancel(file_id))  # it vanished before it was sent
+            return
+        self._send(p.DataHeader(file_id, ready.offset, offer.size - ready.offset))
+        self.output += self.payloads[file_id][ready.offset :]
+        if offer.digest != p.DEFERRED_DIGEST:
+            return
+        if self.conn.can_cancel and file_id % 2 == 1:
+            self._send(p.Cancel(file_id))  # it changed while it was sent
+        else:
+            self._send(p.Digest(file_id, DIGEST))
 
     def _offer_or_leave(self) -> None:
         while self._next_file < len(self.payloads) and len(self.conn.files) < self.conn.window:
@@ -104,6 +117,7 @@ class Peer:
     def _answer_as_receiver(self, event: p.Event) -> None:
         match event:
             case p.Hello():
+                self._hello = event
                 version = p.negotiate(event)
                 if version is None:
                     self._send(p.Error(p.ErrorCode.UNSUPPORTED_VERSION, "speaks 1..1"))
@@ -111,8 +125,10 @@ class Peer:
                     self._send(p.Challenge(version, RECEIVER_NONCE))
             case p.Authenticate():
                 version = self.conn.version
-                assert version is not None  # CHALLENGE chose it
-                self._send(p.Welcome(RECEIVER_NAME, self.conn.window, SERVER_PROOF, version))
+                assert version is not None and self._hello is not None  # CHALLENGE chose it
+                options = p.welcome_options(self._hello)
+                welcome = p.Welcome(RECEIVER_NAME, self.conn.window, SERVER_PROOF, version, options)
+                self._send(welcome)
             case p.Offer():
                 self._send(_first_answer(event))
             case p.DataEnd() if not self.conn.files[event.file_id].digest_due:
@@ -164,7 +180,8 @@ def opening(role: p.Role) -> bytes:
     if role is p.Role.RECEIVER:
         return p.encode(HELLO) + p.encode(AUTHENTICATE)
     challenge = p.Challenge(p.PROTOCOL_VERSION, RECEIVER_NONCE)
-    return p.encode(challenge) + p.encode(p.Welcome(RECEIVER_NAME, 4, SERVER_PROOF))
+    welcome = p.Welcome(RECEIVER_NAME, 4, SERVER_PROOF, options=p.welcome_options(HELLO))
+    return p.encode(challenge) + p.encode(welcome)
 
 
 def pieces(data: bytes, cuts: Iterable[int]) -> list[bytes]:

@@ -38,6 +38,7 @@ class RawSender:
         tls: bool = True,
         authenticate: bool = True,
         source: str = "127.0.0.1",
+        options: dict[str, bytes] | None = None,
     ) -> None:
         sock = connect(port, source)
         self.address = address_of(sock)
@@ -48,6 +49,7 @@ class RawSender:
             self.channel = bytes.fromhex(peer_fingerprint(sock))
         self.sock = sock
         self.name = name
+        self.options = options or {}  # for the HELLO
         self.secret = auth.decode_secret(secret or credentials().secret)
         self.conn = p.Connection(p.Role.SENDER)
         self.ids = iter(range(1, 10**6))
@@ -57,9 +59,7 @@ class RawSender:
             assert isinstance(welcome, p.Welcome), welcome
 
     def send(self, event: p.Event, payload: bytes = b"") -> None:
-        data = self.conn.send(event) + payload
-        self.sent += data
-        self.sock.sendall(data)
+        self.send_raw(self.conn.send(event) + payload)
 
     def next_event(self) -> p.Event:
         while (event := self.conn.next_event()) is p.NEED_DATA:
@@ -68,7 +68,7 @@ class RawSender:
 
     def handshake(self) -> p.Event:
         """HELLO, answer the challenge; the receiver's last word (Welcome or Error)."""
-        self.send(p.Hello(self.name))
+        self.send(p.Hello(self.name, options=self.options))
         challenge = self.next_event()
         if not isinstance(challenge, p.Challenge):
             return challenge
@@ -79,16 +79,30 @@ class RawSender:
 
     def send_file(self, path: str, payload: bytes) -> p.Ack | p.Nack:
         """Offer, stream if asked, and return the final answer."""
-        file_id = next(self.ids)
-        digest = xxhash.xxh3_128(payload).digest()
-        self.send(p.Offer(file_id, path, len(payload), 0, digest))
+        self.offer(path, payload)
         answer = self.next_event()
         if isinstance(answer, p.Ready):
-            header = p.DataHeader(file_id, answer.offset, len(payload) - answer.offset)
-            self.send(header, payload[answer.offset :])
+            self.stream(answer, payload)
             answer = self.next_event()
         assert isinstance(answer, p.Ack | p.Nack), answer
         return answer
+
+    def offer(self, path: str, payload: bytes, *, deferred: bool = False) -> int:
+        """Offer `payload` as `path`, with its digest or (`deferred`) without; its file id."""
+        file_id = next(self.ids)
+        digest = p.DEFERRED_DIGEST if deferred else xxhash.xxh3_128(payload).digest()
+        self.send(p.Offer(file_id, path, len(payload), 0, digest))
+        return file_id
+
+    def stream(self, ready: p.Ready, payload: bytes) -> None:
+        """The DATA that `ready` asks for: the rest of `payload` from its offset."""
+        self.send(p.DataHeader(ready.file_id, ready.offset, len(payload) - ready.offset))
+        self.send_raw(payload[ready.offset :])
+
+    def send_raw(self, data: bytes) -> None:
+        """Bytes the state machine does not see: payload, or a frame it would refuse to send."""
+        self.sent += data
+        self.sock.sendall(data)
 
     def close(self) -> None:
         self.sock.close()

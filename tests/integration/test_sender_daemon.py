@@ -162,7 +162,9 @@ def test_slowly_written_scans_are_never_sent_truncated(
     assert receiver.stored_files() == expected
     for relpath in expected:
         assert compare_files(scans / relpath, receiver.incoming / relpath).identical, relpath
-    assert {"path": "crashed/scan.npy", "size": crashed.stat().st_size} in status["incomplete"]
+    [entry] = [item for item in status["incomplete"] if item["path"] == "crashed/scan.npy"]
+    assert entry["size"] == crashed.stat().st_size
+    assert entry["reason"].startswith("not a complete .npy file yet")
     assert status["backlog"]["files"] == 0
 
 

@@ -38,7 +38,8 @@ class ScriptedReceiver:
         assert entry is not None
         self.record = entry.verifier
 
-    def accept(self) -> tuple[socket.socket, p.Connection]:
+    def accept(self, cancel: bool = True) -> tuple[socket.socket, p.Connection]:
+        """Take a connection through the handshake; `cancel`: echo the CANCEL option."""
         plain, _ = self.listener.accept()
         plain.settimeout(60)
         sock = self.context.wrap_socket(plain, server_side=True)
@@ -51,7 +52,9 @@ class ScriptedReceiver:
         assert isinstance(answer, p.Authenticate)
         signed = auth.transcript(1, hello.name, nonce, answer.nonce, self.channel)
         assert auth.check_client_proof(self.record, signed, answer.proof)
-        sock.sendall(conn.send(p.Welcome("scripted", 8, auth.server_proof(self.record, signed))))
+        options = {p.CANCEL_OPTION: p.CANCEL_ON} if cancel else {}
+        proof = auth.server_proof(self.record, signed)
+        sock.sendall(conn.send(p.Welcome("scripted", 8, proof, options=options)))
         return sock, conn
 
 
@@ -61,7 +64,7 @@ def next_event(sock: socket.socket, conn: p.Connection) -> p.Event:
     return event
 
 
-def test_a_file_deleted_between_offer_and_ready_is_skipped(tmp_path: Path) -> None:
+def test_a_file_deleted_between_offer_and_ready_is_withdrawn(tmp_path: Path) -> None:
     scans = tmp_path / "scans"
     scan = write_scan(scans / "doomed.npy", (8, 8), seed=1)
     receiver = ScriptedReceiver()
@@ -71,16 +74,39 @@ def test_a_file_deleted_between_offer_and_ready_is_skipped(tmp_path: Path) -> No
     assert isinstance(offer, p.Offer) and offer.path == "doomed.npy"
     scan.unlink()
     sock.sendall(conn.send(p.Ready(offer.file_id, 0)))
-    # The DATA it owes cannot be sent, so the sender must end the connection.
-    assert isinstance(next_event(sock, conn), p.ConnectionClosed)
+    # Not a byte of it: the sender withdraws the file, and the connection goes on.
+    assert next_event(sock, conn) == p.Cancel(offer.file_id)
+    assert isinstance(next_event(sock, conn), p.Bye)
     sock.close()
-    second, conn = receiver.accept()
-    # Nothing is left to offer: the sender says goodbye and reports the file.
-    assert isinstance(next_event(second, conn), p.Bye)
-    second.close()
-    assert sender.wait(60) == 1, sender.log
-    assert "doomed.npy cannot be read any more" in sender.log
-    assert "not delivered: doomed.npy" in sender.log
+    assert sender.wait(60) == 0, sender.log
+    assert "doomed.npy was removed while being sent" in sender.log
+    assert "not complete when their turn came and were not sent: doomed.npy" in sender.log
+
+
+def test_a_file_deleted_after_its_offer_is_sent_as_offered_to_an_old_receiver(
+    tmp_path: Path,
+) -> None:
+    """A receiver that knows no CANCEL gets the bytes the OFFER's digest was taken from."""
+    scans = tmp_path / "scans"
+    scan = write_scan(scans / "doomed.npy", (8, 8), seed=1)
+    original = scan.read_bytes()
+    receiver = ScriptedReceiver()
+    sender = send_once_in_background(sender_config(tmp_path / "s.yaml", receiver.port, scans))
+    sock, conn = receiver.accept(cancel=False)
+    offer = next_event(sock, conn)
+    assert isinstance(offer, p.Offer)
+    scan.unlink()
+    sock.sendall(conn.send(p.Ready(offer.file_id, 0)))
+    assert isinstance(next_event(sock, conn), p.DataHeader)
+    payload = b""
+    while not isinstance(event := next_event(sock, conn), p.DataEnd):
+        assert isinstance(event, p.DataChunk)
+        payload += bytes(event.data)
+    assert payload == original
+    sock.sendall(conn.send(p.Ack(offer.file_id, p.Outcome.STORED, "doomed.npy")))
+    assert isinstance(next_event(sock, conn), p.Bye)
+    sock.close()
+    assert sender.wait(60) == 0, sender.log
 
 
 def test_a_receiver_that_never_answers_the_handshake_is_left(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import struct
 import tracemalloc
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from scanxfer import protocol as p
 
 DIGEST = bytes(range(16))
+CANCEL = {p.CANCEL_OPTION: p.CANCEL_ON}
 
 
 def pump(source: bytes, conn: p.Connection, splits: list[int] | None = None) -> list[p.Event]:
@@ -51,16 +53,22 @@ def merge_chunks(events: list[p.Event]) -> list[p.Event]:
     return [bytes(e.data) if isinstance(e, p.DataChunk) else e for e in merged]
 
 
-def open_pair(window: int = 8) -> tuple[p.Connection, p.Connection]:
+def open_pair(
+    window: int = 8, options: dict[str, bytes] | None = None, echo: dict[str, bytes] | None = None
+) -> tuple[p.Connection, p.Connection]:
+    """A connection opened with HELLO `options`; WELCOME answers them with `echo`, or else
+    as our receiver does."""
     sender, receiver = p.Connection(p.Role.SENDER), p.Connection(p.Role.RECEIVER, window)
-    receiver.receive_data(sender.send(p.Hello("host")))
+    receiver.receive_data(sender.send(p.Hello("host", options=options or {})))
     hello = receiver.next_event()
     assert isinstance(hello, p.Hello) and p.negotiate(hello) == p.PROTOCOL_VERSION
     sender.receive_data(receiver.send(p.Challenge(p.PROTOCOL_VERSION, b"r" * p.NONCE_SIZE)))
     assert isinstance(sender.next_event(), p.Challenge)
     receiver.receive_data(sender.send(p.Authenticate(b"s" * p.NONCE_SIZE, b"p" * p.PROOF_SIZE)))
     assert isinstance(receiver.next_event(), p.Authenticate)
-    sender.receive_data(receiver.send(p.Welcome("pi", window, b"w" * p.PROOF_SIZE)))
+    echo = p.welcome_options(hello) if echo is None else echo
+    welcome = p.Welcome("pi", window, b"w" * p.PROOF_SIZE, options=echo)
+    sender.receive_data(receiver.send(welcome))
     assert isinstance(sender.next_event(), p.Welcome)
     assert sender.state is receiver.state is p.ConnState.OPEN
     return sender, receiver
@@ -97,6 +105,8 @@ def test_every_frame_round_trips() -> None:
         p.DataHeader(3, 10, 20),
         p.Ack(3, p.Outcome.KEPT_BESIDE, "a/b~1.npy"),
         p.Nack(4, p.NackReason.NO_SPACE, True, "disk full"),
+        p.Digest(5, DIGEST),
+        p.Cancel(2**32 - 1),
     ]
     for event in events:
         frame = p.encode(event)
@@ -302,9 +312,11 @@ def deferred_exchange() -> tuple[p.Connection, p.Connection]:
     return send_one(p.DEFERRED_DIGEST)
 
 
-def send_one(digest: bytes) -> tuple[p.Connection, p.Connection]:
+def send_one(
+    digest: bytes, options: dict[str, bytes] | None = None
+) -> tuple[p.Connection, p.Connection]:
     """A 3-byte file offered with `digest`, its payload sent and received."""
-    sender, receiver = open_pair()
+    sender, receiver = open_pair(options=options)
     receiver.receive_data(sender.send(p.Offer(1, "big.npy", 3, 0, digest)))
     assert [type(e) for e in drain(receiver)] == [p.Offer]
     sender.receive_data(receiver.send(p.Ready(1, 0)))
@@ -342,3 +354,131 @@ def test_a_digest_before_the_payload_is_refused() -> None:
     receiver.receive_data(p.encode(p.Digest(1, DIGEST)))
     with pytest.raises(p.RemoteProtocolError, match="offered"):
         drain(receiver)
+
+
+# -- CANCEL --------------------------------------------------------------------------------
+
+
+def offered(options: dict[str, bytes] | None) -> tuple[p.Connection, p.Connection]:
+    """File 1 (3 bytes) offered and seen by the receiver: OFFERED on both ends."""
+    sender, receiver = open_pair(options=options)
+    receiver.receive_data(sender.send(p.Offer(1, "scan.npy", 3, 0, DIGEST)))
+    assert drain(receiver) == [p.Offer(1, "scan.npy", 3, 0, DIGEST)]
+    return sender, receiver
+
+
+def ready(options: dict[str, bytes] | None) -> tuple[p.Connection, p.Connection]:
+    """File 1 READY on both ends."""
+    sender, receiver = offered(options)
+    sender.receive_data(receiver.send(p.Ready(1, 0)))
+    assert drain(sender) == [p.Ready(1, 0)]
+    return sender, receiver
+
+
+def test_the_receiver_echoes_the_cancel_option_only_when_asked() -> None:
+    assert p.welcome_options(p.Hello("h", options=CANCEL)) == CANCEL
+    assert p.welcome_options(p.Hello("h")) == {}
+    assert p.welcome_options(p.Hello("h", options={p.CANCEL_OPTION: b"\x02"})) == {}
+    asked, plain = open_pair(options=CANCEL), open_pair()
+    assert [conn.can_cancel for conn in (*asked, *plain)] == [True, True, False, False]
+
+
+@pytest.mark.parametrize(
+    ("hello", "welcome"),
+    [({}, CANCEL), (CANCEL, {}), ({p.INSTANCE_OPTION: b"i"}, {"other": b"\x01"})],
+    ids=["echo-nobody-asked-for", "not-echoed", "other-options"],
+)
+def test_cancel_needs_both_the_request_and_its_echo(
+    hello: dict[str, bytes], welcome: dict[str, bytes]
+) -> None:
+    # An unknown option is ignored by either end, and so is an echo nobody asked for.
+    sender, receiver = open_pair(options=hello, echo=welcome)
+    assert not sender.can_cancel and not receiver.can_cancel
+
+
+def test_a_cancel_frame_is_its_file_id_alone() -> None:
+    assert p.encode(p.Cancel(7)) == bytes.fromhex("16 00000004 00000007")
+    for body in (b"\x00\x00\x07", b"\x00\x00\x00\x07\x00"):
+        with pytest.raises(p.RemoteProtocolError, match=r"too short|trailing bytes"):
+            p.decode_body(p.FrameType.CANCEL, body)
+
+
+def test_a_ready_file_is_cancelled_instead_of_its_data() -> None:
+    sender, receiver = ready(CANCEL)
+    receiver.receive_data(sender.send(p.Cancel(1)))
+    assert drain(receiver) == [p.Cancel(1)]
+    assert not sender.files and not receiver.files
+    # No answer for it, and its id is free again.
+    with pytest.raises(p.LocalProtocolError, match="unknown file id 1"):
+        receiver.send(p.Nack(1, p.NackReason.BUSY, True, "busy"))
+    receiver.receive_data(sender.send(p.Offer(1, "scan.npy", 4, 1, DIGEST)))
+    assert drain(receiver) == [p.Offer(1, "scan.npy", 4, 1, DIGEST)]
+
+
+def test_a_deferred_file_is_cancelled_after_its_payload_instead_of_its_digest() -> None:
+    sender, receiver = send_one(p.DEFERRED_DIGEST, CANCEL)
+    receiver.receive_data(sender.send(p.Cancel(1)))
+    assert drain(receiver) == [p.Cancel(1)]
+    assert not sender.files and not receiver.files
+    with pytest.raises(p.LocalProtocolError, match="unknown file id 1"):
+        sender.send(p.Digest(1, DIGEST))
+    with pytest.raises(p.LocalProtocolError, match="unknown file id 1"):
+        receiver.send(p.Ack(1, p.Outcome.STORED, "big.npy"))
+    receiver.receive_data(sender.send(p.Bye()))
+    assert drain(receiver) == [p.Bye()]
+
+
+def _digest_sent() -> tuple[p.Connection, p.Connection]:
+    sender, receiver = send_one(p.DEFERRED_DIGEST, CANCEL)
+    receiver.receive_data(sender.send(p.Digest(1, DIGEST)))
+    assert drain(receiver) == [p.Digest(1, DIGEST)]
+    return sender, receiver
+
+
+def _nothing_in_flight() -> tuple[p.Connection, p.Connection]:
+    return open_pair(options=CANCEL)
+
+
+@pytest.mark.parametrize(
+    ("situation", "message"),
+    [
+        (lambda: ready(None), "did not negotiate"),
+        (lambda: send_one(p.DEFERRED_DIGEST), "did not negotiate"),
+        (lambda: offered(CANCEL), "while it is offered"),
+        (lambda: send_one(DIGEST, CANCEL), "while it is sent"),
+        (_digest_sent, "while it is sent"),
+        (_nothing_in_flight, "unknown file id 1"),
+    ],
+    ids=[
+        "not-negotiated",
+        "not-negotiated-digest-due",
+        "offered",
+        "sent",
+        "after-digest",
+        "unknown",
+    ],
+)
+def test_cancel_anywhere_else_is_a_protocol_error_on_both_ends(
+    situation: Callable[[], tuple[p.Connection, p.Connection]], message: str
+) -> None:
+    sender, receiver = situation()
+    before = table(sender)
+    with pytest.raises(p.LocalProtocolError, match=message):
+        sender.send(p.Cancel(1))
+    assert table(sender) == before  # a refused send changes nothing
+    receiver.receive_data(p.encode(p.Cancel(1)))
+    with pytest.raises(p.RemoteProtocolError, match=message):
+        drain(receiver)
+
+
+def table(conn: p.Connection) -> dict[int, tuple[p.FileState, bool]]:
+    return {file_id: (entry.state, entry.digest_due) for file_id, entry in conn.files.items()}
+
+
+def test_only_a_sender_cancels() -> None:
+    sender, receiver = ready(CANCEL)
+    with pytest.raises(p.LocalProtocolError, match="receiver cannot send Cancel"):
+        receiver.send(p.Cancel(1))
+    sender.receive_data(p.encode(p.Cancel(1)))
+    with pytest.raises(p.RemoteProtocolError, match="sender cannot receive Cancel"):
+        drain(sender)

@@ -55,6 +55,7 @@ EVENTS: dict[p.FrameType, st.SearchStrategy[p.Event]] = {
     p.FrameType.READY: st.builds(p.Ready, _unsigned(32), _unsigned(64)),
     p.FrameType.DATA: st.builds(p.DataHeader, _unsigned(32), _unsigned(64), _unsigned(64)),
     p.FrameType.DIGEST: st.builds(p.Digest, _unsigned(32), _fixed(p.DIGEST_SIZE)),
+    p.FrameType.CANCEL: st.builds(p.Cancel, _unsigned(32)),
     p.FrameType.ACK: st.builds(p.Ack, _unsigned(32), st.sampled_from(p.Outcome), TEXT),
     p.FrameType.NACK: st.builds(
         p.Nack, _unsigned(32), st.sampled_from(p.NackReason), st.booleans(), TEXT
@@ -154,6 +155,26 @@ def test_a_recorded_connection_replays_identically_in_any_pieces(
     assert peer.take_output() == wires[other]
     assert isinstance(events[-1], p.ConnectionClosed)
     assert peer.conn.state is p.ConnState.CLOSED and not peer.conn.files
+
+
+@settings(max_examples=100, deadline=None)
+@given(exchange=EXCHANGES)
+def test_every_offered_file_ends_once_answered_or_cancelled(
+    exchange: tuple[list[bytes], int],
+) -> None:
+    """A cancelled file gets no answer, and every other file gets exactly one."""
+    payloads, window = exchange
+    wires = record_exchange(payloads, window)
+    said = {
+        role: play(Peer(role, payloads, window), wires[role])
+        for role in (p.Role.SENDER, p.Role.RECEIVER)
+    }
+    offered = [e.file_id for e in said[p.Role.RECEIVER] if isinstance(e, p.Offer)]
+    cancelled = [e.file_id for e in said[p.Role.RECEIVER] if isinstance(e, p.Cancel)]
+    answered = [e.file_id for e in said[p.Role.SENDER] if isinstance(e, p.Ack | p.Nack)]
+    assert sorted(cancelled + answered) == sorted(offered) == list(range(len(payloads)))
+    # The peers withdraw file 4 at READY and file 5 after its payload (see tests/fuzz/peers.py).
+    assert set(cancelled) == {4, 5} & set(offered)
 
 
 MUTATIONS = st.lists(

@@ -573,6 +573,83 @@ def test_leftover_and_stale_partials(store: Store) -> None:
     assert in_use.commit(MTIME_NS).outcome is Outcome.STORED
 
 
+def interrupted(store: Store, relpath: str, data: bytes, held: int) -> PartialFile:
+    """A partial of `data` holding its first `held` bytes, still claimed by its connection."""
+    partial = store.open_partial(relpath, len(data), digest(data))
+    partial.write(data[:held])
+    return partial
+
+
+def key(relpath: str, data: bytes) -> str:
+    return partial_key(relpath, len(data), digest(data))
+
+
+def on_disk(store: Store) -> set[str]:
+    """The keys of every file in the partial area: bytes and sidecars alike."""
+    return {name.split(".")[0] for name in os.listdir(store.partial_dir)}
+
+
+def test_an_idle_partial_of_an_older_version_goes_when_a_new_one_opens(store: Store) -> None:
+    interrupted(store, "run/scan.npy", b"old version", 3).release()
+    interrupted(store, "run/other.npy", b"another file", 3).release()
+    new = store.open_partial("run/scan.npy", 7, digest(b"new one"))
+    assert new.drop_older_versions() == 1
+    # The other path's partial stays; of this path only the new version is left.
+    assert on_disk(store) == {
+        key("run/other.npy", b"another file"),
+        key("run/scan.npy", b"new one"),
+    }
+    assert new.drop_older_versions() == 0
+    new.write(b"new one")
+    assert new.commit(MTIME_NS).outcome is Outcome.STORED
+    assert on_disk(store) == {key("run/other.npy", b"another file")}
+
+
+def test_the_same_version_resumes_and_drops_nothing(store: Store) -> None:
+    interrupted(store, "scan.npy", b"same", 2).release()
+    again = store.open_partial("scan.npy", 4, digest(b"same"))
+    assert again.offset == 2 and again.drop_older_versions() == 0
+
+
+def test_a_partial_claimed_by_a_live_connection_is_kept_until_it_lets_go(store: Store) -> None:
+    old = interrupted(store, "scan.npy", b"old version", 3)
+    new = store.open_partial("scan.npy", 7, digest(b"new one"))
+    assert new.drop_older_versions() == 0
+    assert on_disk(store) == {key("scan.npy", b"old version"), key("scan.npy", b"new one")}
+    new.write(b"new one")
+    assert new.commit(MTIME_NS).outcome is Outcome.STORED
+    # Its connection (one that had not noticed its sender was gone) ends after the new
+    # version was stored: the old one could never resume.
+    assert old.release() is False
+    assert on_disk(store) == set()
+    # With no newer version opened meanwhile, an interrupted partial is kept again.
+    kept = interrupted(store, "scan.npy", b"old version", 3)
+    assert kept.release() is True
+    assert on_disk(store) == {key("scan.npy", b"old version")}
+
+
+def test_older_versions_left_by_an_earlier_run_are_found_by_their_sidecars(
+    store: Store, incoming: Path
+) -> None:
+    interrupted(store, "small.npy", b"tiny old", 3).release()  # named when interrupted
+    big = payload(SIDECAR_MIN_SIZE + 5)
+    interrupted(store, "big.npy", big, 1000).release()
+    restarted = Store(incoming, store.partial_dir, LIMITS)
+    small = restarted.open_partial("small.npy", 3, digest(b"new"))
+    larger = restarted.open_partial("big.npy", len(big) + 1, digest(big + b"!"))
+    assert small.drop_older_versions() == larger.drop_older_versions() == 1
+    assert on_disk(restarted) == {key("small.npy", b"new"), key("big.npy", big + b"!")}
+
+
+def test_a_partial_being_removed_does_not_count_as_a_newer_version(store: Store) -> None:
+    interrupted(store, "scan.npy", b"stale one", 2).release()
+    assert store.claims.claim(key("scan.npy", b"stale one"), None)  # as the stale cleanup does
+    current = interrupted(store, "scan.npy", b"current", 2)
+    assert current.drop_older_versions() == 0  # claimed by the cleanup, so not idle
+    assert current.release() is True
+    assert on_disk(store) == {key("scan.npy", b"stale one"), key("scan.npy", b"current")}
+
+
 def test_leftover_without_sidecar(store: Store) -> None:
     (store.partial_dir / f"{'0' * 32}.part").write_bytes(b"12345")
     (leftover,) = store.leftover_partials()

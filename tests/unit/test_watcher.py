@@ -440,3 +440,81 @@ def test_garbage_descr_is_incomplete_not_a_crash(
     assert npy_complete(path) is False
     # Python 3.11 calls an invalid escape a DeprecationWarning, 3.12 a SyntaxWarning.
     assert not [w for w in recwarn if issubclass(w.category, SyntaxWarning | DeprecationWarning)]
+
+
+# --- writers: a file some process still writes is never complete --------------------------------
+
+HOLD_OPEN = """
+import sys
+import numpy as np
+from numpy.lib import format as npy_format
+path, mode = sys.argv[1], sys.argv[2]
+array = np.arange(4096, dtype=np.int64)
+if mode == "open":  # complete, and still open for writing
+    handle = open(path, "wb")
+    npy_format.write_array(handle, array)
+    handle.flush()
+else:  # preallocated through a memory map, half filled
+    mapped = npy_format.open_memmap(path, mode="w+", dtype=np.int64, shape=array.shape)
+    mapped[:2048] = array[:2048]
+print("ready", flush=True)
+sys.stdin.readline()
+if mode == "open":
+    handle.close()
+else:
+    mapped[2048:] = array[2048:]
+    mapped.flush()
+    del mapped
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["open", "memmap"])
+def test_a_file_still_held_by_its_writer_is_handed_out_only_when_released(
+    root: Path, watcher: CompletionWatcher, mode: str
+) -> None:
+    """Full size and a valid header, yet still open or mapped writable: not complete."""
+    path = root / "held.npy"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", HOLD_OPEN, str(path), mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None and writer.stdin is not None
+        assert writer.stdout.readline() == "ready\n"
+        assert npy_complete(path)  # the header check alone would hand it out
+        assert watcher.get(timeout=QUIET) is None
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        assert writer.stdout.readline() == "done\n"
+        assert watcher.get(timeout=WAIT) == PurePosixPath("held.npy")
+    finally:
+        writer.kill()
+        writer.wait()
+    assert np.array_equal(np.load(path), np.arange(4096, dtype=np.int64))
+    assert drain(watcher) == []
+
+
+def test_an_in_place_change_with_the_mtime_set_back_is_handed_out_again(
+    root: Path, watcher: CompletionWatcher
+) -> None:
+    path = root / "scan.npy"
+    save(path, np.zeros(100))
+    assert watcher.get(timeout=WAIT) == PurePosixPath("scan.npy")
+    before = path.stat()
+    save(path, np.ones(100))  # same size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert watcher.get(timeout=WAIT) == PurePosixPath("scan.npy")
+    assert drain(watcher) == []
+
+
+def test_reconsider_hands_out_a_judged_file_again(root: Path, watcher: CompletionWatcher) -> None:
+    save(root / "scan.npy", np.zeros(10))
+    assert watcher.get(timeout=WAIT) == PurePosixPath("scan.npy")
+    assert watcher.get(timeout=QUIET) is None
+    watcher.reconsider(PurePosixPath("scan.npy"))
+    assert watcher.get(timeout=WAIT) == PurePosixPath("scan.npy")
+    assert drain(watcher) == []

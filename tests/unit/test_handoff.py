@@ -1,0 +1,101 @@
+"""after_send: a source file is moved or deleted only as the very version delivered, writer-free."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scanxfer.config import SenderConfig, load_sender_config
+from scanxfer.sender.handoff import after_delivery
+from scanxfer.watcher import Version
+
+
+def settings(tmp_path: Path, after_send: str) -> SenderConfig:
+    file = tmp_path / "sender.yaml"
+    file.write_text(
+        f"watch_dir: {tmp_path / 'scans'}\nsent_dir: {tmp_path / 'sent'}\n"
+        f"after_send: {after_send}\nstate_dir: {tmp_path / 'state'}\n"
+    )
+    return load_sender_config(file)
+
+
+@pytest.fixture
+def scan(tmp_path: Path) -> Path:
+    path = tmp_path / "scans" / "run" / "scan.npy"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"scan data")
+    return path
+
+
+@pytest.fixture
+def writer(scan: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process with the scan open for writing, until the test ends."""
+    code = "import sys; f = open(sys.argv[1], 'r+b'); print('ready', flush=True); input()"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, str(scan)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stdout.readline() == "ready\n"
+    yield process
+    process.kill()
+    process.wait()
+
+
+def leftovers(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in tmp_path.rglob("*scanxfer-*"))
+
+
+@pytest.mark.parametrize("action", ["delete", "move"])
+def test_the_delivered_version_is_handed_off(tmp_path: Path, scan: Path, action: str) -> None:
+    assert after_delivery(settings(tmp_path, action), "run/scan.npy", Version.of(scan.stat()))
+    assert not scan.exists()
+    moved = tmp_path / "sent" / "run" / "scan.npy"
+    assert moved.exists() == (action == "move")
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("action", ["delete", "move"])
+def test_a_file_open_for_writing_is_left_in_place(
+    tmp_path: Path, scan: Path, writer: subprocess.Popen[str], action: str
+) -> None:
+    version = Version.of(scan.stat())
+    assert not after_delivery(settings(tmp_path, action), "run/scan.npy", version)
+    assert scan.read_bytes() == b"scan data"
+    assert not (tmp_path / "sent").exists() or list((tmp_path / "sent").rglob("*.npy")) == []
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("action", ["delete", "move"])
+def test_a_file_changed_since_delivery_is_left_in_place(
+    tmp_path: Path, scan: Path, action: str
+) -> None:
+    delivered = Version.of(scan.stat())
+    scan.write_bytes(b"scan datb")  # same size
+    os.utime(scan, ns=(delivered.mtime_ns, delivered.mtime_ns))  # and the mtime set back
+    assert not after_delivery(settings(tmp_path, action), "run/scan.npy", delivered)
+    assert scan.read_bytes() == b"scan datb"
+
+
+def test_a_file_replaced_under_its_name_is_left_in_place(tmp_path: Path, scan: Path) -> None:
+    delivered = Version.of(scan.stat())
+    replacement = scan.with_name("new.tmp")
+    replacement.write_bytes(b"scan data")
+    os.utime(replacement, ns=(delivered.mtime_ns, delivered.mtime_ns))
+    os.rename(replacement, scan)
+    assert not after_delivery(settings(tmp_path, "delete"), "run/scan.npy", delivered)
+    assert scan.exists()
+
+
+def test_keep_and_a_file_already_gone_need_nothing(tmp_path: Path, scan: Path) -> None:
+    version = Version.of(scan.stat())
+    assert after_delivery(settings(tmp_path, "keep"), "run/scan.npy", version)
+    assert scan.exists()
+    scan.unlink()
+    assert after_delivery(settings(tmp_path, "delete"), "run/scan.npy", version)
