@@ -55,6 +55,9 @@ BIG_ROWS = 12288  # 48 MiB
 BIG_BYTES = len(header_bytes(BIG_ROWS, 2048)) + BIG_ROWS * 2048 * DTYPE.itemsize
 SLOW_LINK = Plan(rate=12e6)
 UNDER_WAY = 8 << 20  # upstream bytes that show a big send is under way
+# Longer than a sender reading on from the cut needs to reach the new end of the file (at most
+# 16 MiB over SLOW_LINK) and send what it finds there: the half-rewritten scan.
+REWRITE_PAUSE = 3.0
 
 
 def sha256(path: Path) -> str:
@@ -74,11 +77,13 @@ class WriterProcess:
         pieces: int = 0,
         pause: float = PAUSE,
         hold: tuple[str, ...] = (),
+        temp: str = "",
     ) -> None:
         self.kind, self.path = kind, path
         argv = [sys.executable, "-m", "tests.integration.writers", kind, str(path)]
         argv += ["--seed", str(seed), "--rows", str(rows), "--pause", str(pause)]
         argv += ["--pieces", str(pieces)] if pieces else []
+        argv += ["--temp", temp] if temp else []
         for point in hold:
             argv += ["--hold", point]
         self.lines: list[str] = []
@@ -211,11 +216,20 @@ class Zoo:
         *,
         rows: int = ROWS,
         pieces: int = 0,
+        pause: float = PAUSE,
         hold: tuple[str, ...] = (),
+        temp: str = "",
     ) -> WriterProcess:
         """A writer of SCAN in the watched directory; stopped when the Zoo is left."""
         writer = WriterProcess(
-            kind, self.scans / SCAN, seed=seed, rows=rows, pieces=pieces, hold=hold
+            kind,
+            self.scans / SCAN,
+            seed=seed,
+            rows=rows,
+            pieces=pieces,
+            pause=pause,
+            hold=hold,
+            temp=temp,
         )
         self.writers.append(writer)
         return writer
@@ -248,8 +262,7 @@ class Zoo:
             self.wait(lambda: not (self.scans / name).exists(), f"the {self.after_send} of {name}")
         self.deliver_marker()
         assert self.stored() == sorted([*stored, MARKER]), (
-            "the receiver holds other files than the scan's final content (a copy of an "
-            "incomplete or earlier version?)"
+            f"the receiver must hold exactly {sorted(stored)} of this scan (and the marker)"
         )
         for path, digest in stored.items():
             assert sha256(self.receiver.incoming / path) == digest, path
@@ -339,13 +352,15 @@ def test_opened_appended_and_closed_per_frame(
         zoo.check_delivered(SCAN, sha)
 
 
+@pytest.mark.parametrize("temporary", ["scan.npy.tmp", ".scan.npy"])
 @AFTER_SEND
 def test_written_to_a_temporary_name_then_renamed(
-    after_send: str, tmp_path: Path, receiver: ReceiverProcess
+    after_send: str, temporary: str, tmp_path: Path, receiver: ReceiverProcess
 ) -> None:
-    """scan.npy.tmp matches the default ignore list: only the renamed scan may go."""
+    """Both temporary names match the default ignore list ("*.tmp", ".*"); the hidden one
+    matches "*.npy" too, so only that list keeps it back.  Only the renamed scan may go."""
     with Zoo(tmp_path, receiver, after_send) as zoo:
-        sha = zoo.writer("tmp-rename", seed=7, pieces=3).finish()
+        sha = zoo.writer("tmp-rename", seed=7, pieces=3, temp=temporary).finish()
         zoo.wait_stored(SCAN, sha)
         zoo.check_delivered(SCAN, sha)
 
@@ -386,12 +401,13 @@ def test_rewritten_while_being_sent(
         Zoo(tmp_path, receiver, after_send, port=proxy.port) as zoo,
     ):
         zoo.writer("pieces", seed=60, rows=BIG_ROWS, pieces=1).finish()
-        rewrite = zoo.writer("rewrite", seed=61, rows=BIG_ROWS, pieces=2, hold=("start",))
+        rewrite = zoo.writer(
+            "rewrite", seed=61, rows=BIG_ROWS, pieces=2, pause=REWRITE_PAUSE, hold=("start",)
+        )
         rewrite.wait_for("ready")
         zoo.wait(lambda: proxy.upstream_bytes > UNDER_WAY, "the send to be under way")
+        assert proxy.upstream_bytes < BIG_BYTES // 2, "premise: the rewrite starts mid-send"
         rewrite.go()
-        rewrite.wait_for("started")  # truncated
-        assert proxy.upstream_bytes < BIG_BYTES // 2, "premise: the rewrite began mid-send"
         sha = rewrite.finish()
         zoo.wait_stored(SCAN, sha)
         zoo.check_delivered(SCAN, sha)
@@ -459,8 +475,8 @@ def test_deleted_while_being_sent(
     ):
         zoo.writer("pieces", seed=9, rows=BIG_ROWS, pieces=1).finish()
         zoo.wait(lambda: proxy.upstream_bytes > UNDER_WAY, "the send to be under way")
+        assert proxy.upstream_bytes < BIG_BYTES // 2, "premise: the delete lands mid-send"
         (zoo.scans / SCAN).unlink()
-        assert proxy.upstream_bytes < BIG_BYTES // 2, "premise: the delete landed mid-send"
         zoo.check_not_stored(SCAN)
 
 
@@ -477,8 +493,8 @@ def test_truncated_while_being_sent(
         zoo.writer("pieces", seed=10, rows=BIG_ROWS, pieces=1).finish()
         source = zoo.scans / SCAN
         zoo.wait(lambda: proxy.upstream_bytes > UNDER_WAY, "the send to be under way")
+        assert proxy.upstream_bytes < BIG_BYTES // 2, "premise: the truncation lands mid-send"
         os.truncate(source, BIG_BYTES // 2)
-        assert proxy.upstream_bytes < BIG_BYTES // 2, "premise: the truncation landed mid-send"
         left = sha256(source)
         zoo.check_not_stored(SCAN)
         assert source.exists(), "the truncated scan was moved or deleted"

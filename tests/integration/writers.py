@@ -11,7 +11,7 @@ prealloc    header, ftruncate to the full size, then the rows in `--pieces` writ
 memmap      numpy.lib.format.open_memmap: the full size at once, rows filled through the mapping
 append      header in one open/close, then each piece opened in append mode, written, closed
 rewrite     an existing scan truncated in place, then written again like `pieces`
-tmp-rename  written like `pieces` to PATH.tmp, closed, then renamed to PATH
+tmp-rename  written like `pieces` to `--temp` (default PATH.tmp) beside PATH, then renamed
 inplace     an existing scan of the same shape overwritten in place, its mtime put back
 
 Progress goes to stdout, one line each, flushed, so a test can act at the right moment instead
@@ -76,6 +76,7 @@ class Writer:
         self.pieces: int = args.pieces or (2 if args.kind in ("prealloc", "rewrite") else 3)
         self.pause: float = args.pause
         self.holds: set[str] = set(args.hold or ())
+        self.temporary = self.path.with_name(args.temp or f"{self.path.name}.tmp")
         self.expected = hashlib.sha256(self.header + self.data.tobytes()).hexdigest()
 
     def row_slices(self) -> list[slice]:
@@ -191,9 +192,8 @@ class Writer:
             os.close(fd)
 
     def tmp_rename(self) -> str:
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        digest = self.pieces_(temporary)  # checked while still open: nobody touched the .tmp
-        os.rename(temporary, self.path)
+        digest = self.pieces_(self.temporary)  # checked while open: nobody touched it
+        os.rename(self.temporary, self.path)
         return digest
 
     def inplace(self) -> str:
@@ -248,6 +248,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cols", type=int, default=2048, help="uint16 per row (default 2048)")
     parser.add_argument("--pieces", type=int, default=0, help="writes of rows (default 3, or 2)")
     parser.add_argument("--pause", type=float, default=1.0, help="s between pieces (default 1)")
+    parser.add_argument("--temp", help="tmp-rename: the temporary file's name (default PATH.tmp)")
     parser.add_argument(
         "--hold",
         action="append",
