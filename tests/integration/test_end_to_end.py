@@ -204,23 +204,26 @@ def test_garbage_clients_do_not_disturb_a_good_transfer(
     settings = tmp_path / "receiver.yaml"
     settings.write_text(f"tls: {tls}\nhandshake_timeout: 2s\n")
     receiver = ReceiverProcess(tmp_path / "pi", config=settings).start()
-    scans = tmp_path / "scans"
-    write_big_scan(scans / "volume.npy", 64)
-    for index in range(20):
-        write_scan(scans / f"s{index}.npy", (64, 64), index)
-    config = sender_config(tmp_path / "sender.yaml", receiver.port, scans, tls=tls)
-    sender = send_once_in_background(config)
-    attackers = [
-        threading.Thread(target=hostile_client, args=(receiver.port, kind))
-        for kind in ("random", "prototype", "oversized", "half-hello") * 3
-    ]
-    for thread in attackers:
-        thread.start()
-    for thread in attackers:
-        thread.join(60)
-    assert sender.wait(300) == 0, sender.log
-    assert_identical(scans, receiver.incoming)
-    assert receiver.child is not None and receiver.child.process.poll() is None
+    try:
+        scans = tmp_path / "scans"
+        write_big_scan(scans / "volume.npy", 64)
+        for index in range(20):
+            write_scan(scans / f"s{index}.npy", (64, 64), index)
+        config = sender_config(tmp_path / "sender.yaml", receiver.port, scans, tls=tls)
+        sender = send_once_in_background(config)
+        attackers = [
+            threading.Thread(target=hostile_client, args=(receiver.port, kind))
+            for kind in ("random", "prototype", "oversized", "half-hello") * 3
+        ]
+        for thread in attackers:
+            thread.start()
+        for thread in attackers:
+            thread.join(60)
+        assert sender.wait(300) == 0, sender.log
+        assert_identical(scans, receiver.incoming)
+        assert receiver.child is not None and receiver.child.process.poll() is None
+    finally:
+        receiver.stop()  # a test leaves no daemon behind
     # Each is refused before it is parsed as a file; past max_auth_failures, silently.
     assert count_matches(f"handshake failed: {refusal}", receiver.log) >= 9
     assert "handshake failed" not in sender.log

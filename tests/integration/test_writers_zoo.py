@@ -140,8 +140,8 @@ class WriterProcess:
         self._reader.join(10)
         lost = [line for line in self.lines if line.startswith("lost ")]
         assert not lost, (
-            f"the {self.kind} writer lost its file: the sender moved or deleted it while it was "
-            f"still being written ({lost[0][5:]})"
+            f"the {self.kind} writer lost its file: the sender moved or deleted it before its "
+            f"writer was done with it ({lost[0][5:]})"
         )
         assert self.process.returncode == 0, f"{self.kind} writer failed:\n{self.log}"
         return self.wait_for("done ").split()[1]
@@ -313,6 +313,7 @@ def hold_answers(link: Link) -> None:
 def test_written_in_pieces_through_one_fd(
     after_send: str, tmp_path: Path, receiver: ReceiverProcess
 ) -> None:
+    """Open all along, growing in pieces: the size stays short of what the header promises."""
     with Zoo(tmp_path, receiver, after_send) as zoo:
         sha = zoo.writer("pieces", seed=1, pieces=3).finish()
         zoo.wait_stored(SCAN, sha)

@@ -11,14 +11,16 @@ prealloc    header, ftruncate to the full size, then the rows in `--pieces` writ
 memmap      numpy.lib.format.open_memmap: the full size at once, rows filled through the mapping
 append      header in one open/close, then each piece opened in append mode, written, closed
 rewrite     an existing scan truncated in place, then written again like `pieces`
-tmp-rename  written like `pieces` to `--temp` (default PATH.tmp) beside PATH, then renamed
+tmp-rename  written like `pieces` to `--temp` (default PATH.tmp) beside PATH, closed, left
+            complete for `--pause` s, then renamed to PATH
 inplace     an existing scan of the same shape overwritten in place, its mtime put back
 
 Progress goes to stdout, one line each, flushed, so a test can act at the right moment instead
 of sleeping blindly:
   ready         (with --hold start) waiting for a line on stdin before touching the file
   started       the file exists (or was opened, or truncated) and the writing has begun
-  halfway       half the data is in the file (with --hold half: waiting for a line on stdin)
+  halfway       half the data (or a little more) is in the file; with --hold half it now
+                waits for a line on stdin instead of pausing
   done SHA256   the file is finished and closed; SHA256 is that of its final bytes
   lost WHY      the file was deleted, moved or replaced while this writer still had it: exit 2
 
@@ -117,13 +119,13 @@ class Writer:
 
     # -- the kinds
 
-    def pieces_(self, path: Path | None = None) -> str:
-        fd = os.open(path or self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    def pieces_(self) -> str:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             say("started")
             os.write(fd, self.header)
             self.write_rows(fd, len(self.header))
-            return self.finish(fd, path)
+            return self.finish(fd)
         finally:
             os.close(fd)
 
@@ -192,8 +194,23 @@ class Writer:
             os.close(fd)
 
     def tmp_rename(self) -> str:
-        digest = self.pieces_(self.temporary)  # checked while open: nobody touched it
-        os.rename(self.temporary, self.path)
+        fd = os.open(self.temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            say("started")
+            os.write(fd, self.header)
+            self.write_rows(fd, len(self.header))
+            digest = self.finish(fd, self.temporary)
+            witness = os.open(self.temporary, os.O_RDONLY)  # read-only: holds no writer's place
+        finally:
+            os.close(fd)
+        try:
+            # Complete and closed, it waits under its temporary name (as while a checksum is
+            # made): only the ignore list or the patterns keep a sender off it now.
+            time.sleep(self.pause)
+            check_still_there(self.temporary, witness)
+            os.rename(self.temporary, self.path)
+        finally:
+            os.close(witness)
         return digest
 
     def inplace(self) -> str:
@@ -220,13 +237,13 @@ def check_still_there(path: Path, fd: int) -> None:
     """Raise Lost unless `path` names the very inode open as `fd`, and that inode is linked."""
     mine = os.fstat(fd)
     if mine.st_nlink == 0:
-        raise Lost(f"{path} was deleted while being written (the data went to an unlinked file)")
+        raise Lost(f"{path} was deleted under its writer (what it wrote went to an unlinked file)")
     try:
         current = os.lstat(path)
     except FileNotFoundError as error:
-        raise Lost(f"{path} was moved away while being written") from error
+        raise Lost(f"{path} was moved away under its writer") from error
     if (current.st_dev, current.st_ino) != (mine.st_dev, mine.st_ino):
-        raise Lost(f"{path} names another file than the one being written")
+        raise Lost(f"{path} names another file than the one its writer has")
 
 
 def sha256_of_fd(fd: int) -> str:
