@@ -80,6 +80,14 @@ class Link:
         self._released.set()
         self._flowing.set()
 
+    def hold_downstream(self) -> None:
+        """Stall what the receiver sends (its answers) now, until `release()`.
+
+        Needs a plan with `stall_downstream`: the downstream pump waits on this gate only then.
+        """
+        assert self.plan.stall_downstream
+        self._flowing.clear()
+
     def close(self) -> None:
         """Drop both sides at once: each peer sees its connection end."""
         self.closed.set()  # first, so a stall that ends now forwards nothing more

@@ -28,7 +28,7 @@ import pytest
 
 from scanxfer.demo import Child
 
-from .faultproxy import FaultProxy, Link, Plan
+from .faultproxy import FaultProxy, Plan
 from .harness import (
     GIVE_UP_SECONDS,
     ReceiverProcess,
@@ -297,15 +297,6 @@ def late_receiver(tmp_path: Path) -> Iterator[ReceiverProcess]:
         receiver.stop()
 
 
-def hold_answers(link: Link) -> None:
-    """Hold everything the receiver sends on `link` (its ACKs) until `link.release()`, while
-    the sender's bytes keep flowing.  A Plan stall closes the same gate, but only at an upstream
-    offset and stopping both directions; this test needs the answers alone held, at a moment it
-    picks.  faultproxy.py has no public handle on that gate (yet)."""
-    assert link.plan.stall_downstream
-    link._flowing.clear()
-
-
 # -- 1 to 4 and 7: the shapes of a writer at work
 
 
@@ -436,7 +427,7 @@ def test_changed_in_place_with_the_mtime_put_back(
             zoo.wait(lambda: sender_status(zoo.config)["delivered"] == 1, "the sender to hear")
         else:
             zoo.wait(lambda: proxy.upstream_bytes > 512 << 10, "the send to be under way")
-            hold_answers(proxy.link(1))
+            proxy.link(1).hold_downstream()
             zoo.wait_stored(SCAN, first)
         second = zoo.writer("inplace", seed=111, pieces=1).finish()
         proxy.release()
