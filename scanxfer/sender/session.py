@@ -152,7 +152,8 @@ class _Hashing:
     duplicate of the sending descriptor: the same inode, and its own to close.
     """
 
-    def __init__(self, handle: BinaryIO) -> None:
+    def __init__(self, handle: BinaryIO, name: str) -> None:
+        self._name = name
         self._digest = b""
         self._error: OSError | None = None
         fd = os.dup(handle.fileno())
@@ -171,7 +172,7 @@ class _Hashing:
             self._thread.join(timeout=1.0)
             alive()
         if self._error is not None:
-            raise FileChanged(f"the file cannot be read any more: {self._error}")
+            raise FileChanged(f"{self._name} cannot be read any more: {self._error}")
         return self._digest
 
 
@@ -297,7 +298,7 @@ class Session:
             log.info("resuming %s at byte %d of %d", job.relpath, ready.offset, job.size)
         job.started = time.monotonic()
         deferred = job.digest == p.DEFERRED_DIGEST
-        hashing = _Hashing(job.handle) if deferred else None
+        hashing = _Hashing(job.handle, job.relpath) if deferred else None
         self._sendall(self.conn.send(p.DataHeader(ready.file_id, ready.offset, length)))
         sent = self._sendfile(job.handle, ready.offset, length) if length else 0
         if sent < length:
@@ -318,9 +319,10 @@ class Session:
     def _complete_shrunk_payload(self, job: FileJob, missing: int, deferred: bool) -> None:
         """The file shrank mid-payload: finish the DATA frame with zeros, or give up the link.
 
-        The zeros are never stored: a deferred digest is withdrawn after them, and an
-        OFFER's digest does not match them.  A receiver that cannot be told to withdraw a
-        file must see the connection end instead.
+        The zeros are never stored as a scan: a deferred digest is withdrawn after them, and
+        an OFFER's digest matches them only if they are the very bytes the file held when it
+        was checked.  A receiver that cannot be told to withdraw a file must see the
+        connection end instead.
         """
         if deferred and not self.conn.can_cancel:
             raise FileChanged(f"{job.relpath} shrank while being sent")
