@@ -82,6 +82,7 @@ def _run_once(delivery: Delivery) -> int:
             delivery.failed.append((relpath.as_posix(), readiness.reason))
         elif readiness.condition is not Condition.GONE:
             log.warning("skipping %s: %s", relpath, readiness.reason)
+            delivery.skipped.append((relpath.as_posix(), readiness.reason))
     total = delivery.progress.files_total
     log.info("sending %d files from %s to %s", total, config.watch_dir, config.receiver)
     with ProgressBar.for_terminal(delivery.progress) as bar:
@@ -97,7 +98,7 @@ def _once_result(delivery: Delivery) -> int:
     total, done = delivery.progress.files_total, delivery.progress.files_done
     if delivery.skipped:
         log.warning(
-            "%d files were not complete when their turn came and were not sent: %s",
+            "%d files were not complete, so not sent; run again once they are: %s",
             len(delivery.skipped),
             ", ".join(path for path, _ in delivery.skipped[:10]),
         )

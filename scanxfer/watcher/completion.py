@@ -195,9 +195,18 @@ class CompletionWatcher:
 
     def _file_active(self, raw: bytes | str) -> None:
         rel = self._relative(raw)
-        if rel is not None and matches(rel, self._patterns, self._ignore):
-            with self._lock:
-                self._due[rel] = time.monotonic() + self._settle
+        if rel is None or not matches(rel, self._patterns, self._ignore):
+            return
+        # The version at the last event: one that differs when the file is judged was
+        # changed without an event (through a memory map), so it has not been quiet.
+        try:
+            version: Version | None = Version.of(os.lstat(self._root / rel))
+        except OSError:
+            version = None
+        with self._lock:
+            self._due[rel] = time.monotonic() + self._settle
+            if version is not None:
+                self._seen[rel] = version
 
     def _dir_appeared(self, raw: bytes | str) -> None:
         """A directory was created or moved in: its files may predate our watch on it."""
@@ -280,6 +289,7 @@ class CompletionWatcher:
                 fresh = changed or rel not in self._due
                 if fresh and self._evaluated.get(rel) != version:
                     self._due[rel] = now + self._settle
+                    self._seen[rel] = version  # to compare with when it is judged
             if track_changes:
                 for gone in self._seen.keys() - found.keys():
                     for table in self._tables():

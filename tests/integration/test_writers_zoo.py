@@ -297,49 +297,28 @@ def late_receiver(tmp_path: Path) -> Iterator[ReceiverProcess]:
         receiver.stop()
 
 
-# -- 1 to 4 and 7: the shapes of a writer at work
+# -- 1 to 4 and 7: the shapes of a writer at work on a scan under its final name
+
+# (kind of writer, seed of its content, pieces it writes)
+WRITERS_AT_WORK = [
+    # Open all along, growing in pieces: the size stays short of what the header promises.
+    pytest.param("pieces", 1, 3, id="pieces-through-one-fd"),
+    # ftruncate to the full size first: the size matches the header long before the data.
+    pytest.param("prealloc", 2, 2, id="preallocated-then-filled"),
+    # Full size at once, data through a writable mapping: no write(), no inotify event.
+    pytest.param("memmap", 3, 3, id="open-memmap-filled-slowly"),
+    # Closed between frames, so nobody holds it open: only the header says it is unfinished.
+    pytest.param("append", 4, 3, id="appended-and-closed-per-frame"),
+]
 
 
+@pytest.mark.parametrize(("kind", "seed", "pieces"), WRITERS_AT_WORK)
 @AFTER_SEND
-def test_written_in_pieces_through_one_fd(
-    after_send: str, tmp_path: Path, receiver: ReceiverProcess
+def test_a_writer_at_work(
+    kind: str, seed: int, pieces: int, after_send: str, tmp_path: Path, receiver: ReceiverProcess
 ) -> None:
-    """Open all along, growing in pieces: the size stays short of what the header promises."""
     with Zoo(tmp_path, receiver, after_send) as zoo:
-        sha = zoo.writer("pieces", seed=1, pieces=3).finish()
-        zoo.wait_stored(SCAN, sha)
-        zoo.check_delivered(SCAN, sha)
-
-
-@AFTER_SEND
-def test_preallocated_then_filled(
-    after_send: str, tmp_path: Path, receiver: ReceiverProcess
-) -> None:
-    """ftruncate to the full size first: the size matches the header long before the data."""
-    with Zoo(tmp_path, receiver, after_send) as zoo:
-        sha = zoo.writer("prealloc", seed=2, pieces=2).finish()
-        zoo.wait_stored(SCAN, sha)
-        zoo.check_delivered(SCAN, sha)
-
-
-@AFTER_SEND
-def test_open_memmap_filled_slowly(
-    after_send: str, tmp_path: Path, receiver: ReceiverProcess
-) -> None:
-    """Full size at once, data through a writable mapping: no write(), no inotify event."""
-    with Zoo(tmp_path, receiver, after_send) as zoo:
-        sha = zoo.writer("memmap", seed=3, pieces=3).finish()
-        zoo.wait_stored(SCAN, sha)
-        zoo.check_delivered(SCAN, sha)
-
-
-@AFTER_SEND
-def test_opened_appended_and_closed_per_frame(
-    after_send: str, tmp_path: Path, receiver: ReceiverProcess
-) -> None:
-    """Closed between frames, so nobody holds it open: only the header says it is unfinished."""
-    with Zoo(tmp_path, receiver, after_send) as zoo:
-        sha = zoo.writer("append", seed=4, pieces=3).finish()
+        sha = zoo.writer(kind, seed=seed, pieces=pieces).finish()
         zoo.wait_stored(SCAN, sha)
         zoo.check_delivered(SCAN, sha)
 
