@@ -14,7 +14,7 @@ import xxhash
 
 from scanxfer import protocol as p
 
-from .faultproxy import FaultProxy, Plan
+from .faultproxy import CLEAN, FaultProxy, Plan
 from .harness import (
     ReceiverProcess,
     assert_identical,
@@ -124,6 +124,27 @@ def test_a_resent_file_is_a_duplicate_and_a_changed_one_is_kept_beside(
     assert (receiver.incoming / "a" / "scan~1.npy").read_bytes() == first.read_bytes()
     assert "kept the new file beside it as a/scan~1.npy" in receiver.log
     assert "a/scan.npy changed after delivery; sending the new version" in changed.log
+
+
+def test_a_big_file_whose_metadata_alone_changed_is_not_sent_again(
+    tmp_path: Path, receiver: ReceiverProcess
+) -> None:
+    """A chmod moves the ctime, so the version is new; the bytes are hashed, not sent."""
+    scans = tmp_path / "scans"
+    big = write_big_scan(scans / "volume.npy", 16)  # above the deferred-digest threshold
+    with FaultProxy(receiver.port, lambda _: CLEAN) as proxy:
+        config = sender_config(tmp_path / "sender.yaml", proxy.port, scans)
+        assert send_once(config).process.returncode == 0
+        sent_first = proxy.upstream_bytes
+        assert sent_first > big.stat().st_size
+        big.chmod(0o444)
+        again = send_once(config)
+        assert again.process.returncode == 0, again.log
+        resent = proxy.upstream_bytes - sent_first
+    assert "volume.npy changed after delivery; sending the new version" in again.log
+    assert "volume.npy is already on the receiver as volume.npy" in again.log
+    assert resent < 1 << 20  # handshake and OFFER, not the 16 MiB
+    assert receiver.stored_files() == ["volume.npy"]
 
 
 @pytest.mark.parametrize(
