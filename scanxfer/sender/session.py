@@ -109,7 +109,7 @@ class FileJob:
         try:
             self._check(os.fstat(handle.fileno()), "changed since it was checked")
             deferred = self.size >= DEFER_DIGEST_FROM and self.known_digest is None
-            self.digest = p.DEFERRED_DIGEST if deferred else _digest(handle, alive)
+            self.digest = p.DEFERRED_DIGEST if deferred else _digest(handle.fileno(), alive)
             self._check(os.fstat(handle.fileno()), "changed while it was hashed")
         except BaseException:
             handle.close()
@@ -162,10 +162,11 @@ class _Hashing:
 
     def _run(self, fd: int) -> None:
         try:
-            with os.fdopen(fd, "rb") as handle:
-                self._digest = _digest(handle, lambda: None)
+            self._digest = _digest(fd, lambda: None)
         except OSError as error:
             self._error = error
+        finally:
+            os.close(fd)
 
     def result(self, alive: Callable[[], None]) -> bytes:
         while self._thread.is_alive():
@@ -176,12 +177,19 @@ class _Hashing:
         return self._digest
 
 
-def _digest(handle: BinaryIO, alive: Callable[[], None]) -> bytes:
+def _digest(fd: int, alive: Callable[[], None]) -> bytes:
+    """xxh3-128 of the whole file behind `fd`, read at explicit offsets.
+
+    Never through the descriptor's position: a duplicate shares it with the sending
+    descriptor, whose position `socket.sendfile` moves after every slice.
+    """
     hasher = xxhash.xxh3_128()
     buffer = bytearray(READ_CHUNK)
     view = memoryview(buffer)
-    while count := handle.readinto(buffer):
+    offset = 0
+    while count := os.preadv(fd, [buffer], offset):
         hasher.update(view[:count])
+        offset += count
         alive()
     return hasher.digest()
 

@@ -126,6 +126,24 @@ def test_a_resent_file_is_a_duplicate_and_a_changed_one_is_kept_beside(
     assert "a/scan.npy changed after delivery; sending the new version" in changed.log
 
 
+def test_a_big_scan_over_plain_tcp_arrives_identical(tmp_path: Path) -> None:
+    """Without TLS the kernel sends the file (sendfile) while a thread hashes it: the two
+    must not share a file position, or the digest is of shuffled bytes and never matches."""
+    settings = tmp_path / "receiver.yaml"
+    settings.write_text("tls: false\n")
+    receiver = ReceiverProcess(tmp_path / "pi", config=settings).start()
+    try:
+        scans = tmp_path / "scans"
+        write_big_scan(scans / "volume.npy", 160)  # 20 sendfile slices, deferred digest
+        config = sender_config(tmp_path / "sender.yaml", receiver.port, scans, tls="false")
+        sender = send_once(config)
+        assert sender.process.returncode == 0, sender.log
+        assert "digest mismatch" not in sender.log
+        assert_identical(scans, receiver.incoming)
+    finally:
+        receiver.stop()
+
+
 def test_a_big_file_whose_metadata_alone_changed_is_not_sent_again(
     tmp_path: Path, receiver: ReceiverProcess
 ) -> None:
