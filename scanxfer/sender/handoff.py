@@ -32,6 +32,19 @@ def after_delivery(config: SenderConfig, relpath: str, version: Version) -> bool
     """
     if config.after_send == "keep":
         return True
+    try:
+        return _hand_off(config, relpath, version)
+    except FileNotFoundError:
+        return True  # already handed off before a restart
+    except WriterPresent as busy:
+        log.info("%s; it is %s once the writer lets go", busy, _past(config.after_send))
+        return False
+    except OSError as error:
+        log.warning("could not %s %s after delivery: %s", config.after_send, relpath, error)
+        return True
+
+
+def _hand_off(config: SenderConfig, relpath: str, version: Version) -> bool:
     source = config.watch_dir / relpath
     try:
         with guard_against_writers(source) as guard:
@@ -41,14 +54,16 @@ def after_delivery(config: SenderConfig, relpath: str, version: Version) -> bool
             if config.after_send == "delete":
                 return _delete(source, guard, relpath)
             return _move(source, config.sent_dir / relpath, guard, relpath)
-    except FileNotFoundError:
-        return True  # already handed off before a restart
-    except WriterPresent as busy:
-        log.info("%s; it is %s once the writer lets go", busy, _past(config.after_send))
-        return False
-    except OSError as error:
-        log.warning("could not %s %s after delivery: %s", config.after_send, relpath, error)
-        return True
+    except _OtherFilesystem as across:
+        return _move_across(source, across.target, version, relpath)
+
+
+class _OtherFilesystem(Exception):
+    """sent/ is on another filesystem: the file must be copied, and not under the lease."""
+
+    def __init__(self, target: Path) -> None:
+        super().__init__(str(target))
+        self.target = target
 
 
 def _past(action: str) -> str:
@@ -79,9 +94,9 @@ def _move(source: Path, target: Path, guard: WriterGuard, relpath: str) -> bool:
     try:
         os.rename(source, target)
     except OSError as error:
-        if error.errno != errno.EXDEV:
-            raise
-        return _copy_across(source, target, guard, relpath)
+        if error.errno == errno.EXDEV:
+            raise _OtherFilesystem(target) from error
+        raise
     if not _still_ours(target, guard):
         _put_back(target, source, relpath)
         return False
@@ -89,20 +104,47 @@ def _move(source: Path, target: Path, guard: WriterGuard, relpath: str) -> bool:
     return True
 
 
-def _copy_across(source: Path, target: Path, guard: WriterGuard, relpath: str) -> bool:
-    """sent/ is on another filesystem: copy from the guarded descriptor, durably, then delete."""
+def _move_across(source: Path, target: Path, version: Version, relpath: str) -> bool:
+    """Copy durably to sent/ on its other filesystem, then delete the original under a lease.
+
+    The copy is made without the lease, which would make a writer wait as long as the copy
+    takes; it is kept only if the original was the delivered version before and after it.
+    """
     partial = target.with_name(f".{target.name}.scanxfer-copying")
-    with os.fdopen(os.dup(guard.fd), "rb") as original, open(partial, "wb") as copy:
-        shutil.copyfileobj(original, copy, 1 << 20)
-        copy.flush()
-        os.fsync(copy.fileno())
-    shutil.copystat(source, partial)
-    os.rename(partial, target)
-    if _remove(source, guard, relpath):
-        log.info("moved %s to %s after delivery", relpath, target)
-        return True
+    try:
+        copied = _copy_version(source, partial, version)
+        if copied:
+            os.rename(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    if not copied:
+        log.info("%s changed after it was sent; leaving it in place", relpath)
+        return False
+    try:
+        with guard_against_writers(source) as guard:
+            if Version.of(guard.stat) == version and _remove(source, guard, relpath):
+                log.info("moved %s to %s after delivery", relpath, target)
+                return True
+    except WriterPresent as busy:
+        log.info("%s; it is moved once the writer lets go", busy)
     target.unlink()  # the original stays, so the copy must not stay beside it
     return False
+
+
+def _copy_version(source: Path, copy: Path, version: Version) -> bool:
+    """Copy `source` to `copy` durably; False if it was not `version` throughout."""
+    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as original:
+        if Version.of(os.fstat(fd)) != version:
+            return False
+        with open(copy, "wb") as out:
+            shutil.copyfileobj(original, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        if Version.of(os.fstat(fd)) != version:
+            return False
+        os.utime(copy, ns=(os.fstat(fd).st_atime_ns, version.mtime_ns))
+    return True
 
 
 def _still_ours(path: Path, guard: WriterGuard) -> bool:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,3 +101,45 @@ def test_keep_and_a_file_already_gone_need_nothing(tmp_path: Path, scan: Path) -
     assert scan.exists()
     scan.unlink()
     assert after_delivery(settings(tmp_path, "delete"), "run/scan.npy", version)
+
+
+@pytest.fixture
+def other_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A sent/ on another filesystem than the scans: tmpfs under /dev/shm."""
+    shm = Path("/dev/shm")
+    if os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.fail("/dev/shm is on the same filesystem as the tests' temporary files")
+    sent = Path(tempfile.mkdtemp(dir=shm, prefix="scanxfer-sent-"))
+    yield sent
+    shutil.rmtree(sent)
+
+
+def across(tmp_path: Path, sent: Path) -> SenderConfig:
+    file = tmp_path / "sender.yaml"
+    file.write_text(
+        f"watch_dir: {tmp_path / 'scans'}\nsent_dir: {sent}\n"
+        f"after_send: move\nstate_dir: {tmp_path / 'state'}\n"
+    )
+    return load_sender_config(file)
+
+
+def test_a_move_to_another_filesystem_copies_then_deletes(
+    tmp_path: Path, scan: Path, other_filesystem: Path
+) -> None:
+    version = Version.of(scan.stat())
+    assert after_delivery(across(tmp_path, other_filesystem), "run/scan.npy", version)
+    moved = other_filesystem / "run" / "scan.npy"
+    assert moved.read_bytes() == b"scan data"
+    assert moved.stat().st_mtime_ns == version.mtime_ns
+    assert not scan.exists()
+    assert leftovers(tmp_path) == [] and leftovers(other_filesystem) == []
+
+
+def test_a_move_to_another_filesystem_leaves_a_file_open_for_writing(
+    tmp_path: Path, scan: Path, writer: subprocess.Popen[str], other_filesystem: Path
+) -> None:
+    version = Version.of(scan.stat())
+    assert not after_delivery(across(tmp_path, other_filesystem), "run/scan.npy", version)
+    assert scan.read_bytes() == b"scan data"
+    assert list(other_filesystem.rglob("*.npy")) == []
+    assert leftovers(other_filesystem) == []
