@@ -28,8 +28,10 @@ system-test-arm64: prerequisites venv
 prerequisites:
 	bash tests/system/prerequisites.sh
 
+# ruff, then mypy on scanxfer/ (its settings are in pyproject.toml): 0 errors, or it fails.
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # The parsers that face the network (tests/fuzz: both ends of the protocol, the .npy header
 # check) under atheris/libFuzzer, FUZZ_SECONDS each; the corpus grows from run to run. Not
@@ -93,5 +95,5 @@ $(DEB): $(DEB_INPUTS)
 	mv $@.tmp $@
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis $(DEB)
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis $(DEB)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -115,6 +115,7 @@ def _write_values(fp: BinaryIO, n: int, dt: np.dtype, rng: np.random.Generator) 
 def _random_values(rng: np.random.Generator, dt: np.dtype, n: int) -> np.ndarray:
     """``n`` random values of ``dt``; never NaN, so copies always compare equal."""
     native = dt.newbyteorder("=")
+    values: np.ndarray
     if dt.kind == "b":
         values = rng.integers(0, 2, n, dtype=np.uint8)
     elif dt.kind in "iu":

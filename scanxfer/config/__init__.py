@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
@@ -67,7 +67,10 @@ COMMAND_LINE = "command line"
 WATCH_METHODS = ("auto", "inotify", "poll")
 AFTER_SEND_MODES = ("keep", "move", "delete")
 
-_Config = TypeVar("_Config")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_Config = TypeVar("_Config", bound="DataclassInstance")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -238,7 +241,7 @@ class _Layer:
     """Unparsed values from one source, and the line each key is on (files only)."""
 
     label: str
-    values: Mapping[object, object]
+    values: Mapping[Any, object]
     lines: Mapping[str, int]
 
     def where(self, key: object) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..protocol.auth import decode_secret
 
@@ -39,7 +39,14 @@ _SIZE_UNITS = {
     "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
 }  # fmt: skip
-_DURATION_UNITS = {"": 1, "ms": Decimal("0.001"), "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_UNITS: dict[str, int | Decimal] = {
+    "": 1,
+    "ms": Decimal("0.001"),
+    "s": 1,
+    "m": 60,
+    "h": 3600,
+    "d": 86400,
+}
 _NUMBER_WITH_UNIT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", re.IGNORECASE | re.ASCII)
 _WHOLE_NUMBER = re.compile(r"\s*\d+\s*", re.ASCII)
 _HOSTNAME = re.compile(r"[A-Za-z0-9_.-]{1,253}")
@@ -55,7 +62,7 @@ def _show(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     # YAML turns `yes`/`true` into bool, a subclass of int; a count of `true` is a mistake.
     return isinstance(value, int) and not isinstance(value, bool)
 

@@ -80,6 +80,14 @@ _SENDS = {
 _HANDSHAKE = (Hello, Challenge, Authenticate, Welcome)
 
 
+@dataclass(slots=True)
+class _Payload:
+    """The DATA payload being received: whose, and how many bytes are still to come."""
+
+    file_id: int
+    remaining: int
+
+
 class Connection:
     """One end of a scanxfer connection: feed it bytes, get events; give it events, get bytes.
 
@@ -100,7 +108,7 @@ class Connection:
         self._can_cancel = False
         self._handshake_done = 0  # how many frames of _HANDSHAKE have passed
         self._input = ReceiveBuffer()
-        self._payload: list[int] | None = None  # [file_id, bytes still to come]
+        self._payload: _Payload | None = None  # inside a DATA payload
         self._eof = False
 
     @property
@@ -162,22 +170,24 @@ class Connection:
             raise RemoteProtocolError(f"{type(event).__name__} after the connection closed")
         self._apply(event, _remote)
         if isinstance(event, DataHeader):
-            self._payload = [event.file_id, event.length]
+            self._payload = _Payload(event.file_id, event.length)
         return event
 
     def _next_payload_event(self) -> DataChunk | DataEnd | NeedData:
-        file_id, remaining = self._payload  # type: ignore[misc]
-        if remaining == 0:
+        payload = self._payload
+        assert payload is not None  # called only inside a payload
+        if payload.remaining == 0:
             self._payload = None
-            self.files[file_id].state = FileState.SENT
-            return DataEnd(file_id)
+            self.files[payload.file_id].state = FileState.SENT
+            return DataEnd(payload.file_id)
         if not self._input:
             if self._eof:
-                raise RemoteProtocolError(f"connection closed with {remaining} payload bytes due")
+                due = payload.remaining
+                raise RemoteProtocolError(f"connection closed with {due} payload bytes due")
             return NEED_DATA
-        chunk = self._input.take_view(remaining)
-        self._payload[1] -= len(chunk)  # type: ignore[index]
-        return DataChunk(file_id, chunk)
+        chunk = self._input.take_view(payload.remaining)
+        payload.remaining -= len(chunk)
+        return DataChunk(payload.file_id, chunk)
 
     def _next_frame(self) -> Event | NeedData:
         if len(self._input) < FRAME_HEAD.size:

@@ -213,12 +213,16 @@ class ConnectionClosed:
     """The peer closed the connection at a frame boundary."""
 
 
-class NeedData:
+class NeedData(enum.Enum):
+    """More bytes, please: a one-member enum, so that `is NEED_DATA` narrows for mypy."""
+
+    NEED_DATA = "NEED_DATA"
+
     def __repr__(self) -> str:
         return "NEED_DATA"
 
 
-NEED_DATA = NeedData()
+NEED_DATA = NeedData.NEED_DATA
 
 Event = (
     Hello

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from typing import TypeVar
 
 from .events import (
     Ack,
@@ -124,7 +125,10 @@ class _Reader:
             raise RemoteProtocolError(f"{self._frame.name} frame has trailing bytes")
 
 
-def parse_enum(kind: type[enum.IntEnum], value: int, what: str) -> enum.IntEnum:
+_Enum = TypeVar("_Enum", bound=enum.IntEnum)
+
+
+def parse_enum(kind: type[_Enum], value: int, what: str) -> _Enum:
     try:
         return kind(value)
     except ValueError:

@@ -216,6 +216,7 @@ class Delivery:
         if not readiness.ready:
             unreadable = readiness.condition is Condition.UNREADABLE
             return self._not_ready(job, readiness.reason, unreadable=unreadable)
+        assert readiness.version is not None  # a ready file has one
         if readiness.version != job.version:
             if self.reconsider is not None:
                 return self._not_ready(job, "changed since it was found complete")

@@ -99,7 +99,7 @@ def _itemsize(descr: object) -> int | None:
     from numpy.lib import format as npy_format
 
     try:
-        dtype = npy_format.descr_to_dtype(descr)
+        dtype = npy_format.descr_to_dtype(descr)  # type: ignore[arg-type]  # any garbage
     except Exception:
         # numpy's parser lets out whatever its internals hit on garbage (a SyntaxError from
         # its own literal_eval, for one); to us every failure means "not a usable dtype".
