@@ -1,4 +1,4 @@
-"""The `scanxfer` command: receive, send, simulate, verify.
+"""The `scanxfer` command: receive, send, status, simulate, verify, install-user-unit, keys, pair.
 
 Each subcommand imports its module only when it runs, so a module that fails to import
 breaks only its own subcommand, and `scanxfer --help` stays fast.
