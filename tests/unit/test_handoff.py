@@ -17,10 +17,10 @@ from scanxfer.sender.handoff import after_delivery
 from scanxfer.watcher import Version
 
 
-def settings(tmp_path: Path, after_send: str) -> SenderConfig:
+def settings(tmp_path: Path, after_send: str, sent: Path | None = None) -> SenderConfig:
     file = tmp_path / "sender.yaml"
     file.write_text(
-        f"watch_dir: {tmp_path / 'scans'}\nsent_dir: {tmp_path / 'sent'}\n"
+        f"watch_dir: {tmp_path / 'scans'}\nsent_dir: {sent or tmp_path / 'sent'}\n"
         f"after_send: {after_send}\nstate_dir: {tmp_path / 'state'}\n"
     )
     return load_sender_config(file)
@@ -114,20 +114,11 @@ def other_filesystem(tmp_path: Path) -> Iterator[Path]:
     shutil.rmtree(sent)
 
 
-def across(tmp_path: Path, sent: Path) -> SenderConfig:
-    file = tmp_path / "sender.yaml"
-    file.write_text(
-        f"watch_dir: {tmp_path / 'scans'}\nsent_dir: {sent}\n"
-        f"after_send: move\nstate_dir: {tmp_path / 'state'}\n"
-    )
-    return load_sender_config(file)
-
-
 def test_a_move_to_another_filesystem_copies_then_deletes(
     tmp_path: Path, scan: Path, other_filesystem: Path
 ) -> None:
     version = Version.of(scan.stat())
-    assert after_delivery(across(tmp_path, other_filesystem), "run/scan.npy", version)
+    assert after_delivery(settings(tmp_path, "move", other_filesystem), "run/scan.npy", version)
     moved = other_filesystem / "run" / "scan.npy"
     assert moved.read_bytes() == b"scan data"
     assert moved.stat().st_mtime_ns == version.mtime_ns
@@ -139,7 +130,7 @@ def test_a_move_to_another_filesystem_leaves_a_file_open_for_writing(
     tmp_path: Path, scan: Path, writer: subprocess.Popen[str], other_filesystem: Path
 ) -> None:
     version = Version.of(scan.stat())
-    assert not after_delivery(across(tmp_path, other_filesystem), "run/scan.npy", version)
+    assert not after_delivery(settings(tmp_path, "move", other_filesystem), "run/scan.npy", version)
     assert scan.read_bytes() == b"scan data"
     assert list(other_filesystem.rglob("*.npy")) == []
     assert leftovers(other_filesystem) == []
