@@ -20,7 +20,7 @@ from .handler import ConnectionHandler
 from .shared import Services, shut
 
 if TYPE_CHECKING:
-    from ..legacy import LegacyDoor
+    from .prototype_door import LegacyDoor
 
 log = logging.getLogger("scanxfer.receiver")
 
@@ -213,6 +213,6 @@ def _listen(host: str, port: int) -> socket.socket:
 def _legacy_door(config: ReceiverConfig, services: Services) -> LegacyDoor | None:
     if config.legacy_listen is None:
         return None
-    from ..legacy import LegacyDoor
+    from .prototype_door import LegacyDoor
 
     return LegacyDoor(config, services.store, services.stats, services.stopping)

@@ -17,10 +17,10 @@ from pathlib import PurePosixPath
 from types import FrameType
 
 from ..config import ConfigError, SenderConfig
-from ..ledger import Ledger
 from ..systemd import Notifier
 from ..watcher import CompletionWatcher, Condition, assess, scan
 from .delivery import Delivery
+from .ledger import Ledger
 from .progress import ProgressBar
 from .session import NOT_PAIRED
 

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 
 from .. import protocol as p
 from ..config import SenderConfig
-from ..ledger import Ledger, Verdict
 from ..sizes import human_size, rate
 from ..watcher import Condition, Version, assess
 from .handoff import after_delivery
-from .legacy import LegacySession
+from .ledger import Ledger, Verdict
+from .prototype import LegacySession
 from .session import (
     Answer,
     AuthenticationFailed,

@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from ..config import SenderConfig
-from ..ledger import Entry, Ledger, State
 from ..sizes import human_size
 from ..watcher import Condition, assess, scan
+from .ledger import Entry, Ledger, State
 
 RECENT_SECONDS = 600
 

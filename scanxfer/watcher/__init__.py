@@ -9,7 +9,6 @@ a memory map), and -- for ``.npy`` files -- its size is exactly what its own hea
 """
 
 from .completion import DEFAULT_RESCAN_SECONDS, METHODS, CompletionWatcher
-from .npy import MAX_NPY_HEADER, NPY_MAGIC, npy_complete, npy_expected_size
 from .readiness import Condition, Readiness, assess
 from .scan import ErrorHandler, Version, matches, scan
 from .writers import (
@@ -23,9 +22,7 @@ from .writers import (
 
 __all__ = [
     "DEFAULT_RESCAN_SECONDS",
-    "MAX_NPY_HEADER",
     "METHODS",
-    "NPY_MAGIC",
     "CompletionWatcher",
     "Condition",
     "ErrorHandler",
@@ -39,7 +36,5 @@ __all__ = [
     "check_writers",
     "guard_against_writers",
     "matches",
-    "npy_complete",
-    "npy_expected_size",
     "scan",
 ]

@@ -16,7 +16,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .npy import npy_complete
+from ..npy import npy_complete
 from .scan import Version
 from .writers import WriterCheck, WriterState, check_writers
 

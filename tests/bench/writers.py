@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from scanxfer.watcher import npy_complete
+from scanxfer.npy import npy_complete
 from scanxfer.watcher.writers import WriterCheck, WriterState, _check, check_writers
 
 from . import report

@@ -1,10 +1,10 @@
 """Fuzz target: the .npy header check that judges files nobody vouches for.
 
 `npy_expected_size` decides whether a file is complete: the sender's watcher asks it before
-sending a scan, and the prototype door (scanxfer/legacy.py) asks it about the first bytes of
-every unauthenticated upload before storing it.  For any bytes it must answer a size or None
-and raise nothing, and it must read no more than the door hands it (NPY_PREFIX bytes), or
-the door would refuse good files for want of bytes it never buffers.
+sending a scan, and the prototype door (scanxfer/receiver/prototype_door.py) asks it about
+the first bytes of every unauthenticated upload before storing it.  For any bytes it must
+answer a size or None and raise nothing, and it must read no more than the door hands it
+(NPY_PREFIX bytes), or the door would refuse good files for want of bytes it never buffers.
 
     python -m tests.fuzz.fuzz_npy build/fuzz/npy -max_total_time=60
 """
@@ -17,8 +17,8 @@ import struct
 from .launch import atheris, run
 
 with atheris.instrument_imports(include=["scanxfer"]):
-    from scanxfer.legacy import NPY_PREFIX
-    from scanxfer.watcher.npy import MAX_NPY_HEADER, NPY_MAGIC, npy_expected_size
+    from scanxfer.npy import MAX_NPY_HEADER, NPY_MAGIC, npy_expected_size
+    from scanxfer.receiver.prototype_door import NPY_PREFIX
 
 MAX_LEN = NPY_PREFIX + 64
 

@@ -17,7 +17,7 @@ from scanxfer import config
 from scanxfer.cli import main
 from scanxfer.config import default_sender_config_path, load_sender_config
 from scanxfer.keys import Keyring, keys_path
-from scanxfer.pairing import Pairing, parse_pairing
+from scanxfer.keys.pairing import Pairing, parse_pairing
 from scanxfer.protocol.auth import decode_secret, verifier
 from scanxfer.tls import format_fingerprint, load_identity
 
@@ -242,7 +242,7 @@ def test_pair_writes_the_users_settings_by_default(
 
 
 def _line(pairing: Pairing) -> str:
-    from scanxfer.pairing import format_pairing
+    from scanxfer.keys.pairing import format_pairing
 
     return format_pairing(pairing)
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from scanxfer.ledger import LEDGER_NAME, Ledger, State, Verdict
+from scanxfer.sender.ledger import LEDGER_NAME, Ledger, State, Verdict
 from scanxfer.watcher import Version
 
 
@@ -88,7 +88,7 @@ def test_every_committed_change_survives_a_kill(tmp_path: Path) -> None:
     script = (
         "import os, sys\n"
         "from pathlib import Path\n"
-        "from scanxfer.ledger import Ledger\n"
+        "from scanxfer.sender.ledger import Ledger\n"
         "from scanxfer.watcher import Version\n"
         "ledger = Ledger(Path(sys.argv[1]))\n"
         "for i in range(50):\n"

@@ -1,4 +1,4 @@
-"""The pairing line (scanxfer.pairing): its format, the lines it refuses, and the sender
+"""The pairing line (scanxfer.keys.pairing): its format, the lines it refuses, and the sender
 settings file it writes."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from scanxfer.config import ConfigError, load_sender_config
-from scanxfer.pairing import Pairing, format_pairing, parse_pairing, write_sender_config
+from scanxfer.keys.pairing import Pairing, format_pairing, parse_pairing, write_sender_config
 from scanxfer.protocol.auth import new_secret
 
 SECRET = new_secret()

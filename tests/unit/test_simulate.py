@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from scanxfer import simulate
-from scanxfer.watcher import npy_complete
+from scanxfer.npy import npy_complete
 
 
 def test_writes_valid_npy_files(tmp_path: Path) -> None:

@@ -20,14 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.lib import format as npy_format
 
-from scanxfer.watcher import (
-    NPY_MAGIC,
-    CompletionWatcher,
-    matches,
-    npy_complete,
-    scan,
-)
-from scanxfer.watcher.npy import _itemsize
+from scanxfer.npy import NPY_MAGIC, _itemsize, npy_complete
+from scanxfer.watcher import CompletionWatcher, matches, scan
 
 SETTLE = 0.2
 WAIT = 10.0  # upper bound for something that must happen
@@ -415,7 +409,7 @@ def test_object_and_invalid_dtypes_have_no_item_size() -> None:
 def test_watching_plain_scans_does_not_import_numpy(tmp_path: Path) -> None:
     np.save(tmp_path / "a.npy", np.zeros((4, 4), dtype=np.uint16))
     script = (
-        "import sys; from pathlib import Path; from scanxfer.watcher import npy_complete; "
+        "import sys; from pathlib import Path; from scanxfer.npy import npy_complete; "
         f"assert npy_complete(Path({str(tmp_path / 'a.npy')!r})); print('numpy' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)

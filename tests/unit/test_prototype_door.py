@@ -23,8 +23,10 @@ import numpy as np
 import pytest
 
 from scanxfer.config import ReceiverConfig, load_receiver_config
-from scanxfer.legacy import LegacyDoor, _allowed, _RateLimitedWarning
+from scanxfer.receiver.prototype_door import LegacyDoor, _allowed, _RateLimitedWarning
 from scanxfer.store import Outcome, Store, StoreLimits
+
+DOOR_LOG = "scanxfer.receiver.prototype_door"
 
 # "Give up" bound for waits that normally end in milliseconds; never an assertion about speed.
 GIVE_UP_SECONDS = 30
@@ -142,7 +144,7 @@ def test_a_file_is_stored_under_the_prototype_name(
     door: Door, caplog: pytest.LogCaptureFixture
 ) -> None:
     data = npy_bytes()
-    with caplog.at_level(logging.INFO, "scanxfer.legacy"):
+    with caplog.at_level(logging.INFO, DOOR_LOG):
         deliver(door.port, framed(data))
     stored = door.stored()
     assert list(stored.values()) == [data]
@@ -154,7 +156,7 @@ def test_a_file_is_stored_under_the_prototype_name(
 
 
 def test_the_door_warns_that_it_is_open(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, "scanxfer.legacy"):
+    with caplog.at_level(logging.WARNING, DOOR_LOG):
         opened = open_door(tmp_path, legacy_allow="['127.0.0.1', '10.0.0.0/24']")
     opened.close()
     [record] = caplog.records
@@ -197,7 +199,7 @@ def test_several_files_on_one_connection(door: Door) -> None:
 def test_an_invalid_npy_file_is_dropped(
     door: Door, caplog: pytest.LogCaptureFixture, payload: bytes, problem: str
 ) -> None:
-    with caplog.at_level(logging.ERROR, "scanxfer.legacy"):
+    with caplog.at_level(logging.ERROR, DOOR_LOG):
         deliver(door.port, framed(payload, npy_bytes()))
     # Nothing of it is stored, and the file behind it on that connection is not trusted either.
     assert door.stored() == {}
@@ -210,7 +212,7 @@ def test_an_invalid_npy_file_is_dropped(
 def test_a_huge_length_is_refused_before_any_payload(
     door: Door, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, "scanxfer.legacy"), connect(door.port) as sock:
+    with caplog.at_level(logging.ERROR, DOOR_LOG), connect(door.port) as sock:
         sock.sendall(struct.pack(">Q", 2**63))
         assert closed_by_peer(sock)
     assert f"refused a prototype file of {2**63} bytes: more than max_file_size" in caplog.text
@@ -223,7 +225,7 @@ def test_a_file_that_would_eat_into_min_free_space_is_refused(
 ) -> None:
     door = open_door(tmp_path, min_free_space="1000TiB")
     try:
-        with caplog.at_level(logging.ERROR, "scanxfer.legacy"):
+        with caplog.at_level(logging.ERROR, DOOR_LOG):
             deliver(door.port, framed(npy_bytes()))
     finally:
         door.close()
@@ -233,7 +235,7 @@ def test_a_file_that_would_eat_into_min_free_space_is_refused(
 
 def test_a_trickle_is_cut_off(door: Door, caplog: pytest.LogCaptureFixture) -> None:
     data = npy_bytes()
-    with caplog.at_level(logging.WARNING, "scanxfer.legacy"), connect(door.port) as sock:
+    with caplog.at_level(logging.WARNING, DOOR_LOG), connect(door.port) as sock:
         sock.sendall(framed(data)[:100])
         sock.settimeout(0.1)
         # Every byte arrives well within idle_timeout (1 s), but the file never gets anywhere.
@@ -261,7 +263,7 @@ def test_a_connection_ending_mid_file_drops_the_partial(
     door: Door, caplog: pytest.LogCaptureFixture
 ) -> None:
     data = npy_bytes()
-    with caplog.at_level(logging.WARNING, "scanxfer.legacy"):
+    with caplog.at_level(logging.WARNING, DOOR_LOG):
         deliver(door.port, framed(data)[:-100])
     assert re.search(
         r"closed after 8220 of 8320 bytes; the file being received was dropped", caplog.text
@@ -275,7 +277,7 @@ def test_a_peer_outside_legacy_allow_is_refused(
 ) -> None:
     door = open_door(tmp_path, legacy_allow="['127.0.0.2/32']")
     try:
-        with caplog.at_level(logging.WARNING, "scanxfer.legacy"):
+        with caplog.at_level(logging.WARNING, DOOR_LOG):
             for _ in range(3):
                 deliver(door.port, framed(npy_bytes()))
     finally:
@@ -292,7 +294,7 @@ def test_connections_beyond_max_connections_are_closed(
 ) -> None:
     door = open_door(tmp_path, max_connections="1", handshake_timeout="60s")
     try:
-        with caplog.at_level(logging.WARNING, "scanxfer.legacy"), connect(door.port) as first:
+        with caplog.at_level(logging.WARNING, DOOR_LOG), connect(door.port) as first:
             first.sendall(b"\0\0")  # holds the only slot, mid-length
             deliver(door.port, framed(npy_bytes()))
             assert door.stored() == {}
@@ -329,7 +331,7 @@ def test_no_space_while_writing_drops_the_file_and_the_door_lives(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_write(fd, data)
 
-    with caplog.at_level(logging.ERROR, "scanxfer.legacy"):
+    with caplog.at_level(logging.ERROR, DOOR_LOG):
         with monkeypatch.context() as patched:
             patched.setattr(os, "write", full)
             deliver(door.port, framed(npy_bytes()))
@@ -392,7 +394,7 @@ def test_rate_limited_warning_counts_what_it_held_back(
     now = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: now[0])
     limiter = _RateLimitedWarning(period=60, max_keys=2)
-    with caplog.at_level(logging.WARNING, "scanxfer.legacy"):
+    with caplog.at_level(logging.WARNING, DOOR_LOG):
         for _ in range(4):
             limiter.warn("a", "from %s", "a")
         limiter.warn("b", "from %s", "b")

@@ -21,20 +21,19 @@ import ipaddress
 import logging
 import math
 import socket
-import struct
 import threading
 import time
 from collections.abc import Iterable
 from typing import Protocol
 
-from .config import Address, ReceiverConfig
-from .sizes import human_size
-from .store import PartialFile, Store, StoreError
-from .watcher.npy import MAX_NPY_HEADER, npy_expected_size
+from ..config import Address, ReceiverConfig
+from ..npy import MAX_NPY_HEADER, npy_expected_size
+from ..protocol.prototype import LENGTH, decode_length
+from ..sizes import human_size
+from ..store import PartialFile, Store, StoreError
 
-log = logging.getLogger("scanxfer.legacy")
+log = logging.getLogger(__name__)
 
-LENGTH = struct.Struct(">Q")
 # A peer must deliver this much payload per idle_timeout, so that a trickle of single bytes
 # cannot hold a connection (and a partial file) open for ever.
 PROGRESS_BYTES = 64 * 1024
@@ -260,8 +259,7 @@ class _LegacyConnection:
                     raise _Ended(f"closed after {got} of the 8 bytes of a length")
                 return None
             got += count
-        length: int = LENGTH.unpack(header)[0]
-        return length
+        return decode_length(header)
 
     def _receive(self, length: int) -> None:
         self._check_room(length)

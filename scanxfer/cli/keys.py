@@ -17,7 +17,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from scanxfer.cli import EXIT_FAILURE, EXIT_OK, UsageError, _add_verbosity, _command, _Formatter
 from scanxfer.config import (
     RECEIVER_CONFIG_PATH,
     Address,
@@ -27,6 +26,8 @@ from scanxfer.config import (
     load_sender_config,
     parse_address,
 )
+
+from .common import EXIT_FAILURE, EXIT_OK, Formatter, UsageError, add_verbosity, command
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def add_commands(commands: Any) -> None:
 def _add_keys(commands: Any) -> None:
     keys = commands.add_parser(
         "keys",
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
         help="issue, list and revoke sender keys (on the receiver)",
         description="Manage which senders the receiver accepts. Each sender proves a key of "
         "its own; the receiver stores only what it needs to check it, in keys.json in its "
@@ -52,9 +53,9 @@ def _add_keys(commands: Any) -> None:
         "  sudo scanxfer keys list\n"
         "  sudo scanxfer keys revoke lab-pc",
     )
-    _add_verbosity(keys, default=argparse.SUPPRESS)
+    add_verbosity(keys, default=argparse.SUPPRESS)
     actions = keys.add_subparsers(dest="keys_action", required=True)
-    add = _command(
+    add = command(
         actions,
         "add",
         _keys_add,
@@ -77,7 +78,7 @@ def _add_keys(commands: Any) -> None:
         "--replace", action="store_true", help="give NAME a new key; its old key stops working"
     )
     _add_receiver_options(add)
-    listing = _command(
+    listing = command(
         actions,
         "list",
         _keys_list,
@@ -86,7 +87,7 @@ def _add_keys(commands: Any) -> None:
         "fingerprint of the receiver's certificate.",
     )
     _add_receiver_options(listing)
-    revoke = _command(
+    revoke = command(
         actions,
         "revoke",
         _keys_revoke,
@@ -119,7 +120,7 @@ def _add_receiver_options(sub: argparse.ArgumentParser) -> None:
 
 
 def _add_pair(commands: Any) -> None:
-    sub = _command(
+    sub = command(
         commands,
         "pair",
         _pair,
@@ -156,7 +157,7 @@ def _keys_add(args: argparse.Namespace) -> int:
     config = _receiver_config(args)
     address, source = _pairing_address(args.address, config.listen)
     from scanxfer import keys, tls
-    from scanxfer.pairing import Pairing, format_pairing
+    from scanxfer.keys.pairing import Pairing, format_pairing
 
     try:
         identity = tls.ensure_identity(config.state_dir, config.name) if config.tls else None
@@ -240,7 +241,8 @@ def _keys_revoke(args: argparse.Namespace) -> int:
 
 
 def _pair(args: argparse.Namespace) -> int:
-    from scanxfer import pairing, tls
+    from scanxfer import tls
+    from scanxfer.keys import pairing
 
     try:
         paired = pairing.parse_pairing(args.line)

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .watcher import Version
+from ..watcher import Version
 
 LEDGER_NAME = "ledger.sqlite3"
 

@@ -17,18 +17,17 @@ from __future__ import annotations
 import itertools
 import logging
 import socket
-import struct
 import time
 from collections.abc import Callable
 from typing import BinaryIO
 
 from .. import protocol as p
 from ..config import SenderConfig
+from ..protocol.prototype import encode_length
 from .session import ConnectionLost, FileChanged, FileJob, send_in_slices, where
 
 log = logging.getLogger("scanxfer.sender")
 
-LENGTH = struct.Struct(">Q")
 # What the journal and `scanxfer status` show as the stored name: the prototype picks it
 # (scan_<its epoch ms>.npy) and never tells.
 STORED_PATH = "(named by the prototype receiver)"
@@ -100,7 +99,7 @@ class LegacySession:
 
     def _stream(self, sock: socket.socket, handle: BinaryIO, job: FileJob) -> None:
         try:
-            sock.sendall(LENGTH.pack(job.size))
+            sock.sendall(encode_length(job.size))
             sent = send_in_slices(sock, handle, 0, job.size, self.alive)
             sock.shutdown(socket.SHUT_WR)
         except OSError as error:

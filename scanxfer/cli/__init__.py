@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,17 @@ from scanxfer.config import (
 )
 from scanxfer.systemd import setup_logging
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-EXIT_INTERRUPTED = 130
+from . import keys as keys_commands
+from .common import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Formatter,
+    UsageError,
+    add_verbosity,
+    command,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,22 +49,6 @@ exit status:
 
 Run 'scanxfer COMMAND --help' for the options of a command.
 """
-
-
-class UsageError(Exception):
-    """Options that parse one by one but do not make sense together."""
-
-
-class _Formatter(argparse.HelpFormatter):
-    """Wraps one-line paragraphs to the terminal; keeps multi-line ones (examples) as written."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        return "\n\n".join(
-            textwrap.indent(block, indent)
-            if "\n" in block
-            else textwrap.fill(block, width, initial_indent=indent, subsequent_indent=indent)
-            for block in text.split("\n\n")
-        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,10 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Move .npy scan files from an instrument PC to a Raspberry Pi over TCP: "
         "checksummed, resumable, and stored durably before they are acknowledged.",
         epilog=_EPILOG,
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    _add_verbosity(parser, default=0)
+    add_verbosity(parser, default=0)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_receive(commands)
     _add_send(commands)
@@ -101,34 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(commands)
     _add_verify(commands)
     _add_install_user_unit(commands)
-    from scanxfer import cli_keys  # imported here, not on top: it imports from this module
-
-    cli_keys.add_commands(commands)
+    keys_commands.add_commands(commands)
     return parser
 
 
-def _add_verbosity(parser: argparse.ArgumentParser, default: Any) -> None:
-    # Accepted before and after the command; the subcommand's copies default to SUPPRESS so
-    # they do not overwrite a value given before the command.
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=default, help="more detail (debug messages)"
-    )
-    parser.add_argument(
-        "-q", "--quiet", action="store_true", default=default, help="only warnings and errors"
-    )
-
-
-def _command(
-    commands: Any, name: str, run: Callable[[argparse.Namespace], int], **texts: str
-) -> argparse.ArgumentParser:
-    sub: argparse.ArgumentParser = commands.add_parser(name, formatter_class=_Formatter, **texts)
-    _add_verbosity(sub, default=argparse.SUPPRESS)
-    sub.set_defaults(run=run, parser=sub)
-    return sub
-
-
 def _add_receive(commands: Any) -> None:
-    sub = _command(
+    sub = command(
         commands,
         "receive",
         _receive,
@@ -157,7 +124,7 @@ def _add_receive(commands: Any) -> None:
 
 
 def _add_send(commands: Any) -> None:
-    sub = _command(
+    sub = command(
         commands,
         "send",
         _send,
@@ -191,7 +158,7 @@ def _add_send(commands: Any) -> None:
 
 
 def _add_status(commands: Any) -> None:
-    sub = _command(
+    sub = command(
         commands,
         "status",
         _status,
@@ -208,7 +175,7 @@ def _add_status(commands: Any) -> None:
 
 
 def _add_simulate(commands: Any) -> None:
-    sub = _command(
+    sub = command(
         commands,
         "simulate",
         _simulate,
@@ -242,7 +209,7 @@ def _add_simulate(commands: Any) -> None:
 
 
 def _add_verify(commands: Any) -> None:
-    sub = _command(
+    sub = command(
         commands,
         "verify",
         _verify,
@@ -270,7 +237,7 @@ def _add_verify(commands: Any) -> None:
 
 
 def _add_install_user_unit(commands: Any) -> None:
-    sub = _command(
+    sub = command(
         commands,
         "install-user-unit",
         _install_user_unit,

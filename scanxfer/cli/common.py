@@ -1,0 +1,50 @@
+"""What every `scanxfer` subcommand shares: exit codes, usage errors, help layout, -v/-q."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from collections.abc import Callable
+from typing import Any
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """Options that parse one by one but do not make sense together."""
+
+
+class Formatter(argparse.HelpFormatter):
+    """Wraps one-line paragraphs to the terminal; keeps multi-line ones (examples) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n\n".join(
+            textwrap.indent(block, indent)
+            if "\n" in block
+            else textwrap.fill(block, width, initial_indent=indent, subsequent_indent=indent)
+            for block in text.split("\n\n")
+        )
+
+
+def add_verbosity(parser: argparse.ArgumentParser, default: Any) -> None:
+    # Accepted before and after the command; the subcommand's copies default to SUPPRESS so
+    # they do not overwrite a value given before the command.
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=default, help="more detail (debug messages)"
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=default, help="only warnings and errors"
+    )
+
+
+def command(
+    commands: Any, name: str, run: Callable[[argparse.Namespace], int], **texts: str
+) -> argparse.ArgumentParser:
+    sub: argparse.ArgumentParser = commands.add_parser(name, formatter_class=Formatter, **texts)
+    add_verbosity(sub, default=argparse.SUPPRESS)
+    sub.set_defaults(run=run, parser=sub)
+    return sub
