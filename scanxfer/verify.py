@@ -14,6 +14,7 @@ from typing import TextIO
 
 import numpy as np
 
+from scanxfer.errors import ExitCode
 from scanxfer.watcher import scan
 
 _READ_SIZE = 1 << 20
@@ -107,14 +108,14 @@ def verify_pair(a: Path, b: Path, out: TextIO) -> int:
     for path in (a, b):
         if not path.is_file():
             print(f"verify: {path} does not exist or is not a file; check the path", file=out)
-            return 1
+            return ExitCode.FAILED
     try:
         comparison = compare_files(a, b)
     except OSError as exc:
         print(f"verify: cannot read {exc.filename}: {exc.strerror}", file=out)
-        return 1
+        return ExitCode.FAILED
     _print_comparison(comparison, out)
-    return 0 if comparison.identical else 1
+    return ExitCode.OK if comparison.identical else ExitCode.FAILED
 
 
 def _newest_npy(directory: Path, out: TextIO) -> Path | None:
@@ -133,7 +134,7 @@ def verify_latest(scans: Path, incoming: Path, out: TextIO) -> int:
     a = _newest_npy(scans, out)
     b = _newest_npy(incoming, out)
     if a is None or b is None:
-        return 1
+        return ExitCode.FAILED
     return verify_pair(a, b, out)
 
 
@@ -180,11 +181,11 @@ def verify_trees(source: Path, dest: Path, out: TextIO) -> int:
     for role, directory in (("source", source), ("destination", dest)):
         if not directory.is_dir():
             print(f"verify: {role} directory {directory} does not exist; check the path", file=out)
-            return 1
+            return ExitCode.FAILED
     files = sorted(scan(source, ["*"], [".*"]))
     if not files:
         print(f"verify: no files under {source}; nothing was verified", file=out)
-        return 1
+        return ExitCode.FAILED
     missing: list[tuple[PurePosixPath, str]] = []
     different: list[tuple[PurePosixPath, str]] = []
     for rel in files:
@@ -205,4 +206,4 @@ def verify_trees(source: Path, dest: Path, out: TextIO) -> int:
         )
     ok = not missing and not different
     print(f"result: {'OK' if ok else 'FAILED'}", file=out)
-    return 0 if ok else 1
+    return ExitCode.OK if ok else ExitCode.FAILED

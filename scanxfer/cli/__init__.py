@@ -26,16 +26,7 @@ from scanxfer.config import (
 from scanxfer.systemd import setup_logging
 
 from . import keys as keys_commands
-from .common import (
-    EXIT_FAILURE,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_USAGE,
-    Formatter,
-    UsageError,
-    add_verbosity,
-    command,
-)
+from .common import ExitCode, Formatter, UsageError, add_verbosity, command
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except ConfigError as exc:
         log.error("%s", exc)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except UsageError as exc:
         args.parser.print_usage(sys.stderr)
         print(f"{args.parser.prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -319,7 +310,7 @@ def _receive(args: argparse.Namespace) -> int:
     config = _receiver_config(args)
     if args.check:
         log.info("settings are valid")
-        return EXIT_OK
+        return ExitCode.OK
     from scanxfer import receiver
 
     # SIGHUP re-reads the same file with the same command-line overrides.
@@ -355,7 +346,7 @@ def _simulate(args: argparse.Namespace) -> int:
         chunks=args.chunks,
     )
     log.info("wrote %d file(s) into %s", len(written), args.dir)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -389,11 +380,11 @@ def _install_user_unit(args: argparse.Namespace) -> int:
         user_unit.install(sys.executable, receiver=args.to, watch_dir=args.watch)
     except (user_unit.InstallError, OSError) as exc:
         log.error("%s", exc)
-        return EXIT_FAILURE
+        return ExitCode.FAILED
     log.info(
         "start it now and at every login with: systemctl --user enable --now %s\n"
         "keep it running while you are logged out with: loginctl enable-linger %s",
         user_unit.UNIT_NAME.removesuffix(".service"),
         getpass.getuser(),
     )
-    return EXIT_OK
+    return ExitCode.OK

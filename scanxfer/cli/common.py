@@ -7,16 +7,9 @@ import textwrap
 from collections.abc import Callable
 from typing import Any
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-EXIT_INTERRUPTED = 130
+from ..errors import ExitCode, UsageError
 
-
-class UsageError(Exception):
-    """Options that parse one by one but do not make sense together."""
-
+__all__ = ["ExitCode", "Formatter", "UsageError", "add_verbosity", "command"]
 
 class Formatter(argparse.HelpFormatter):
     """Wraps one-line paragraphs to the terminal; keeps multi-line ones (examples) as written."""

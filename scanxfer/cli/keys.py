@@ -27,7 +27,7 @@ from scanxfer.config import (
     parse_address,
 )
 
-from .common import EXIT_FAILURE, EXIT_OK, Formatter, UsageError, add_verbosity, command
+from .common import ExitCode, Formatter, UsageError, add_verbosity, command
 
 log = logging.getLogger(__name__)
 
@@ -164,10 +164,10 @@ def _keys_add(args: argparse.Namespace) -> int:
         secret = keys.KeyFile(keys.keys_path(config.state_dir)).add(args.name, replace=args.replace)
     except (keys.KeysError, tls.TLSSetupError) as exc:
         log.error("%s", exc)
-        return EXIT_FAILURE
+        return ExitCode.FAILED
     except OSError as exc:
         log.error("cannot change %s: %s", config.state_dir, exc)
-        return EXIT_FAILURE
+        return ExitCode.FAILED
     line = format_pairing(
         Pairing(
             host=address.host,
@@ -192,7 +192,7 @@ def _keys_add(args: argparse.Namespace) -> int:
     )
     if identity is None:
         log.warning("tls is false in the receiver's settings: files cross the network unencrypted")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _keys_list(args: argparse.Namespace) -> int:
@@ -203,7 +203,7 @@ def _keys_list(args: argparse.Namespace) -> int:
         entries = keys.KeyFile(keys.keys_path(config.state_dir)).entries()
     except keys.KeysError as exc:
         log.error("%s", exc)
-        return EXIT_FAILURE
+        return ExitCode.FAILED
     if entries:
         width = max(len("NAME"), *(len(entry.name) for entry in entries))
         print(f"{'NAME':<{width}}  {'CREATED':<20}  STATUS")
@@ -222,7 +222,7 @@ def _keys_list(args: argparse.Namespace) -> int:
         if entries:
             print()  # a blank line between the table and the fingerprint
         print(f"certificate fingerprint (SHA-256): {shown}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _keys_revoke(args: argparse.Namespace) -> int:
@@ -233,11 +233,11 @@ def _keys_revoke(args: argparse.Namespace) -> int:
         keys.KeyFile(keys.keys_path(config.state_dir)).revoke(args.name)
     except keys.KeysError as exc:
         log.error("%s", exc)
-        return EXIT_FAILURE
+        return ExitCode.FAILED
     log.info(
         "revoked the key of %s: the receiver refuses it and closes its open connection", args.name
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _pair(args: argparse.Namespace) -> int:
@@ -253,7 +253,7 @@ def _pair(args: argparse.Namespace) -> int:
         pairing.write_sender_config(path, paired)
     except OSError as exc:
         log.error("cannot write %s: %s; check the path and its permissions", path, exc)
-        return EXIT_FAILURE
+        return ExitCode.FAILED
     config = load_sender_config(path)
     security = (
         f"over TLS, trusting only the certificate {tls.format_fingerprint(paired.fingerprint)}"
@@ -275,7 +275,7 @@ def _pair(args: argparse.Namespace) -> int:
         config.watch_dir,
         send,
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 # --- the address in the pairing line ----------------------------------------------------------

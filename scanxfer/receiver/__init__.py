@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 
 from ..config import ReceiverConfig
+from ..errors import ExitCode
 from ..keys import KeysError
 from ..store import LeftoverPartial, Store, StoreLimits, StoreSetupError
 from ..tls import TLSSetupError
@@ -20,11 +21,10 @@ from .gate import Gate
 from .server import Server
 from .shared import Services, Stats
 
-__all__ = ["EXIT_OK", "EXIT_UNAVAILABLE", "Server", "Stats", "serve"]
+__all__ = ["Server", "Stats", "serve"]
 
 log = logging.getLogger("scanxfer.receiver")
 
-EXIT_OK, EXIT_UNAVAILABLE = 0, 3
 
 
 def serve(config: ReceiverConfig, reload: Callable[[], ReceiverConfig] | None = None) -> int:
@@ -40,13 +40,13 @@ def serve(config: ReceiverConfig, reload: Callable[[], ReceiverConfig] | None = 
         )
     except (StoreSetupError, OSError) as error:
         log.error("cannot use the storage directories: %s", error)
-        return EXIT_UNAVAILABLE
+        return ExitCode.UNREACHABLE
     _clean_leftovers(store, config.partial_max_age)
     try:
         gate = Gate(config)
     except (TLSSetupError, KeysError) as error:
         log.error("%s", error)
-        return EXIT_UNAVAILABLE
+        return ExitCode.UNREACHABLE
     try:
         server = Server(config, Services(store, Stats(), gate), reload)
     except OSError as error:
@@ -55,9 +55,9 @@ def serve(config: ReceiverConfig, reload: Callable[[], ReceiverConfig] | None = 
             _listening_on(config),
             error,
         )
-        return EXIT_UNAVAILABLE
+        return ExitCode.UNREACHABLE
     server.serve_forever()
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _listening_on(config: ReceiverConfig) -> str:

@@ -17,6 +17,7 @@ from pathlib import PurePosixPath
 from types import FrameType
 
 from ..config import ConfigError, SenderConfig
+from ..errors import ExitCode
 from ..systemd import Notifier
 from ..watcher import CompletionWatcher, Condition, assess, scan
 from .delivery import Delivery
@@ -25,9 +26,6 @@ from .progress import ProgressBar
 from .session import NOT_PAIRED
 
 log = logging.getLogger("scanxfer.sender")
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-
 
 def run(
     config: SenderConfig,
@@ -41,7 +39,7 @@ def run(
     """
     if config.key is None and not legacy:
         log.error("%s", NOT_PAIRED)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     stop, reload_requested = threading.Event(), threading.Event()
     _install_signal_handlers(stop, reload_requested)
     ledger = Ledger(config.state_dir)
@@ -72,7 +70,7 @@ def _run_once(delivery: Delivery) -> int:
         log.error(
             "watch directory %s does not exist; pass --watch DIR or set watch_dir", config.watch_dir
         )
-        return EXIT_USAGE
+        return ExitCode.USAGE
     for relpath in scan(config.watch_dir, config.patterns, config.ignore):
         readiness = assess(config.watch_dir / relpath)
         if readiness.ready:
@@ -104,11 +102,11 @@ def _once_result(delivery: Delivery) -> int:
         )
     if delivery.unreachable:
         log.error("gave up: %s; %d of %d files delivered", delivery.unreachable, done, total)
-        return EXIT_UNREACHABLE
+        return ExitCode.UNREACHABLE
     if delivery.failed or done < total:
         names = ", ".join(path for path, _ in delivery.failed[:10]) or "interrupted"
         log.error("%d of %d files delivered; not delivered: %s", done, total, names)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     if total and delivery.legacy:
         log.info("all %d files sent; the prototype receiver confirms nothing more", total)
     elif total:
@@ -116,7 +114,7 @@ def _once_result(delivery: Delivery) -> int:
     elif not delivery.skipped:
         skipped = delivery.progress.files_already_delivered
         log.info("nothing to send: %d files already delivered", skipped)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _run_daemon(
@@ -140,7 +138,7 @@ def _run_daemon(
             config = _reloaded(config, reload, reload_requested, notifier)
     notifier.stopping()
     log.info("stopped; %d files delivered", delivered)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _watch_and_deliver(

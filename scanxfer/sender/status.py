@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from ..config import SenderConfig
+from ..errors import ExitCode
 from ..sizes import human_size
 from ..watcher import Condition, assess, scan
 from .ledger import Entry, Ledger, State
@@ -71,10 +72,10 @@ def print_status(config: SenderConfig, as_json: bool, out: TextIO) -> int:
     if as_json:
         json.dump(data, out, indent=2)
         out.write("\n")
-        return 0
+        return ExitCode.OK
     for line in _human_lines(data):
         out.write(line + "\n")
-    return 0
+    return ExitCode.OK
 
 
 def _human_lines(data: dict[str, Any]) -> list[str]:
