@@ -15,14 +15,32 @@ class ExitCode(enum.IntEnum):
     """What `scanxfer COMMAND` returns to the shell (and systemd sees as the service's status)."""
 
     OK = 0
-    # A transfer or a verification failed, or an action on keys could not be done.
     FAILED = 1
-    # Usage or settings error: rerunning the same command cannot help.
+    # Rerunning the same command cannot help: the command line or a settings file is wrong.
     USAGE = 2
-    # The receiver could not be reached, or the service could not start.
     UNREACHABLE = 3
-    # Ctrl-C: 128 + SIGINT, as shells report it.
+    # 128 + SIGINT, as shells report a command Ctrl-C stopped.
     INTERRUPTED = 130
+
+    @property
+    def meaning(self) -> str:
+        """The words `--help` and the README's table give this status."""
+        return _MEANINGS[self]
+
+
+_MEANINGS = {
+    ExitCode.OK: "success",
+    ExitCode.FAILED: "a transfer, a verification or a change of keys failed",
+    ExitCode.USAGE: "usage or configuration error",
+    ExitCode.UNREACHABLE: "receiver unreachable, or the service could not start",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+
+def describe_exit_codes(codes: tuple[ExitCode, ...] = tuple(ExitCode)) -> str:
+    """The `exit status:` block of a `--help` text, for `codes` in the order given."""
+    lines = [f"  {int(code):<4} {code.meaning}" for code in codes]
+    return "exit status:\n" + "\n".join(lines)
 
 
 class ScanxferError(Exception):

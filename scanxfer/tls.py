@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scanxfer import atomic
+from scanxfer.errors import ScanxferError
 
 TLS_DIR_NAME = "tls"
 CERT_FILE_NAME = "cert.pem"
@@ -40,7 +41,7 @@ _PEM_CERTIFICATE = re.compile(
 )
 
 
-class TLSSetupError(Exception):
+class TLSSetupError(ScanxferError):
     """The identity cannot be made or used; the message says what to do about it."""
 
 

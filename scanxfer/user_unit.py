@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from scanxfer.config import default_sender_config_path, load_sender_config
+from scanxfer.errors import ScanxferError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ UNIT_NAME = "scanxfer-sender.service"
 _PACKAGED_EXEC_START = "ExecStart=/usr/bin/scanxfer send"
 
 
-class InstallError(Exception):
+class InstallError(ScanxferError):
     """The unit or the settings cannot be written as asked; the message says what to do."""
 
 

@@ -23,23 +23,29 @@ from scanxfer.config import (
     load_sender_config,
     parse_duration,
 )
+from scanxfer.errors import ScanxferError, describe_exit_codes
 from scanxfer.systemd import setup_logging
 
 from . import keys as keys_commands
-from .common import ExitCode, Formatter, UsageError, add_verbosity, command
+from .common import (
+    REPORT_EXITS,
+    SENDER_EXITS,
+    SERVICE_EXITS,
+    TOOL_EXITS,
+    ExitCode,
+    Formatter,
+    UsageError,
+    add_verbosity,
+    command,
+)
 
 log = logging.getLogger(__name__)
 
-_EPILOG = """\
-exit status:
-  0    success
-  1    a transfer or verification failed
-  2    usage or configuration error
-  3    receiver unreachable, or the service could not start
-  130  interrupted (Ctrl-C)
-
-Run 'scanxfer COMMAND --help' for the options of a command.
-"""
+_EPILOG = (
+    describe_exit_codes()
+    + "\n\nRun 'scanxfer COMMAND --help' for the options of a command "
+    "and the statuses it ends with."
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,13 +58,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose - args.quiet)
     try:
         return args.run(args)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return ExitCode.USAGE
     except UsageError as exc:
         args.parser.print_usage(sys.stderr)
         print(f"{args.parser.prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ConfigError as exc:
+        log.error("%s", exc)
         return ExitCode.USAGE
+    except ScanxferError as exc:
+        # Every error a user can act on ends here, once; its message says what to do.
+        log.error("%s", exc)
+        return exc.exit_code
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
 
@@ -90,6 +100,7 @@ def _add_receive(commands: Any) -> None:
         commands,
         "receive",
         _receive,
+        SERVICE_EXITS,
         help="accept files from senders and store them",
         description="Accept files from senders, check each against its checksum, and store it "
         "durably under the incoming directory. Runs until stopped; the scanxfer-receiver "
@@ -119,6 +130,7 @@ def _add_send(commands: Any) -> None:
         commands,
         "send",
         _send,
+        SENDER_EXITS,
         help="watch a directory and deliver completed files",
         description="Watch a directory and deliver every completed file to the receiver exactly "
         "once, reconnecting and resuming after failures. Runs until stopped unless --once "
@@ -153,6 +165,7 @@ def _add_status(commands: Any) -> None:
         commands,
         "status",
         _status,
+        REPORT_EXITS,
         help="show the sender's backlog, deliveries and failures",
         description="Show what the sender has waiting (files, bytes, age of the oldest), what it "
         "delivered last and how fast, which files it gave up on and why, and which .npy files "
@@ -170,6 +183,7 @@ def _add_simulate(commands: Any) -> None:
         commands,
         "simulate",
         _simulate,
+        REPORT_EXITS,
         help="write synthetic .npy scans, like an instrument",
         description="Write synthetic .npy scan files into a directory like an instrument: one "
         "every --interval, each in --chunks writes. Use it to try a sender without an "
@@ -204,6 +218,7 @@ def _add_verify(commands: Any) -> None:
         commands,
         "verify",
         _verify,
+        TOOL_EXITS,
         help="check that received files match the originals",
         description="Check that received files match the originals: size, checksum and, for "
         ".npy files, the arrays. Compares two files, two directory trees, or (with no "
@@ -232,6 +247,7 @@ def _add_install_user_unit(commands: Any) -> None:
         commands,
         "install-user-unit",
         _install_user_unit,
+        TOOL_EXITS,
         help="set the sender up as a systemd user service",
         description="Install the scanxfer-sender systemd user unit for the current user, running "
         "this very scanxfer (useful after a pip or pipx install), and with --to or --watch "
@@ -297,33 +313,33 @@ def _dtype(text: str) -> str:
 # --- subcommands ---------------------------------------------------------------------------
 
 
-def _receiver_config(args: argparse.Namespace) -> ReceiverConfig:
+def receiver_config(args: argparse.Namespace) -> ReceiverConfig:
     overrides = {"listen": args.listen, "incoming_dir": args.dir, "state_dir": args.state_dir}
     return load_receiver_config(args.config, overrides)
 
 
-def _sender_config(args: argparse.Namespace) -> SenderConfig:
+def sender_config(args: argparse.Namespace) -> SenderConfig:
     return load_sender_config(args.config, {"receiver": args.to, "watch_dir": args.watch})
 
 
 def _receive(args: argparse.Namespace) -> int:
-    config = _receiver_config(args)
+    config = receiver_config(args)
     if args.check:
         log.info("settings are valid")
         return ExitCode.OK
     from scanxfer import receiver
 
     # SIGHUP re-reads the same file with the same command-line overrides.
-    return receiver.serve(config, reload=lambda: _receiver_config(args))
+    return receiver.serve(config, reload=lambda: receiver_config(args))
 
 
 def _send(args: argparse.Namespace) -> int:
-    config = _sender_config(args)
+    config = sender_config(args)
     from scanxfer import sender
 
     # SIGHUP re-reads the same file with the same command-line overrides.
     return sender.run(
-        config, once=args.once, reload=lambda: _sender_config(args), legacy=args.legacy
+        config, once=args.once, reload=lambda: sender_config(args), legacy=args.legacy
     )
 
 
@@ -378,7 +394,7 @@ def _install_user_unit(args: argparse.Namespace) -> int:
 
     try:
         user_unit.install(sys.executable, receiver=args.to, watch_dir=args.watch)
-    except (user_unit.InstallError, OSError) as exc:
+    except OSError as exc:
         log.error("%s", exc)
         return ExitCode.FAILED
     log.info(

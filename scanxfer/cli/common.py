@@ -7,9 +7,27 @@ import textwrap
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ExitCode, UsageError
+from ..errors import ExitCode, UsageError, describe_exit_codes
 
-__all__ = ["ExitCode", "Formatter", "UsageError", "add_verbosity", "command"]
+__all__ = [
+    "REPORT_EXITS",
+    "SENDER_EXITS",
+    "SERVICE_EXITS",
+    "TOOL_EXITS",
+    "ExitCode",
+    "Formatter",
+    "UsageError",
+    "add_verbosity",
+    "command",
+]
+
+# What each kind of command can end with.  A long-running service stops on its own signal
+# handlers (exit 0); the short commands let Ctrl-C through, and `main` reports 130.
+SERVICE_EXITS = (ExitCode.OK, ExitCode.USAGE, ExitCode.UNREACHABLE)
+SENDER_EXITS = (ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE, ExitCode.UNREACHABLE)
+TOOL_EXITS = (ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE, ExitCode.INTERRUPTED)
+REPORT_EXITS = (ExitCode.OK, ExitCode.USAGE, ExitCode.INTERRUPTED)
+
 
 class Formatter(argparse.HelpFormatter):
     """Wraps one-line paragraphs to the terminal; keeps multi-line ones (examples) as written."""
@@ -35,9 +53,17 @@ def add_verbosity(parser: argparse.ArgumentParser, default: Any) -> None:
 
 
 def command(
-    commands: Any, name: str, run: Callable[[argparse.Namespace], int], **texts: str
+    commands: Any,
+    name: str,
+    run: Callable[[argparse.Namespace], int],
+    exits: tuple[ExitCode, ...],
+    **texts: str,
 ) -> argparse.ArgumentParser:
-    sub: argparse.ArgumentParser = commands.add_parser(name, formatter_class=Formatter, **texts)
+    """Add subcommand `name`; its `--help` ends with the exit statuses `run` can return."""
+    epilog = "\n\n".join(filter(None, (texts.pop("epilog", ""), describe_exit_codes(exits))))
+    sub: argparse.ArgumentParser = commands.add_parser(
+        name, formatter_class=Formatter, epilog=epilog, **texts
+    )
     add_verbosity(sub, default=argparse.SUPPRESS)
     sub.set_defaults(run=run, parser=sub)
     return sub

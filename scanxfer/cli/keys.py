@@ -27,7 +27,7 @@ from scanxfer.config import (
     parse_address,
 )
 
-from .common import ExitCode, Formatter, UsageError, add_verbosity, command
+from .common import TOOL_EXITS, ExitCode, Formatter, UsageError, add_verbosity, command
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ def _add_keys(commands: Any) -> None:
         actions,
         "add",
         _keys_add,
+        TOOL_EXITS,
         help="issue a key for a sender and print its pairing line",
         description="Issue a key for the sender NAME and print, on standard output, the "
         "line to give to `scanxfer pair` on that sender. The line holds the key: pass it on "
@@ -82,6 +83,7 @@ def _add_keys(commands: Any) -> None:
         actions,
         "list",
         _keys_list,
+        TOOL_EXITS,
         help="list the senders' keys and the certificate fingerprint",
         description="List every sender key issued (name, when, active or revoked) and the "
         "fingerprint of the receiver's certificate.",
@@ -91,6 +93,7 @@ def _add_keys(commands: Any) -> None:
         actions,
         "revoke",
         _keys_revoke,
+        TOOL_EXITS,
         help="stop accepting a sender's key",
         description="Stop accepting the key of the sender NAME, at once: a running receiver "
         "refuses its next handshake and closes its open connection within a second, without "
@@ -124,6 +127,7 @@ def _add_pair(commands: Any) -> None:
         commands,
         "pair",
         _pair,
+        TOOL_EXITS,
         help="set this sender up from a line printed by `scanxfer keys add`",
         description="Write the receiver's address, this sender's name and key, and the "
         "receiver's certificate fingerprint from LINE into the sender's settings file. Other "
@@ -162,9 +166,6 @@ def _keys_add(args: argparse.Namespace) -> int:
     try:
         identity = tls.ensure_identity(config.state_dir, config.name) if config.tls else None
         secret = keys.KeyFile(keys.keys_path(config.state_dir)).add(args.name, replace=args.replace)
-    except (keys.KeysError, tls.TLSSetupError) as exc:
-        log.error("%s", exc)
-        return ExitCode.FAILED
     except OSError as exc:
         log.error("cannot change %s: %s", config.state_dir, exc)
         return ExitCode.FAILED
@@ -199,11 +200,7 @@ def _keys_list(args: argparse.Namespace) -> int:
     config = _receiver_config(args)
     from scanxfer import keys, tls
 
-    try:
-        entries = keys.KeyFile(keys.keys_path(config.state_dir)).entries()
-    except keys.KeysError as exc:
-        log.error("%s", exc)
-        return ExitCode.FAILED
+    entries = keys.KeyFile(keys.keys_path(config.state_dir)).entries()
     if entries:
         width = max(len("NAME"), *(len(entry.name) for entry in entries))
         print(f"{'NAME':<{width}}  {'CREATED':<20}  STATUS")
@@ -229,11 +226,7 @@ def _keys_revoke(args: argparse.Namespace) -> int:
     config = _receiver_config(args)
     from scanxfer import keys
 
-    try:
-        keys.KeyFile(keys.keys_path(config.state_dir)).revoke(args.name)
-    except keys.KeysError as exc:
-        log.error("%s", exc)
-        return ExitCode.FAILED
+    keys.KeyFile(keys.keys_path(config.state_dir)).revoke(args.name)
     log.info(
         "revoked the key of %s: the receiver refuses it and closes its open connection", args.name
     )

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from scanxfer import atomic
+from scanxfer.errors import ScanxferError
 from scanxfer.protocol.auth import Verifier, decode_secret, new_secret, verifier
 
 KEYS_FILE_NAME = "keys.json"
@@ -39,7 +40,7 @@ _HEX32 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 log = logging.getLogger(__name__)
 
 
-class KeysError(KeyError):
+class KeysError(ScanxferError, KeyError):
     """The key file cannot be read or changed as asked; the message says what to do.
 
     A KeyError, for callers that treat "no such sender" as one, but printed as the plain

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import scanxfer
 from scanxfer import config
-from scanxfer.cli import _receiver_config, _sender_config, build_parser, main
+from scanxfer.cli import build_parser, main, receiver_config, sender_config
 from scanxfer.config import Address
 
 REPO = Path(scanxfer.__file__).parents[1]
@@ -52,8 +50,7 @@ def test_top_level_help_lists_commands_and_exit_statuses(
     assert status == 0
     for text in ("receive", "send", "simulate", "verify", "--verbose", "--quiet"):
         assert text in out
-    for code in ("0 ", "1 ", "2 ", "3 ", "130 "):
-        assert f"\n  {code}" in out
+    assert "exit status:" in out  # which ones: tests/integration/test_exit_codes.py
 
 
 @pytest.mark.parametrize(
@@ -154,7 +151,7 @@ def test_receive_options_override_settings(tmp_path: Path) -> None:
     args = build_parser().parse_args(
         ["receive", "--listen", ":6000", "--dir", "in", "--state-dir", str(tmp_path)]
     )
-    settings = _receiver_config(args)
+    settings = receiver_config(args)
     assert settings.listen == Address("0.0.0.0", 6000)
     assert settings.incoming_dir == Path("in")
     assert settings.partial_dir == tmp_path / "partial"
@@ -164,7 +161,7 @@ def test_send_options_override_settings(tmp_path: Path) -> None:
     path = tmp_path / "sender.yaml"
     path.write_text("window: 7\nwatch_dir: /data/scans\n")
     args = build_parser().parse_args(["send", "-c", str(path), "--to", "pi:5001", "--watch", "w"])
-    settings = _sender_config(args)
+    settings = sender_config(args)
     assert (settings.receiver, settings.watch_dir, settings.window) == (
         Address("pi", 5001),
         Path("w"),
@@ -220,35 +217,6 @@ def test_simulate_then_verify(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert _run(capsys, "verify", "--source", str(scans), "--dest", str(copy))[0] == 0
     assert _run(capsys, "verify", str(written[0]), str(copy / written[0].name))[0] == 0
     assert _run(capsys, "verify", str(written[0]), str(written[1]))[0] == 1
-
-
-def test_ctrl_c_exits_130(tmp_path: Path) -> None:
-    pytest.importorskip("scanxfer.simulate")
-    scans = tmp_path / "scans"
-    child = subprocess.Popen(
-        [sys.executable, "-m", "scanxfer", "simulate", "--dir", str(scans), "--count", "1000"],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for_a_file(scans, child)
-        child.send_signal(signal.SIGINT)
-        assert child.wait(timeout=60) == 130
-    finally:
-        child.kill()
-        child.wait()
-
-
-def _wait_for_a_file(directory: Path, child: subprocess.Popen[bytes]) -> None:
-    """Wait until the child has started writing, so SIGINT lands in the command itself."""
-    for _ in range(600):
-        if child.poll() is not None:
-            pytest.fail(f"simulate exited with {child.returncode} before writing anything")
-        if directory.is_dir() and any(directory.rglob("*")):
-            return
-        time.sleep(0.1)
-    pytest.fail("simulate wrote nothing within a minute")
 
 
 def test_receive_check_validates_the_settings_and_exits(
