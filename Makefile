@@ -28,10 +28,12 @@ system-test-arm64: prerequisites venv
 prerequisites:
 	bash tests/system/prerequisites.sh
 
-# ruff, then mypy on scanxfer/ (its settings are in pyproject.toml): 0 errors, or it fails.
+# ruff, mypy on scanxfer/ (0 errors), then the import rules of docs/architecture.md
+# (import-linter; its contracts are in pyproject.toml). Any finding fails.
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 # The parsers that face the network (tests/fuzz: both ends of the protocol, the .npy header
 # check) under atheris/libFuzzer, FUZZ_SECONDS each; the corpus grows from run to run. Not
@@ -95,5 +97,5 @@ $(DEB): $(DEB_INPUTS)
 	mv $@.tmp $@
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis $(DEB)
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .import_linter_cache .hypothesis $(DEB)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
