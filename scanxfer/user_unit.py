@@ -9,7 +9,6 @@ happens to come first on PATH.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import subprocess
 from importlib import resources
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from scanxfer import atomic, xdg
 from scanxfer.config import default_sender_config_path, load_sender_config
 from scanxfer.errors import ScanxferError
 
@@ -57,9 +57,7 @@ def systemd_quote(word: str) -> str:
 
 def user_unit_dir() -> Path:
     """Where systemd looks for a user's own units: $XDG_CONFIG_HOME/systemd/user."""
-    value = os.environ.get("XDG_CONFIG_HOME", "")
-    base = Path(value) if os.path.isabs(value) else Path.home() / ".config"
-    return base / "systemd" / "user"
+    return xdg.config_home() / "systemd" / "user"
 
 
 def install(python: str, receiver: str | None = None, watch_dir: Path | None = None) -> Path:
@@ -71,7 +69,7 @@ def install(python: str, receiver: str | None = None, watch_dir: Path | None = N
     if receiver is not None or watch_dir is not None:
         _write_settings(receiver, watch_dir)
     unit = user_unit_dir() / UNIT_NAME
-    _write_atomically(unit, unit_text(python))
+    _write_atomically(unit, unit_text(python), mode=0o644)
     log.info("installed %s", unit)
     _reload_user_manager()
     return unit
@@ -95,16 +93,15 @@ def _write_settings(receiver: str | None, watch_dir: Path | None) -> None:
         "# Keys left out keep their defaults; any key of the commented defaults file\n"
         "# (config/sender.yaml in the scanxfer source) can be added.\n"
     )
-    _write_atomically(path, header + yaml.safe_dump(values, sort_keys=False))
+    # Private from the start: `scanxfer pair` adds the sender's key to this file later.
+    _write_atomically(path, header + yaml.safe_dump(values, sort_keys=False), mode=0o600)
     log.info("wrote %s", path)
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write_atomically(path: Path, text: str, mode: int) -> None:
     # A half-written unit or settings file would break the service at its next start.
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
+    atomic.write(path, text.encode("utf-8"), mode=mode)
 
 
 def _reload_user_manager() -> None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
+from .. import xdg
 from .values import (
     Address,
     Parser,
@@ -173,13 +174,7 @@ def load_sender_config(
 
 def default_sender_config_path() -> Path:
     """$XDG_CONFIG_HOME/scanxfer/sender.yaml, or ~/.config/scanxfer/sender.yaml."""
-    return _xdg_dir("XDG_CONFIG_HOME", ".config") / "scanxfer" / "sender.yaml"
-
-
-def _xdg_dir(variable: str, fallback: str) -> Path:
-    # The XDG spec says to ignore relative values, which are usually a broken profile script.
-    value = os.environ.get(variable, "")
-    return Path(value) if os.path.isabs(value) else Path.home() / fallback
+    return xdg.config_home() / "scanxfer" / "sender.yaml"
 
 
 def _finish_receiver(values: dict[str, Any], where: Mapping[str, str]) -> ReceiverConfig:
@@ -215,7 +210,7 @@ def _finish_sender(values: dict[str, Any], where: Mapping[str, str]) -> SenderCo
     if values["name"] is None:
         values["name"] = socket.gethostname()
     if values["state_dir"] is None:
-        values["state_dir"] = _xdg_dir("XDG_STATE_HOME", ".local/state") / "scanxfer"
+        values["state_dir"] = xdg.state_home() / "scanxfer"
     if values["sent_dir"] is None:
         values["sent_dir"] = Path(values["watch_dir"]).parent / "sent"
     watch = Path(os.path.abspath(values["watch_dir"]))
