@@ -1,15 +1,18 @@
 """The sender's queue, retry policy and journal, carried by any number of transports.
 
 A lost connection puts its files back at the front of the queue and the
-receiver's partials let the next session resume them.  Every state change is
+receiver's partials let the next connection resume them.  Every state change is
 written to the ledger first, so a crash at any moment costs at most a
 duplicate offer, which the receiver ACKs without storing a second copy.
 
 A file is checked again right before it is offered (`readiness.assess`: no
-writer, complete header, still the version queued), after it is sent
-(by the transport: changed meanwhile? then it is withdrawn) and before it is moved or
+writer, complete header, still the version queued), after it is sent (by the
+transport: changed meanwhile? then it is withdrawn) and before it is moved or
 deleted (`handoff`).  A file that fails a check is handed back to the watcher
 (`reconsider`), which offers it again once it is complete.
+
+Which wire carries the files is `kind`'s business (see `transport`); how long to
+wait is asked of `clock`, so the whole policy runs in tests on a virtual clock.
 """
 
 from __future__ import annotations
@@ -126,7 +129,7 @@ class Delivery:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # --once: not complete in time
     progress: Progress = field(default_factory=Progress)
     unreachable: str = ""
-    transport: Transport | None = None
+    transport: Transport | None = None  # the one open now, if any
     paused_until: float = 0.0
     clock: Clock = field(default_factory=SystemClock)
     last_activity: float = field(init=False)

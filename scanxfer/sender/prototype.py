@@ -1,4 +1,4 @@
-"""`scanxfer send --legacy`: push files into an old prototype receiver during a migration.
+"""The prototype transport, `scanxfer send --legacy`: push files into an old prototype receiver.
 
 The prototype's wire format is one connection per file: an 8-byte big-endian length, then the
 file's bytes.  It sends no acknowledgement, so the best confirmation there is comes after the
