@@ -337,9 +337,10 @@ def _send(args: argparse.Namespace) -> int:
     config = sender_config(args)
     from scanxfer import sender
 
+    transport = "prototype" if args.legacy else "scanxfer"
     # SIGHUP re-reads the same file with the same command-line overrides.
     return sender.run(
-        config, once=args.once, reload=lambda: sender_config(args), legacy=args.legacy
+        config, once=args.once, reload=lambda: sender_config(args), transport=transport
     )
 
 

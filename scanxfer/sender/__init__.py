@@ -2,9 +2,11 @@
 
 `scanxfer send --once` delivers what is there and exits; without it the sender
 watches the directory until SIGTERM, re-reading its settings on SIGHUP.  The
-pieces: `session` (one connection), `delivery` (queue, retries, journal),
-`handoff` (keep / move / delete after the ACK), `status` (`scanxfer status`),
-`legacy` (`send --legacy`, to an old prototype receiver).
+pieces: `delivery` (queue, retries, journal), `transport` (the seam to the wire)
+with its two kinds `session` (the scanxfer protocol, one connection) and
+`prototype` (`send --legacy`, to an old prototype receiver), `job` (one file on
+its way), `ledger` (the journal), `handoff` (keep / move / delete after the ACK),
+`status` (`scanxfer status`).
 """
 
 from __future__ import annotations
@@ -23,21 +25,29 @@ from ..watcher import CompletionWatcher, Condition, assess, scan
 from .delivery import Delivery
 from .ledger import Ledger
 from .progress import ProgressBar
-from .session import NOT_PAIRED
+from .prototype import PROTOTYPE
+from .session import NOT_PAIRED, SCANXFER
+from .transport import TransportKind
 
 log = logging.getLogger("scanxfer.sender")
+
+# The ways to deliver, by the name `run` is given; a new transport is added here.
+TRANSPORTS: dict[str, TransportKind] = {kind.name: kind for kind in (SCANXFER, PROTOTYPE)}
+
 
 def run(
     config: SenderConfig,
     once: bool,
     reload: Callable[[], SenderConfig] | None = None,
-    legacy: bool = False,
+    transport: str = SCANXFER.name,
 ) -> int:
     """`scanxfer send`: deliver what is there (--once) or keep watching.
 
-    `legacy` sends to an old prototype receiver instead, which knows no keys (see `legacy`).
+    `transport` names the kind of receiver in `TRANSPORTS`: "prototype" is an old
+    prototype receiver, which knows no keys (see `prototype`).
     """
-    if config.key is None and not legacy:
+    kind = TRANSPORTS[transport]
+    if config.key is None and kind.needs_key:
         log.error("%s", NOT_PAIRED)
         return ExitCode.USAGE
     stop, reload_requested = threading.Event(), threading.Event()
@@ -45,8 +55,8 @@ def run(
     ledger = Ledger(config.state_dir)
     try:
         if once:
-            return _run_once(Delivery(config, ledger, once=True, stop=stop, legacy=legacy))
-        return _run_daemon(config, ledger, stop, reload_requested, reload, legacy)
+            return _run_once(Delivery(config, ledger, once=True, kind=kind, stop=stop))
+        return _run_daemon(config, ledger, stop, reload_requested, reload, kind)
     finally:
         ledger.close()
 
@@ -107,10 +117,8 @@ def _once_result(delivery: Delivery) -> int:
         names = ", ".join(path for path, _ in delivery.failed[:10]) or "interrupted"
         log.error("%d of %d files delivered; not delivered: %s", done, total, names)
         return ExitCode.FAILED
-    if total and delivery.legacy:
-        log.info("all %d files sent; the prototype receiver confirms nothing more", total)
-    elif total:
-        log.info("all %d files delivered and stored durably", total)
+    if total:
+        log.info(delivery.kind.done_message, total)
     elif not delivery.skipped:
         skipped = delivery.progress.files_already_delivered
         log.info("nothing to send: %d files already delivered", skipped)
@@ -123,14 +131,12 @@ def _run_daemon(
     stop: threading.Event,
     reload_requested: threading.Event,
     reload: Callable[[], SenderConfig] | None,
-    legacy: bool,
+    kind: TransportKind,
 ) -> int:
     notifier = Notifier()
     delivered = 0
     while not stop.is_set():
-        delivery = Delivery(
-            config, ledger, once=False, stop=stop, legacy=legacy, alive=notifier.alive
-        )
+        delivery = Delivery(config, ledger, once=False, kind=kind, stop=stop, alive=notifier.alive)
         _watch_and_deliver(delivery, notifier, reload_requested)
         delivered += delivery.progress.files_done
         delivery.close()
@@ -193,7 +199,7 @@ def _reloaded(
 
 def _status_line(delivery: Delivery) -> str:
     waiting = len(delivery.pending) + len(delivery.delayed)
-    in_flight = len(delivery.session.inflight) if delivery.session else 0
     return (
-        f"{delivery.progress.files_done} files delivered; {waiting} waiting, {in_flight} in flight"
+        f"{delivery.progress.files_done} files delivered; {waiting} waiting, "
+        f"{delivery.in_flight} in flight"
     )

@@ -1,15 +1,18 @@
-"""The sender's queue, retry policy and journal, carried by any number of sessions.
+"""The sender's queue, retry policy and journal, carried by any number of transports.
 
 A lost connection puts its files back at the front of the queue and the
-receiver's partials let the next session resume them.  Every state change is
+receiver's partials let the next connection resume them.  Every state change is
 written to the ledger first, so a crash at any moment costs at most a
 duplicate offer, which the receiver ACKs without storing a second copy.
 
 A file is checked again right before it is offered (`readiness.assess`: no
-writer, complete header, still the version queued), after it is sent
-(`Session`: changed meanwhile? then it is withdrawn) and before it is moved or
+writer, complete header, still the version queued), after it is sent (by the
+transport: changed meanwhile? then it is withdrawn) and before it is moved or
 deleted (`handoff`).  A file that fails a check is handed back to the watcher
 (`reconsider`), which offers it again once it is complete.
+
+Which wire carries the files is `kind`'s business (see `transport`); how long to
+wait is asked of `clock`, so the whole policy runs in tests on a virtual clock.
 """
 
 from __future__ import annotations
@@ -18,30 +21,27 @@ import heapq
 import itertools
 import logging
 import random
-import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .. import protocol as p
 from ..config import SenderConfig
 from ..sizes import human_size, rate
 from ..watcher import Condition, Version, assess
 from .handoff import after_delivery
+from .job import FileChanged, FileJob, NotReady
 from .ledger import Ledger, Verdict
-from .prototype import LegacySession
-from .session import (
+from .transport import (
     Answer,
     AuthenticationFailed,
     ConnectionLost,
-    FileChanged,
-    FileJob,
-    NotReady,
-    Session,
+    Transport,
+    TransportKind,
     Withdrawn,
-    where,
 )
 
 log = logging.getLogger("scanxfer.sender")
@@ -50,8 +50,6 @@ log = logging.getLogger("scanxfer.sender")
 ONCE_CONNECT_ATTEMPTS = 6
 # --once stops retrying a file after this many retryable refusals (a later run tries again).
 ONCE_FILE_ATTEMPTS = 5
-# Names this process to the receiver, so a reconnection can take over a stalled connection.
-INSTANCE = secrets.token_bytes(8)
 # A daemon closes an idle connection after this long; the next file reconnects.
 IDLE_DISCONNECT_SECONDS = 15.0
 
@@ -74,6 +72,28 @@ class Backoff:
         self.failures = 0
 
 
+class Clock(Protocol):
+    """Time as the retry policy sees it: a seam, so tests can run the policy without waiting."""
+
+    def now(self) -> float:
+        """Seconds on a monotonic clock."""
+        ...
+
+    def wait(self, stop: threading.Event, seconds: float) -> bool:
+        """Wait `seconds`, or less if `stop` is set meanwhile; return whether it is set."""
+        ...
+
+
+class SystemClock:
+    """The real monotonic clock; waiting ends early when a stop is requested."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wait(self, stop: threading.Event, seconds: float) -> bool:
+        return stop.wait(seconds)
+
+
 @dataclass
 class Progress:
     """What this run has done, for the progress bar and the final summary."""
@@ -88,14 +108,14 @@ class Progress:
 
 @dataclass
 class Delivery:
-    """The queue of files, the retry policy, the journal, and the sessions that carry them."""
+    """The queue of files, the retry policy, the journal, and the transports that carry them."""
 
     config: SenderConfig
     ledger: Ledger
     once: bool
+    # Which kind of transport carries the files (see transport.py); one is opened at a time.
+    kind: TransportKind
     stop: threading.Event = field(default_factory=threading.Event)
-    # `send --legacy`: to an old prototype receiver, one connection per file (see legacy.py).
-    legacy: bool = False
     # Called while one big file is hashed or sent: the watchdog's sign of life.
     alive: Callable[[], None] = field(default_factory=lambda: _idle)
     # Hands a file back to the watcher, which judges it again once it settles (the daemon);
@@ -109,11 +129,13 @@ class Delivery:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # --once: not complete in time
     progress: Progress = field(default_factory=Progress)
     unreachable: str = ""
-    session: Session | LegacySession | None = None
+    transport: Transport | None = None  # the one open now, if any
     paused_until: float = 0.0
-    last_activity: float = field(default_factory=time.monotonic)
+    clock: Clock = field(default_factory=SystemClock)
+    last_activity: float = field(init=False)
 
     def __post_init__(self) -> None:
+        self.last_activity = self.clock.now()
         self.connect_backoff = Backoff(self.config.retry_initial, self.config.retry_max)
         self.space_backoff = Backoff(self.config.retry_initial, self.config.retry_max)
         self._tiebreak = itertools.count()
@@ -174,7 +196,12 @@ class Delivery:
 
     @property
     def busy(self) -> bool:
-        return self.session is not None and self.session.busy
+        return self.in_flight > 0
+
+    @property
+    def in_flight(self) -> int:
+        """Files offered and not yet answered."""
+        return self.transport.in_flight if self.transport is not None else 0
 
     def step(self) -> None:
         """Make some progress: connect if needed, fill the window, exchange once.
@@ -182,17 +209,17 @@ class Delivery:
         Returns at once when there is nothing to send, so a daemon can wait on
         its watcher instead.
         """
-        now = time.monotonic()
+        now = self.clock.now()
         while self.delayed and self.delayed[0][0] <= now:
             self.pending.append(heapq.heappop(self.delayed)[2])
         if not self.pending and not self.busy:
             self._maybe_disconnect(now)
-            self.stop.wait(min(0.2, self.delayed[0][0] - now) if self.delayed else 0)
+            self.clock.wait(self.stop, min(0.2, self.delayed[0][0] - now) if self.delayed else 0)
             return
         if now < self.paused_until:
-            self.stop.wait(min(0.2, self.paused_until - now))
+            self.clock.wait(self.stop, min(0.2, self.paused_until - now))
             return
-        if self.session is None and not self._connect():
+        if self.transport is None and not self._connect():
             return
         try:
             self._exchange()
@@ -200,14 +227,14 @@ class Delivery:
             self._lost(error)
 
     def _exchange(self) -> None:
-        session = self.session
-        assert session is not None
-        while self.pending and session.free_slots > 0:
+        transport = self.transport
+        assert transport is not None
+        while self.pending and transport.free_slots > 0:
             job = self.pending.popleft()
             del self.queued[job.relpath]
             if self._prepare(job):
-                session.offer(job)
-        for job, answer in session.step(wait=0.2):
+                transport.offer(job)
+        for job, answer in transport.step(wait=0.2):
             self._answered(job, answer)
 
     def _prepare(self, job: FileJob) -> bool:
@@ -256,20 +283,15 @@ class Delivery:
             self.reconsider(relpath)
 
     def _connect(self) -> bool:
-        if self.legacy:
-            # Each file opens its own connection when it is sent: nothing to connect yet.
-            self.session = LegacySession(self.config, self.alive)
-            return True
         try:
-            self.session = Session(self.config, INSTANCE, self.alive)
+            self.transport = self.kind.open(self.config, self.alive)
         except AuthenticationFailed as error:
             self._not_recognised(str(error))
             return False
         except ConnectionLost as error:
             self._connection_failed(str(error))
             return False
-        log.info("connected to %s", where(self.config))
-        self.last_activity = time.monotonic()
+        self.last_activity = self.clock.now()
         return True
 
     def _not_recognised(self, reason: str) -> None:
@@ -282,8 +304,10 @@ class Delivery:
 
     def _pause(self, seconds: float) -> None:
         """Wait before trying again, still showing signs of life, until a stop is asked."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0 and not self.stop.wait(min(left, 1.0)):
+        deadline = self.clock.now() + seconds
+        while (left := deadline - self.clock.now()) > 0 and not self.clock.wait(
+            self.stop, min(left, 1.0)
+        ):
             self.alive()
 
     def _connection_failed(self, reason: str) -> None:
@@ -295,9 +319,9 @@ class Delivery:
         self._pause(delay)
 
     def _lost(self, error: Exception) -> None:
-        assert self.session is not None
-        jobs = self.session.requeue()
-        self.session = None
+        assert self.transport is not None
+        jobs = self.transport.requeue()
+        self.transport = None
         self._requeue(jobs)
         if isinstance(error, FileChanged):
             log.warning("%s; it will be offered again", error)
@@ -305,7 +329,7 @@ class Delivery:
         self._connection_failed(str(error))
 
     def _answered(self, job: FileJob, answer: Answer) -> None:
-        self.last_activity = time.monotonic()
+        self.last_activity = self.clock.now()
         job.release()
         if isinstance(answer, p.Ack):
             self._acked(job, answer)
@@ -341,6 +365,7 @@ class Delivery:
                 if ack.outcome is p.Outcome.KEPT_BESIDE
                 else ""
             )
+            # The transport stamps `started` on the system's clock, whatever `self.clock` is.
             speed = rate(job.size, time.monotonic() - job.started)
             log.info("sent %s (%s, %s)%s", job.relpath, human_size(job.size), speed, beside)
         self._hand_off(job.relpath, job.version)
@@ -368,7 +393,7 @@ class Delivery:
         elif nack.reason is p.NackReason.NO_SPACE:
             delay = self.space_backoff.next_delay()
             log.warning("receiver has no space for %s; pausing %.1f s", job.relpath, delay)
-            self.paused_until = time.monotonic() + delay
+            self.paused_until = self.clock.now() + delay
             self._enqueue(job, front=True)
         else:
             self._retry_later(job, reason)
@@ -380,19 +405,20 @@ class Delivery:
             "receiver refused %s for now (%s); retrying in %.1f s", job.relpath, reason, seconds
         )
         if job.relpath not in self.queued:
-            heapq.heappush(self.delayed, (time.monotonic() + seconds, next(self._tiebreak), job))
+            due = self.clock.now() + seconds
+            heapq.heappush(self.delayed, (due, next(self._tiebreak), job))
             self.queued[job.relpath] = job
 
     def _maybe_disconnect(self, now: float) -> None:
-        if self.session and now - self.last_activity > IDLE_DISCONNECT_SECONDS:
-            self.session.close()
-            self.session = None
+        if self.transport and now - self.last_activity > IDLE_DISCONNECT_SECONDS:
+            self.transport.close()
+            self.transport = None
 
     def close(self) -> None:
-        if self.session is not None:
-            for job in self.session.requeue():
+        if self.transport is not None:
+            for job in self.transport.requeue():
                 job.release()
-            self.session = None
+            self.transport = None
 
 
 def _idle() -> None:

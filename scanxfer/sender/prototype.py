@@ -1,4 +1,4 @@
-"""`scanxfer send --legacy`: push files into an old prototype receiver during a migration.
+"""The prototype transport, `scanxfer send --legacy`: push files into an old prototype receiver.
 
 The prototype's wire format is one connection per file: an 8-byte big-endian length, then the
 file's bytes.  It sends no acknowledgement, so the best confirmation there is comes after the
@@ -7,8 +7,8 @@ prototype does once it has read the whole file.  That proves the bytes were read
 were stored durably; a file whose connection ends any other way is sent again, so the prototype
 may receive it twice but never not at all.  No name, checksum, key or TLS is involved.
 
-`LegacySession` has the interface of `session.Session`, so `delivery.Delivery` keeps its
-queue, retries and journal unchanged: a file counts as delivered once its connection closed
+`PrototypeTransport` is a `transport.Transport`, so `delivery.Delivery` keeps its queue,
+retries and journal unchanged: a file counts as delivered once its connection closed
 cleanly, and is not sent again after a restart.
 """
 
@@ -24,7 +24,8 @@ from typing import BinaryIO
 from .. import protocol as p
 from ..config import SenderConfig
 from ..protocol.prototype import encode_length
-from .session import ConnectionLost, FileChanged, FileJob, send_in_slices, where
+from .job import FileChanged, FileJob
+from .transport import Answer, ConnectionLost, TransportKind, send_in_slices, where
 
 log = logging.getLogger("scanxfer.sender")
 
@@ -34,44 +35,42 @@ STORED_PATH = "(named by the prototype receiver)"
 RECV_CHUNK = 4096
 
 
-class LegacySession:
+class PrototypeTransport:
     """Files to a prototype receiver, one at a time, each on its own connection.
 
     Nothing is connected until a file is sent: a connection opened and left unused would
     reach the prototype as a file cut short.
     """
 
-    def __init__(
-        self, config: SenderConfig, alive: Callable[[], None] = lambda: None
-    ) -> None:
+    def __init__(self, config: SenderConfig, alive: Callable[[], None] = lambda: None) -> None:
         self.config, self.alive = config, alive
-        self.inflight: dict[int, FileJob] = {}
+        self.offered: dict[int, FileJob] = {}
         self._ids = itertools.count(1)
 
     @property
     def free_slots(self) -> int:
         # One at a time: the prototype receiver serves one connection at a time.
-        return 0 if self.inflight else 1
+        return 0 if self.offered else 1
 
     @property
-    def busy(self) -> bool:
-        return bool(self.inflight)
+    def in_flight(self) -> int:
+        return len(self.offered)
 
     def offer(self, job: FileJob) -> None:
-        self.inflight[next(self._ids)] = job
+        self.offered[next(self._ids)] = job
 
-    def step(self, wait: float) -> list[tuple[FileJob, p.Ack | p.Nack]]:
+    def step(self, wait: float) -> list[tuple[FileJob, Answer]]:
         """Send the file in flight, if any; an answer means its connection closed cleanly."""
-        if not self.inflight:
+        if not self.offered:
             return []
-        file_id, job = next(iter(self.inflight.items()))
+        file_id, job = next(iter(self.offered.items()))
         self._send(job)
-        del self.inflight[file_id]
+        del self.offered[file_id]
         return [(job, p.Ack(file_id, p.Outcome.STORED, STORED_PATH))]
 
     def requeue(self) -> list[FileJob]:
-        jobs = list(self.inflight.values())
-        self.inflight.clear()
+        jobs = list(self.offered.values())
+        self.offered.clear()
         return jobs
 
     def close(self) -> None:
@@ -130,3 +129,12 @@ class LegacySession:
             f"{where(self.config)} did not close the connection within stall_timeout after "
             f"{job.relpath} was sent; sending it again (it may arrive twice)"
         )
+
+
+PROTOTYPE = TransportKind(
+    name="prototype",
+    # Opening connects nothing: each file opens its own connection when it is sent.
+    open=PrototypeTransport,
+    needs_key=False,  # the prototype knows no keys
+    done_message="all %d files sent; the prototype receiver confirms nothing more",
+)

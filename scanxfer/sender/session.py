@@ -1,4 +1,5 @@
-"""One connection to the receiver: handshake, pipelined offers, streamed payloads.
+"""The scanxfer transport: one connection to the receiver, with handshake, pipelined
+offers and streamed payloads.
 
 A `Session` keeps up to `window` files in flight so many small files are not
 bound by round trips, and streams each payload with `socket.sendfile` (the file
@@ -12,186 +13,36 @@ import contextlib
 import itertools
 import logging
 import os
+import secrets
 import select
 import socket
 import ssl
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
-
-import xxhash
 
 from .. import protocol as p
 from ..config import SenderConfig
 from ..protocol import auth
 from ..tls import client_context, peer_fingerprint, pin_matches
-from ..watcher import Version
+from .job import BackgroundDigest, FileChanged, FileJob
+from .transport import (
+    Answer,
+    AuthenticationFailed,
+    ConnectionLost,
+    TransportKind,
+    Withdrawn,
+    send_in_slices,
+    where,
+)
 
 log = logging.getLogger("scanxfer.sender")
 
-READ_CHUNK = 1 << 20
 RECV_CHUNK = 1 << 16
 TLS_CHUNK = 1 << 18  # payload per sendall when sendfile cannot bypass TLS
-# From this size on the digest is computed while the file is sent, not before (see prepare):
-# below it, reading the file twice costs little and the digest lets the receiver skip a
-# file it already holds.
-DEFER_DIGEST_FROM = 1 << 23
-SEND_SLICE = 1 << 23  # sendfile per call: a sign of life for the watchdog at least every 8 MiB
-
-
-class ConnectionLost(Exception):
-    """The session is unusable; its files go back to the queue."""
-
-
-class AuthenticationFailed(ConnectionLost):
-    """The receiver and this sender do not recognise each other; retrying will not fix it."""
-
-
-class FileChanged(Exception):
-    """The file changed while being streamed, and this receiver cannot be told to drop it."""
-
-
-class NotReady(Exception):
-    """The file is not the complete version it was queued as; it is not offered now."""
-
-
-@dataclass(frozen=True)
-class Withdrawn:
-    """The sender's own answer for a file it withdrew (CANCEL): it changed while being sent."""
-
-    reason: str
-
-
-Answer = p.Ack | p.Nack | Withdrawn
-
-
-@dataclass
-class FileJob:
-    """One file to deliver: the version it is offered as, and the open file it is read from.
-
-    The file stays open from `prepare` until its answer, so every byte offered, streamed and
-    hashed comes from the one inode that was checked, even if the name is replaced meanwhile.
-    """
-
-    relpath: str
-    path: Path
-    version: Version
-    digest: bytes = b""
-    # The digest of the delivered version of the same size, if any: then even a big file is
-    # hashed before it is offered, so unchanged bytes (a chmod) are answered DUPLICATE unsent.
-    known_digest: bytes | None = None
-    sent_digest: bytes | None = None  # of the bytes streamed, for a deferred digest
-    attempts: int = 0
-    started: float = 0.0
-    handle: BinaryIO | None = None
-
-    @property
-    def size(self) -> int:
-        return self.version.size
-
-    @property
-    def mtime_ns(self) -> int:
-        return self.version.mtime_ns
-
-    def prepare(self, alive: Callable[[], None] = lambda: None) -> None:
-        """Open the file, check it is still the version queued, and take its digest.
-
-        A big file is not hashed here: it is offered with a deferred digest and hashed while
-        it is sent (`Session._stream`), so it is not read once more before the first byte
-        goes out.  `alive` is called as the hashing goes: a slow disk takes a while.
-        Raises NotReady if the file changed, OSError if it cannot be read.
-        """
-        handle = open(self.path, "rb", opener=_open_no_follow)  # noqa: SIM115 (kept open)
-        try:
-            self._check(os.fstat(handle.fileno()), "changed since it was checked")
-            deferred = self.size >= DEFER_DIGEST_FROM and self.known_digest is None
-            self.digest = p.DEFERRED_DIGEST if deferred else _digest(handle.fileno(), alive)
-            self._check(os.fstat(handle.fileno()), "changed while it was hashed")
-        except BaseException:
-            handle.close()
-            raise
-        self.handle = handle
-
-    def _check(self, stat: os.stat_result, what: str) -> None:
-        if Version.of(stat) != self.version:
-            raise NotReady(what)
-
-    def changed(self) -> str:
-        """Why the file is no longer the version being sent, or "" if it still is."""
-        assert self.handle is not None
-        try:
-            if self.path.lstat().st_ino != self.version.inode:
-                return "was replaced while being sent"
-        except FileNotFoundError:
-            return "was removed while being sent"
-        if Version.of(os.fstat(self.handle.fileno())) != self.version:
-            return "changed while being sent"
-        return ""
-
-    def release(self) -> None:
-        """Close the file: the job is answered, withdrawn or back in the queue."""
-        if self.handle is not None:
-            self.handle.close()
-            self.handle = None
-
-
-def _open_no_follow(path: str, flags: int) -> int:
-    # A scan replaced by a symlink is not followed, as the watcher never follows one.
-    return os.open(path, flags | os.O_NOFOLLOW)
-
-
-class _Hashing:
-    """The digest of a whole file, computed in a thread while the file is sent.
-
-    xxhash and file reads release the GIL, so the hash runs beside sendfile instead of
-    before it; on this machine that takes 0.15 s per GiB off the transfer.  It reads a
-    duplicate of the sending descriptor: the same inode, and its own to close.
-    """
-
-    def __init__(self, handle: BinaryIO, name: str) -> None:
-        self._name = name
-        self._digest = b""
-        self._error: OSError | None = None
-        fd = os.dup(handle.fileno())
-        self._thread = threading.Thread(target=self._run, args=(fd,), daemon=True)
-        self._thread.start()
-
-    def _run(self, fd: int) -> None:
-        try:
-            self._digest = _digest(fd, lambda: None)
-        except OSError as error:
-            self._error = error
-        finally:
-            os.close(fd)
-
-    def result(self, alive: Callable[[], None]) -> bytes:
-        while self._thread.is_alive():
-            self._thread.join(timeout=1.0)
-            alive()
-        if self._error is not None:
-            raise FileChanged(f"{self._name} cannot be read any more: {self._error}")
-        return self._digest
-
-
-def _digest(fd: int, alive: Callable[[], None]) -> bytes:
-    """xxh3-128 of the whole file behind `fd`, read at explicit offsets.
-
-    Never through the descriptor's position: a duplicate shares it with the sending
-    descriptor, whose position `socket.sendfile` moves after every slice.
-    """
-    hasher = xxhash.xxh3_128()
-    buffer = bytearray(READ_CHUNK)
-    view = memoryview(buffer)
-    offset = 0
-    while count := os.preadv(fd, [buffer], offset):
-        hasher.update(view[:count])
-        offset += count
-        alive()
-    return hasher.digest()
+# Names this process to the receiver, so a reconnection can take over a stalled connection.
+INSTANCE = secrets.token_bytes(8)
 
 
 class Session:
@@ -206,9 +57,10 @@ class Session:
         self.sock, self.channel = _connect(config)
         self.stall_timeout = config.stall_timeout
         self.conn = p.Connection(p.Role.SENDER)
-        self.inflight: dict[int, FileJob] = {}
+        self.offered: dict[int, FileJob] = {}  # by file id, until answered
         self.ready: deque[p.Ready] = deque()
         self.answers: list[tuple[FileJob, Answer]] = []
+        self.failure: ConnectionLost | None = None  # raised once `answers` are handed out
         self._ids = itertools.count(1)
         self._secret = auth.decode_secret(config.key)
         self._signed = b""
@@ -257,18 +109,35 @@ class Session:
         return self.conn.window - len(self.conn.files)
 
     @property
-    def busy(self) -> bool:
-        return bool(self.inflight)
+    def in_flight(self) -> int:
+        return len(self.offered)
 
     def offer(self, job: FileJob) -> None:
         file_id = next(self._ids) % 2**32
-        self.inflight[file_id] = job
+        self.offered[file_id] = job
         self._outbox += self.conn.send(
             p.Offer(file_id, job.relpath, job.size, job.mtime_ns, job.digest)
         )
 
     def step(self, wait: float) -> list[tuple[FileJob, Answer]]:
-        """Send queued offers, stream one ready file or wait up to `wait` s for answers."""
+        """Send queued offers, stream one ready file or wait up to `wait` s for answers.
+
+        Answers read before the connection failed are returned, and the failure is raised
+        by the next call: a receiver that ACKs a file and hangs up in one breath (it is
+        shutting down) has stored it, and the file must count as delivered.
+        """
+        if self.failure is not None:
+            raise self.failure
+        try:
+            self._exchange(wait)
+        except ConnectionLost as error:
+            if not self.answers:
+                raise
+            self.failure = error
+        answers, self.answers = self.answers, []
+        return answers
+
+    def _exchange(self, wait: float) -> None:
         self._flush()
         if self.ready:
             self._stream(self.ready.popleft())
@@ -277,26 +146,24 @@ class Session:
         else:
             self._poll(wait)
             silent = time.monotonic() - self.last_heard
-            if self.inflight and silent > self.stall_timeout:
+            if self.offered and silent > self.stall_timeout:
                 raise ConnectionLost(f"no answer from the receiver for {silent:.0f} s")
-        answers, self.answers = self.answers, []
-        return answers
 
     def requeue(self) -> list[FileJob]:
         """Close without ceremony and hand back the files still in flight, oldest first."""
         self.close()
-        jobs = list(self.inflight.values())
-        self.inflight.clear()
+        jobs = list(self.offered.values())
+        self.offered.clear()
         return jobs
 
     def close(self) -> None:
-        if not self.inflight and self.conn.state is p.ConnState.OPEN:
+        if not self.offered and self.conn.state is p.ConnState.OPEN:
             with contextlib.suppress(OSError, p.LocalProtocolError):
                 self.sock.sendall(self.conn.send(p.Bye()))
         self.sock.close()
 
     def _stream(self, ready: p.Ready) -> None:
-        job = self.inflight[ready.file_id]
+        job = self.offered[ready.file_id]
         assert job.handle is not None  # prepared before it was offered
         if (why := job.changed()) and self.conn.can_cancel:
             self._withdraw(ready.file_id, job, why)  # not a byte of a stale version goes out
@@ -306,7 +173,7 @@ class Session:
             log.info("resuming %s at byte %d of %d", job.relpath, ready.offset, job.size)
         job.started = time.monotonic()
         deferred = job.digest == p.DEFERRED_DIGEST
-        hashing = _Hashing(job.handle, job.relpath) if deferred else None
+        hashing = BackgroundDigest(job.handle, job.relpath) if deferred else None
         self._sendall(self.conn.send(p.DataHeader(ready.file_id, ready.offset, length)))
         sent = self._sendfile(job.handle, ready.offset, length) if length else 0
         if sent < length:
@@ -346,7 +213,7 @@ class Session:
         if not self.conn.can_cancel:
             raise FileChanged(f"{job.relpath} {why}")
         self._sendall(self.conn.send(p.Cancel(file_id)))
-        del self.inflight[file_id]
+        del self.offered[file_id]
         self.answers.append((job, Withdrawn(why)))
 
     def _sendfile(self, handle: BinaryIO, offset: int, length: int) -> int:
@@ -409,7 +276,7 @@ class Session:
             case p.Ready():
                 self.ready.append(event)
             case p.Ack() | p.Nack():
-                self.answers.append((self.inflight.pop(event.file_id), event))
+                self.answers.append((self.offered.pop(event.file_id), event))
             case p.Error():
                 raise ConnectionLost(
                     f"receiver ended the connection: {event.code.name}: {event.message}"
@@ -418,9 +285,19 @@ class Session:
                 raise ConnectionLost("receiver closed the connection")
 
 
-def where(config: SenderConfig) -> str:
-    return f"receiver {config.receiver}"
+def open_session(config: SenderConfig, alive: Callable[[], None]) -> Session:
+    """Connect and complete the handshake: the scanxfer kind's `TransportKind.open`."""
+    session = Session(config, INSTANCE, alive)
+    log.info("connected to %s", where(config))
+    return session
 
+
+SCANXFER = TransportKind(
+    name="scanxfer",
+    open=open_session,
+    needs_key=True,
+    done_message="all %d files delivered and stored durably",
+)
 
 PAIR_HINT = "on the receiver `sudo scanxfer keys add NAME`, then here `scanxfer pair 'LINE'`"
 NOT_PAIRED = f"this sender has no key yet: {PAIR_HINT}"
@@ -462,21 +339,6 @@ def _connect(config: SenderConfig) -> tuple[socket.socket, bytes]:
             f"reinstalled; if so, pair again: {PAIR_HINT}"
         )
     return secured, bytes.fromhex(actual)
-
-
-def send_in_slices(
-    sock: socket.socket, handle: BinaryIO, offset: int, length: int, alive: Callable[[], None]
-) -> int:
-    """socket.sendfile, a slice at a time, calling `alive` between slices: at 100 MB/s a
-    big scan takes minutes, longer than the watchdog waits for a sign of life."""
-    sent = 0
-    while sent < length:
-        count = sock.sendfile(handle, offset + sent, min(SEND_SLICE, length - sent))
-        alive()
-        if count == 0:
-            break  # the file shrank: the caller reports it
-        sent += count
-    return sent
 
 
 def _send_through_tls(

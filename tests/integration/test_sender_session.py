@@ -111,6 +111,27 @@ def test_a_file_deleted_after_its_offer_is_sent_as_offered_to_an_old_receiver(
     assert sender.wait(60) == 0, sender.log
 
 
+def test_an_ack_that_arrives_with_the_end_of_the_connection_counts(tmp_path: Path) -> None:
+    """A receiver shutting down ACKs the file it finished and ends the connection at once."""
+    scans = tmp_path / "scans"
+    write_scan(scans / "a.npy", (8, 8), seed=1)
+    receiver = ScriptedReceiver()
+    sender = send_once_in_background(sender_config(tmp_path / "s.yaml", receiver.port, scans))
+    sock, conn = receiver.accept()
+    offer = next_event(sock, conn)
+    assert isinstance(offer, p.Offer)
+    sock.sendall(conn.send(p.Ready(offer.file_id, 0)))
+    assert isinstance(next_event(sock, conn), p.DataHeader)
+    while not isinstance(next_event(sock, conn), p.DataEnd):
+        pass
+    # One write, so the sender reads the ACK and the end of the connection together.
+    ack = conn.send(p.Ack(offer.file_id, p.Outcome.STORED, "a.npy"))
+    sock.sendall(ack + conn.send(p.Error(p.ErrorCode.SHUTTING_DOWN, "stopping")))
+    sock.close()
+    assert sender.wait(60) == 0, sender.log
+    assert "all 1 files delivered and stored durably" in sender.log
+
+
 def test_a_receiver_that_never_answers_the_handshake_is_left(tmp_path: Path) -> None:
     scans = tmp_path / "scans"
     write_scan(scans / "a.npy", (8, 8), seed=1)

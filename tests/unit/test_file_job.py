@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from scanxfer.sender.session import FileJob, NotReady, _digest, _Hashing
+from scanxfer.sender.job import BackgroundDigest, FileJob, NotReady, file_digest
 from scanxfer.watcher import Version
 
 
@@ -23,13 +23,16 @@ def test_the_digest_does_not_depend_on_the_descriptor_position(tmp_path: Path) -
     path = scan(tmp_path)
     with path.open("rb") as handle:
         handle.seek(12345)
-        assert _digest(handle.fileno(), lambda: None) == xxhash.xxh3_128(path.read_bytes()).digest()
+        assert (
+            file_digest(handle.fileno(), lambda: None)
+            == xxhash.xxh3_128(path.read_bytes()).digest()
+        )
 
 
 def test_the_hash_thread_is_not_disturbed_by_seeks_on_the_sending_handle(tmp_path: Path) -> None:
     path = scan(tmp_path, 64 << 20)
     with path.open("rb") as handle:
-        hashing = _Hashing(handle, "scan.npy")
+        hashing = BackgroundDigest(handle, "scan.npy")
         for offset in range(0, 64 << 20, 1 << 16):  # what sendfile does after each slice
             handle.seek(offset)
         digest = hashing.result(lambda: None)
