@@ -10,14 +10,7 @@ Two error types, as in h11: `RemoteProtocolError` means the peer broke the rules
 `LocalProtocolError` means our own code tried to send something illegal (a bug).
 """
 
-from .connection import (
-    Connection,
-    ConnState,
-    FileInFlight,
-    FileState,
-    negotiate,
-    welcome_options,
-)
+from .connection import Connection, FileInFlight, negotiate, welcome_options
 from .events import (
     CANCEL_ON,
     CANCEL_OPTION,
@@ -56,6 +49,7 @@ from .events import (
     Welcome,
 )
 from .frames import MAGIC, MAX_BODY, FrameType, decode_body, encode
+from .states import ConnPhase, ConnState, FileEvent, FileState
 
 __all__ = [
     "CANCEL_ON",
@@ -76,6 +70,7 @@ __all__ = [
     "Bye",
     "Cancel",
     "Challenge",
+    "ConnPhase",
     "ConnState",
     "Connection",
     "ConnectionClosed",
@@ -86,6 +81,7 @@ __all__ = [
     "Error",
     "ErrorCode",
     "Event",
+    "FileEvent",
     "FileInFlight",
     "FileState",
     "FrameType",
