@@ -3,7 +3,8 @@
 No sockets and no files here, so the whole protocol can be tested by joining two
 `Connection` objects in memory, and the receiver and sender share one definition of
 what is legal.  The byte layouts, state machine and codes are specified in
-docs/protocol.md; this module is their only implementation.
+docs/protocol.md; this module is their only implementation (the state machines as tables
+in `states`, the byte layouts in `frames`).
 
 Two error types, as in h11: `RemoteProtocolError` means the peer broke the rules
 (close the connection, optionally after sending it an Error frame), and
