@@ -16,7 +16,6 @@ from typing import Any
 from scanxfer import __version__
 from scanxfer.config import (
     RECEIVER_CONFIG_PATH,
-    ConfigError,
     ReceiverConfig,
     SenderConfig,
     load_receiver_config,
@@ -62,9 +61,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.parser.print_usage(sys.stderr)
         print(f"{args.parser.prog}: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return ExitCode.USAGE
     except ScanxferError as exc:
         # Every error a user can act on ends here, once; its message says what to do.
         log.error("%s", exc)

@@ -25,24 +25,25 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import yaml
 
 from .. import xdg
+from ..errors import ExitCode, ScanxferError
 from .values import (
     Address,
     Parser,
-    _choice,
-    _did_you_mean,
-    _parse_bool,
-    _parse_int,
-    _parse_name,
-    _parse_path,
-    _patterns,
-    _ranged,
-    _show,
+    did_you_mean,
+    in_range,
+    one_of,
     parse_address,
+    parse_bool,
     parse_duration,
     parse_fingerprint,
+    parse_int,
+    parse_name,
     parse_networks,
+    parse_path,
     parse_secret,
     parse_size,
+    pattern_list,
+    show_value,
 )
 
 __all__ = [
@@ -75,8 +76,10 @@ _Config = TypeVar("_Config", bound="DataclassInstance")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class ConfigError(Exception):
+class ConfigError(ScanxferError):
     """A setting the user has to fix; the message says where it came from and what would do."""
+
+    exit_code = ExitCode.USAGE
 
 
 # --- the settings --------------------------------------------------------------------------
@@ -95,8 +98,8 @@ def _address(default_host: str, *, listening: bool = False) -> Parser:
     return functools.partial(parse_address, default_host=default_host, listening=listening)
 
 
-_count = _ranged(_parse_int, 1, 1024)
-_timeout = _ranged(parse_duration, 0.001, None, "s")
+_count = in_range(parse_int, 1, 1024)
+_timeout = in_range(parse_duration, 0.001, None, "s")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,22 +107,22 @@ class ReceiverConfig:
     """Receiver settings.  Default values live in config/receiver.yaml, never here."""
 
     listen: Address = field(metadata=_spec(_address("0.0.0.0", listening=True)))
-    name: str = field(metadata=_spec(_parse_name, nullable=True))
-    state_dir: Path = field(metadata=_spec(_parse_path))
-    incoming_dir: Path = field(metadata=_spec(_parse_path, nullable=True))
-    partial_dir: Path = field(metadata=_spec(_parse_path, nullable=True))
-    max_file_size: int = field(metadata=_spec(_ranged(parse_size, 1, None, " bytes")))
-    max_path_length: int = field(metadata=_spec(_ranged(_parse_int, 1, 4096, " bytes")))
-    max_path_depth: int = field(metadata=_spec(_ranged(_parse_int, 1, 256)))
+    name: str = field(metadata=_spec(parse_name, nullable=True))
+    state_dir: Path = field(metadata=_spec(parse_path))
+    incoming_dir: Path = field(metadata=_spec(parse_path, nullable=True))
+    partial_dir: Path = field(metadata=_spec(parse_path, nullable=True))
+    max_file_size: int = field(metadata=_spec(in_range(parse_size, 1, None, " bytes")))
+    max_path_length: int = field(metadata=_spec(in_range(parse_int, 1, 4096, " bytes")))
+    max_path_depth: int = field(metadata=_spec(in_range(parse_int, 1, 256)))
     max_connections: int = field(metadata=_spec(_count))
     window: int = field(metadata=_spec(_count))
     handshake_timeout: float = field(metadata=_spec(_timeout))
     idle_timeout: float = field(metadata=_spec(_timeout))
     partial_max_age: float = field(metadata=_spec(_timeout))
-    tls: bool = field(metadata=_spec(_parse_bool))
-    per_sender_dirs: bool = field(metadata=_spec(_parse_bool))
-    min_free_space: int = field(metadata=_spec(_ranged(parse_size, 0, None, " bytes")))
-    max_auth_failures: int = field(metadata=_spec(_ranged(_parse_int, 1, 100000)))
+    tls: bool = field(metadata=_spec(parse_bool))
+    per_sender_dirs: bool = field(metadata=_spec(parse_bool))
+    min_free_space: int = field(metadata=_spec(in_range(parse_size, 0, None, " bytes")))
+    max_auth_failures: int = field(metadata=_spec(in_range(parse_int, 1, 100000)))
     legacy_listen: Address | None = field(
         metadata=_spec(_address("0.0.0.0", listening=True), nullable=True)
     )
@@ -131,23 +134,23 @@ class SenderConfig:
     """Sender settings.  Default values live in config/sender.yaml, never here."""
 
     receiver: Address = field(metadata=_spec(_address("127.0.0.1")))
-    name: str = field(metadata=_spec(_parse_name, nullable=True))
-    watch_dir: Path = field(metadata=_spec(_parse_path))
-    state_dir: Path = field(metadata=_spec(_parse_path, nullable=True))
-    patterns: tuple[str, ...] = field(metadata=_spec(_patterns(allow_empty=False)))
-    ignore: tuple[str, ...] = field(metadata=_spec(_patterns(allow_empty=True)))
-    settle_seconds: float = field(metadata=_spec(_ranged(parse_duration, 0, 60, "s")))
-    watch_method: str = field(metadata=_spec(_choice(WATCH_METHODS)))
+    name: str = field(metadata=_spec(parse_name, nullable=True))
+    watch_dir: Path = field(metadata=_spec(parse_path))
+    state_dir: Path = field(metadata=_spec(parse_path, nullable=True))
+    patterns: tuple[str, ...] = field(metadata=_spec(pattern_list(allow_empty=False)))
+    ignore: tuple[str, ...] = field(metadata=_spec(pattern_list(allow_empty=True)))
+    settle_seconds: float = field(metadata=_spec(in_range(parse_duration, 0, 60, "s")))
+    watch_method: str = field(metadata=_spec(one_of(WATCH_METHODS)))
     window: int = field(metadata=_spec(_count))
     connect_timeout: float = field(metadata=_spec(_timeout))
     stall_timeout: float = field(metadata=_spec(_timeout))
     retry_initial: float = field(metadata=_spec(_timeout))
     retry_max: float = field(metadata=_spec(_timeout))
-    after_send: str = field(metadata=_spec(_choice(AFTER_SEND_MODES)))
-    sent_dir: Path = field(metadata=_spec(_parse_path, nullable=True))
+    after_send: str = field(metadata=_spec(one_of(AFTER_SEND_MODES)))
+    sent_dir: Path = field(metadata=_spec(parse_path, nullable=True))
     key: str | None = field(metadata=_spec(parse_secret, nullable=True))
     fingerprint: str | None = field(metadata=_spec(parse_fingerprint, nullable=True))
-    tls: bool = field(metadata=_spec(_parse_bool))
+    tls: bool = field(metadata=_spec(parse_bool))
 
 
 def load_receiver_config(
@@ -344,9 +347,9 @@ def _merge(
 
 def _known_key(key: object, specs: Mapping[str, dataclasses.Field[Any]], layer: _Layer) -> str:
     if not isinstance(key, str):
-        raise ConfigError(f"{layer.where(key)}: key {_show(key)} is not a name")
+        raise ConfigError(f"{layer.where(key)}: key {show_value(key)} is not a name")
     if key not in specs:
-        hint = _did_you_mean(key, specs) or f"; known keys: {', '.join(specs)}"
+        hint = did_you_mean(key, specs) or f"; known keys: {', '.join(specs)}"
         raise ConfigError(f"{layer.where(key)}: unknown key '{key}'{hint}")
     return key
 

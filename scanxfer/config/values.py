@@ -1,7 +1,8 @@
 """Setting values: sizes, durations, addresses and the rest, parsed from YAML or command line.
 
 Each parser takes whatever YAML produced (or the text given on the command line) and raises
-ValueError with what would have been accepted; the loader adds the file, line and key.
+ValueError with what would have been accepted; the loader adds the file, line and key.  The
+parser factories (`in_range`, `one_of`, `pattern_list`) build the parser of one setting.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ _WHOLE_NUMBER = re.compile(r"\s*\d+\s*", re.ASCII)
 _HOSTNAME = re.compile(r"[A-Za-z0-9_.-]{1,253}")
 
 
-def _show(value: object) -> str:
+def show_value(value: object) -> str:
     """Render a value the way the user wrote it in YAML, so they can find it."""
     if value is None:
         return "null"
@@ -83,7 +84,7 @@ def parse_size(value: object) -> int:
     if total is None or total < 0 or total != total.to_integral_value():
         raise ValueError(
             f"expected a size like '64GiB', '512MiB', '10MB' or a number of bytes, "
-            f"got {_show(value)}"
+            f"got {show_value(value)}"
         )
     return int(total)
 
@@ -98,7 +99,7 @@ def parse_duration(value: object) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(
             f"expected a duration like '30s', '5m', '250ms' or a number of seconds, "
-            f"got {_show(value)}"
+            f"got {show_value(value)}"
         )
     return seconds
 
@@ -116,11 +117,11 @@ def parse_address(value: object, default_host: str, *, listening: bool = False) 
     elif isinstance(value, str):
         host, port = _split_host_port(value.strip(), example)
     else:
-        raise ValueError(f"{example}, got {_show(value)}")
+        raise ValueError(f"{example}, got {show_value(value)}")
     lowest = 0 if listening else 1
     if not (port.isascii() and port.isdigit()) or not lowest <= int(port) <= 65535:
         raise ValueError(
-            f"expected a port from {lowest} to 65535 after the ':', got {_show(value)}"
+            f"expected a port from {lowest} to 65535 after the ':', got {show_value(value)}"
         )
     return Address(host or default_host, int(port))
 
@@ -158,41 +159,46 @@ def _check_host(host: str, text: str) -> None:
             raise ValueError(f"{host!r} in {text!r} is not an IPv4 address") from None
 
 
-def _parse_int(value: object) -> int:
+def parse_int(value: object) -> int:
+    """A whole number; `true` is refused although YAML makes it an int."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str) and _WHOLE_NUMBER.fullmatch(value):
         return int(value)  # from the command line, where everything is text
-    raise ValueError(f"expected a whole number, got {_show(value)}")
+    raise ValueError(f"expected a whole number, got {show_value(value)}")
 
 
-def _parse_name(value: object) -> str:
+def parse_name(value: object) -> str:
+    """A host or sender name: printable, at most 255 bytes, outer blanks dropped."""
     if not isinstance(value, str) or not value.strip():
         raise ValueError(
-            f"expected a name (quote it if it looks like a number), got {_show(value)}"
+            f"expected a name (quote it if it looks like a number), got {show_value(value)}"
         )
     if not value.isprintable() or len(value.encode()) > 255:
-        raise ValueError(f"expected at most 255 bytes of printable text, got {_show(value)}")
+        raise ValueError(f"expected at most 255 bytes of printable text, got {show_value(value)}")
     return value.strip()
 
 
-def _parse_path(value: object) -> Path:
+def parse_path(value: object) -> Path:
+    """A filesystem path, `~` expanded; whether it exists is for its user to find out."""
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a path, got {_show(value)}")
+        raise ValueError(f"expected a path, got {show_value(value)}")
     if "\0" in value:
-        raise ValueError(f"a path cannot contain a NUL character, got {_show(value)}")
+        raise ValueError(f"a path cannot contain a NUL character, got {show_value(value)}")
     return Path(value).expanduser()
 
 
-def _patterns(*, allow_empty: bool) -> Parser:
+def pattern_list(*, allow_empty: bool) -> Parser:
+    """A parser of a list of wildcard patterns; `allow_empty` for lists that may match nothing."""
+
     def parse(value: object) -> tuple[str, ...]:
         if not isinstance(value, list | tuple) or not all(
             isinstance(item, str) and item for item in value
         ):
             raise ValueError(
-                f"expected a list of wildcard patterns like ['*.npy'], got {_show(value)}"
+                f"expected a list of wildcard patterns like ['*.npy'], got {show_value(value)}"
             )
         if not value and not allow_empty:
             raise ValueError("expected at least one pattern; with none, nothing would be sent")
@@ -201,19 +207,21 @@ def _patterns(*, allow_empty: bool) -> Parser:
     return parse
 
 
-def _choice(options: tuple[str, ...]) -> Parser:
+def one_of(options: tuple[str, ...]) -> Parser:
+    """A parser that accepts only `options`, suggesting the closest for a typo."""
+
     def parse(value: object) -> str:
         if isinstance(value, str) and value in options:
             return value
         raise ValueError(
-            f"expected one of {', '.join(options)}, got {_show(value)}"
-            + _did_you_mean(str(value), options)
+            f"expected one of {', '.join(options)}, got {show_value(value)}"
+            + did_you_mean(str(value), options)
         )
 
     return parse
 
 
-def _ranged(parse: Parser, low: float, high: float | None, unit: str = "") -> Parser:
+def in_range(parse: Parser, low: float, high: float | None, unit: str = "") -> Parser:
     """Wrap `parse` so results outside low..high are refused with the allowed range."""
 
     def number(x: float) -> str:
@@ -227,23 +235,25 @@ def _ranged(parse: Parser, low: float, high: float | None, unit: str = "") -> Pa
     def parse_in_range(value: object) -> Any:
         result = parse(value)
         if result < low or (high is not None and result > high):
-            raise ValueError(f"expected {allowed}, got {_show(value)}")
+            raise ValueError(f"expected {allowed}, got {show_value(value)}")
         return result
 
     return parse_in_range
 
 
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """The hint "; did you mean 'x'?" for the choice closest to a mistyped `word`, or ""."""
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def _parse_bool(value: object) -> bool:
+def parse_bool(value: object) -> bool:
+    """true or false, from YAML or as text from the command line."""
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"  # from the command line
-    raise ValueError(f"expected true or false, got {_show(value)}")
+    raise ValueError(f"expected true or false, got {show_value(value)}")
 
 
 def parse_networks(value: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -251,7 +261,9 @@ def parse_networks(value: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
-        raise ValueError(f"expected a list of networks like ['192.168.1.0/24'], got {_show(value)}")
+        raise ValueError(
+            f"expected a list of networks like ['192.168.1.0/24'], got {show_value(value)}"
+        )
     networks = []
     for item in value:
         try:
@@ -266,7 +278,9 @@ def parse_networks(value: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv
 def parse_secret(value: object) -> str:
     """A sender key as `scanxfer keys add` printed it."""
     if not isinstance(value, str):
-        raise ValueError(f"expected the key printed by `scanxfer keys add`, got {_show(value)}")
+        raise ValueError(
+            f"expected the key printed by `scanxfer keys add`, got {show_value(value)}"
+        )
     try:
         decode_secret(value.strip())
     except ValueError as error:
@@ -280,6 +294,6 @@ def parse_fingerprint(value: object) -> str:
     if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
         raise ValueError(
             "expected the receiver certificate's SHA-256 fingerprint, 64 hex digits as "
-            f"`scanxfer keys add` prints it, got {_show(value)}"
+            f"`scanxfer keys add` prints it, got {show_value(value)}"
         )
     return text

@@ -3,21 +3,15 @@
 No sockets and no files here, so the whole protocol can be tested by joining two
 `Connection` objects in memory, and the receiver and sender share one definition of
 what is legal.  The byte layouts, state machine and codes are specified in
-docs/protocol.md; this module is their only implementation.
+docs/protocol.md; this module is their only implementation (the state machines as tables
+in `states`, the byte layouts in `frames`).
 
 Two error types, as in h11: `RemoteProtocolError` means the peer broke the rules
 (close the connection, optionally after sending it an Error frame), and
 `LocalProtocolError` means our own code tried to send something illegal (a bug).
 """
 
-from .connection import (
-    Connection,
-    ConnState,
-    FileInFlight,
-    FileState,
-    negotiate,
-    welcome_options,
-)
+from .connection import Connection, FileInFlight, negotiate, welcome_options
 from .events import (
     CANCEL_ON,
     CANCEL_OPTION,
@@ -56,6 +50,7 @@ from .events import (
     Welcome,
 )
 from .frames import MAGIC, MAX_BODY, FrameType, decode_body, encode
+from .states import ConnPhase, ConnState, FileEvent, FileState
 
 __all__ = [
     "CANCEL_ON",
@@ -76,6 +71,7 @@ __all__ = [
     "Bye",
     "Cancel",
     "Challenge",
+    "ConnPhase",
     "ConnState",
     "Connection",
     "ConnectionClosed",
@@ -86,6 +82,7 @@ __all__ = [
     "Error",
     "ErrorCode",
     "Event",
+    "FileEvent",
     "FileInFlight",
     "FileState",
     "FrameType",

@@ -2,12 +2,12 @@
 
 Feed it the bytes read from the peer and it returns events; give it events and it
 returns the bytes to write.  Both ends keep the same table of files in flight, so
-each refuses what the other may not do.
+each refuses what the other may not do.  Which frame may come when is the tables in
+`states`; this module checks the frames' fields and keeps the state they move.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 from .buffer import ReceiveBuffer
@@ -32,7 +32,6 @@ from .events import (
     DataEnd,
     DataHeader,
     Digest,
-    Error,
     ErrorCode,
     Event,
     Hello,
@@ -40,27 +39,27 @@ from .events import (
     Nack,
     NeedData,
     Offer,
-    Outcome,
     ProtocolError,
     Ready,
     RemoteProtocolError,
     Role,
     Welcome,
 )
-from .frames import FRAME_HEAD, MAX_BODY, FrameType, decode_body, encode, parse_enum
-
-
-class FileState(enum.Enum):
-    OFFERED = "offered"  # offer sent, no answer yet
-    READY = "ready"  # receiver asked for bytes from an offset
-    STREAMING = "streaming"  # payload under way (receiver side only)
-    SENT = "sent"  # all payload bytes are on the wire / in; waiting for ACK or NACK
-
-
-class ConnState(enum.Enum):
-    HANDSHAKE = "handshake"
-    OPEN = "open"
-    CLOSED = "closed"
+from .frames import FRAME_HEAD, FRAME_TYPES, MAX_BODY, FrameType, decode_body, encode, parse_enum
+from .states import (
+    CONNECTION_TRANSITIONS,
+    FILE_TRANSITIONS,
+    NOT_IN_FLIGHT,
+    SENDS,
+    ConnPhase,
+    ConnState,
+    FileEvent,
+    FileFrame,
+    FileState,
+    expected_file_events,
+    expected_frames,
+    file_event,
+)
 
 
 @dataclass(slots=True)
@@ -71,13 +70,8 @@ class FileInFlight:
     digest_due: bool = False  # offered with DEFERRED_DIGEST, its DIGEST not yet sent
 
 
-# Which frames each role may send; the peer may send only the other role's set.
-_SENDS = {
-    Role.SENDER: frozenset({Hello, Authenticate, Offer, DataHeader, Digest, Cancel, Bye, Error}),
-    Role.RECEIVER: frozenset({Challenge, Welcome, Ready, Ack, Nack, Error}),
-}
-# The handshake, in order: each frame is legal only right after the one before it.
-_HANDSHAKE = (Hello, Challenge, Authenticate, Welcome)
+# The event class of each frame, to name frames in messages as the caller knows them.
+_EVENT_NAMES = {frame: kind.__name__ for kind, frame in FRAME_TYPES.items()}
 
 
 @dataclass(slots=True)
@@ -101,15 +95,19 @@ class Connection:
             raise ValueError(f"window must be 1..{MAX_WINDOW}, got {window}")
         self.role = role
         self.window = window  # the receiver's limit; a sender learns it from Welcome
-        self.state = ConnState.HANDSHAKE
+        self.phase = ConnPhase.HANDSHAKE_START
         self.version: int | None = None
         self.files: dict[int, FileInFlight] = {}
         self._hello: Hello | None = None
         self._can_cancel = False
-        self._handshake_done = 0  # how many frames of _HANDSHAKE have passed
         self._input = ReceiveBuffer()
         self._payload: _Payload | None = None  # inside a DATA payload
         self._eof = False
+
+    @property
+    def state(self) -> ConnState:
+        """Handshaking, open for files, or closed."""
+        return self.phase.state
 
     @property
     def can_cancel(self) -> bool:
@@ -124,14 +122,9 @@ class Connection:
         After a DataHeader the caller must put exactly `length` payload bytes on
         the wire before anything else (e.g. with socket.sendfile).
         """
-        if type(event) not in _SENDS[self.role]:
+        if FRAME_TYPES.get(type(event)) not in SENDS[self.role]:
             raise LocalProtocolError(f"a {self.role.value} cannot send {type(event).__name__}")
-        if isinstance(event, Error):
-            self.state = ConnState.CLOSED
-            return encode(event)
-        if self.state is ConnState.CLOSED:
-            raise LocalProtocolError("connection is closed")
-        self._apply(event, _local)
+        self._apply(event, self.role)
         return encode(event)
 
     # -- incoming --------------------------------------------------------------
@@ -161,14 +154,10 @@ class Connection:
                 return ConnectionClosed()
             self._input.own()
             return NEED_DATA
-        if isinstance(event, Error):
-            self.state = ConnState.CLOSED
-            return event
-        if type(event) not in _SENDS[_other(self.role)]:
+        peer = _other(self.role)
+        if FRAME_TYPES[type(event)] not in SENDS[peer]:
             raise RemoteProtocolError(f"a {self.role.value} cannot receive {type(event).__name__}")
-        if self.state is ConnState.CLOSED:
-            raise RemoteProtocolError(f"{type(event).__name__} after the connection closed")
-        self._apply(event, _remote)
+        self._apply(event, peer)
         if isinstance(event, DataHeader):
             self._payload = _Payload(event.file_id, event.length)
         return event
@@ -178,8 +167,10 @@ class Connection:
         assert payload is not None  # called only inside a payload
         if payload.remaining == 0:
             self._payload = None
-            self.files[payload.file_id].state = FileState.SENT
-            return DataEnd(payload.file_id)
+            end = DataEnd(payload.file_id)
+            entry, after = self._in_flight(end, _other(self.role), RemoteProtocolError)
+            self._settle(payload.file_id, entry, after)
+            return end
         if not self._input:
             if self._eof:
                 due = payload.remaining
@@ -204,35 +195,51 @@ class Connection:
 
     # -- the rules, shared by both directions -----------------------------------
 
-    def _apply(self, event: Event, fail: type[ProtocolError]) -> None:
+    def _apply(self, event: Event, sent_by: Role) -> None:
+        """Check `event` from `sent_by` against the tables and its fields, then take its step.
+
+        Every check comes before any change, so a refused event changes nothing.
+        """
+        fail = LocalProtocolError if sent_by is self.role else RemoteProtocolError
+        after = CONNECTION_TRANSITIONS.get((self.phase, FRAME_TYPES[type(event)], sent_by))
+        if after is None:
+            raise fail(self._misplaced(event, fail))
         match event:
             case Hello() | Challenge() | Authenticate() | Welcome():
                 self._on_handshake(event, fail)
             case Offer():
-                self._on_offer(event, fail)
+                self._on_offer(event, sent_by, fail)
             case Ready():
-                self._on_ready(event, fail)
+                self._on_ready(event, sent_by, fail)
             case DataHeader():
-                self._on_data_header(event, fail)
+                self._on_data_header(event, sent_by, fail)
             case Digest():
-                self._on_digest(event, fail)
+                self._on_digest(event, sent_by, fail)
             case Cancel():
-                self._on_cancel(event, fail)
+                self._on_cancel(event, sent_by, fail)
             case Ack() | Nack():
-                self._on_answer(event, fail)
+                self._on_answer(event, sent_by, fail)
             case Bye():
-                self._require_open(event, fail)
                 if self.files:
                     raise fail(f"BYE with {len(self.files)} files still in flight")
-                self.state = ConnState.CLOSED
+        self.phase = after
+
+    def _misplaced(self, event: Event, fail: type[ProtocolError]) -> str:
+        """Why `event` has no row in CONNECTION_TRANSITIONS now."""
+        name = type(event).__name__
+        if self.phase is ConnPhase.CLOSED:
+            local = fail is LocalProtocolError
+            return "connection is closed" if local else f"{name} after the connection closed"
+        if isinstance(event, Hello | Challenge | Authenticate | Welcome):
+            if self.state is not ConnState.HANDSHAKE:
+                return f"{name} out of order (the handshake is over)"
+            (due,) = expected_frames(self.phase)  # each step admits one frame
+            return f"{name} out of order (expected {_EVENT_NAMES[due]})"
+        return f"{name} while the connection is {self.state.value}"
 
     def _on_handshake(
         self, event: Hello | Challenge | Authenticate | Welcome, fail: type[ProtocolError]
     ) -> None:
-        step = self._handshake_done
-        if self.state is not ConnState.HANDSHAKE or type(event) is not _HANDSHAKE[step]:
-            expected = _HANDSHAKE[step].__name__ if step < len(_HANDSHAKE) else "no handshake"
-            raise fail(f"{type(event).__name__} out of order (expected {expected})")
         match event:
             case Hello():
                 if not 1 <= event.min_version <= event.max_version:
@@ -245,11 +252,10 @@ class Connection:
                     raise fail(f"nonce and proof must be {NONCE_SIZE} bytes each")
             case Welcome():
                 self._on_welcome(event, fail)
-        self._handshake_done += 1
 
     def _on_challenge(self, event: Challenge, fail: type[ProtocolError]) -> None:
         hello = self._hello
-        assert hello is not None  # the order check put HELLO first
+        assert hello is not None  # the table put HELLO first
         if not hello.min_version <= event.version <= hello.max_version:
             raise fail(f"version {event.version} was not offered", ErrorCode.UNSUPPORTED_VERSION)
         if len(event.nonce) != NONCE_SIZE:
@@ -263,96 +269,110 @@ class Connection:
             raise fail(f"window {event.window} outside 1..{MAX_WINDOW}")
         if len(event.proof) != PROOF_SIZE:
             raise fail(f"proof must be {PROOF_SIZE} bytes")
-        self.window, self.state = event.window, ConnState.OPEN
+        self.window = event.window
         # An echo nobody asked for means nothing (a peer ignores options it does not know).
-        assert self._hello is not None  # the order check put HELLO first
+        assert self._hello is not None  # the table put HELLO first
         self._can_cancel = _asks_cancel(self._hello.options) and _asks_cancel(event.options)
 
-    def _on_offer(self, event: Offer, fail: type[ProtocolError]) -> None:
-        self._require_open(event, fail)
-        if event.file_id in self.files:
-            raise fail(f"file id {event.file_id} is already in flight")
+    def _on_offer(self, event: Offer, sent_by: Role, fail: type[ProtocolError]) -> None:
+        after = self._file_step(event, self.files.get(event.file_id), sent_by, fail)
         if len(self.files) >= self.window:
             raise fail(f"more than {self.window} files in flight")
         if len(event.digest) != DIGEST_SIZE:
             raise fail(f"digest must be {DIGEST_SIZE} bytes")
         if event.size > MAX_SIZE:
             raise fail(f"size {event.size} exceeds {MAX_SIZE}")
-        self.files[event.file_id] = FileInFlight(event, digest_due=event.digest == DEFERRED_DIGEST)
+        assert after is not None  # an OFFER puts the file in flight
+        self.files[event.file_id] = FileInFlight(
+            event, after, digest_due=event.digest == DEFERRED_DIGEST
+        )
 
-    def _on_ready(self, event: Ready, fail: type[ProtocolError]) -> None:
-        entry = self._file(event, FileState.OFFERED, fail)
+    def _on_ready(self, event: Ready, sent_by: Role, fail: type[ProtocolError]) -> None:
+        entry, after = self._in_flight(event, sent_by, fail)
         if event.offset > entry.offer.size:
             raise fail(f"READY offset {event.offset} is past the end ({entry.offer.size})")
-        entry.state, entry.offset = FileState.READY, event.offset
+        entry.offset = event.offset
+        self._settle(event.file_id, entry, after)
 
-    def _on_data_header(self, event: DataHeader, fail: type[ProtocolError]) -> None:
-        entry = self._file(event, FileState.READY, fail)
+    def _on_data_header(self, event: DataHeader, sent_by: Role, fail: type[ProtocolError]) -> None:
+        entry, after = self._in_flight(event, sent_by, fail)
         expected = entry.offer.size - entry.offset
         if event.offset != entry.offset or event.length != expected:
             raise fail(
                 f"DATA for file {event.file_id} must cover {entry.offset}+{expected}, "
                 f"got {event.offset}+{event.length}"
             )
-        # Locally the whole payload goes out right after the header.
-        entry.state = FileState.STREAMING if fail is _remote else FileState.SENT
+        self._settle(event.file_id, entry, after)
+        if sent_by is self.role:
+            # Our own payload goes out whole, right after its header: it has ended for us.
+            self._settle(event.file_id, *self._in_flight(DataEnd(event.file_id), sent_by, fail))
 
-    def _on_digest(self, event: Digest, fail: type[ProtocolError]) -> None:
-        entry = self._file(event, FileState.SENT, fail)
+    def _on_digest(self, event: Digest, sent_by: Role, fail: type[ProtocolError]) -> None:
+        entry, after = self._in_flight(event, sent_by, fail)
         if not entry.digest_due:
             raise fail(f"DIGEST for file {event.file_id}, whose offer carried its digest")
         if event.digest == DEFERRED_DIGEST:
             raise fail(f"DIGEST for file {event.file_id} defers it again")
         entry.digest_due = False
+        self._settle(event.file_id, entry, after)
 
-    def _on_cancel(self, event: Cancel, fail: type[ProtocolError]) -> None:
-        entry = self._file(event, None, fail)
+    def _on_cancel(self, event: Cancel, sent_by: Role, fail: type[ProtocolError]) -> None:
         if not self._can_cancel:
             raise fail(f"CANCEL for file {event.file_id}, but the handshake did not negotiate it")
-        # Only where no answer can be under way: the receiver answers a READY file after its
-        # payload, and a deferred-digest file after its DIGEST.
-        due = entry.state is FileState.READY or (entry.state is FileState.SENT and entry.digest_due)
-        if not due:
+        entry, after = self._in_flight(event, sent_by, fail)
+        # A file whose digest is known gets its answer right after its payload: too late.
+        if entry.state is FileState.SENT and not entry.digest_due:
             raise fail(
                 f"CANCEL for file {event.file_id} while it is {entry.state.value}: only a READY "
                 "file, or one whose deferred DIGEST is due, can be cancelled"
             )
-        del self.files[event.file_id]
+        self._settle(event.file_id, entry, after)
 
-    def _on_answer(self, event: Ack | Nack, fail: type[ProtocolError]) -> None:
-        entry = self._file(event, None, fail)
-        early = entry.state is FileState.OFFERED
-        if early and isinstance(event, Ack) and event.outcome is not Outcome.DUPLICATE:
-            raise fail(f"file {event.file_id} stored before any data was sent")
-        if not early and entry.state is not FileState.SENT:
-            raise fail(f"answer for file {event.file_id} while it is {entry.state.value}")
-        if not early and entry.digest_due:
+    def _on_answer(self, event: Ack | Nack, sent_by: Role, fail: type[ProtocolError]) -> None:
+        entry, after = self._in_flight(event, sent_by, fail)
+        if entry.state is FileState.SENT and entry.digest_due:
             raise fail(f"answer for file {event.file_id} before its DIGEST")
-        del self.files[event.file_id]
+        self._settle(event.file_id, entry, after)
 
-    def _file(
-        self,
-        event: Ready | DataHeader | Digest | Cancel | Ack | Nack,
-        state: FileState | None,
-        fail: type[ProtocolError],
-    ) -> FileInFlight:
-        self._require_open(event, fail)
+    def _in_flight(
+        self, event: FileFrame, sent_by: Role, fail: type[ProtocolError]
+    ) -> tuple[FileInFlight, FileState | None]:
+        """The entry of the file in flight that `event` is about, and its state after it."""
         entry = self.files.get(event.file_id)
-        if entry is None:
-            raise fail(f"{type(event).__name__} for unknown file id {event.file_id}")
-        if state is not None and entry.state is not state:
-            raise fail(
-                f"{type(event).__name__} for file {event.file_id} while it is {entry.state.value}"
-            )
-        return entry
+        after = self._file_step(event, entry, sent_by, fail)
+        if entry is None:  # no row but OFFER's starts from "not in flight"
+            raise fail(_file_refusal(file_event(event), event.file_id, None))
+        return entry, after
 
-    def _require_open(self, event: Event, fail: type[ProtocolError]) -> None:
-        if self.state is not ConnState.OPEN:
-            raise fail(f"{type(event).__name__} while the connection is {self.state.value}")
+    @staticmethod
+    def _file_step(
+        event: FileFrame, entry: FileInFlight | None, sent_by: Role, fail: type[ProtocolError]
+    ) -> FileState | None:
+        """The state FILE_TRANSITIONS gives the file after `event`; raise if it has no row."""
+        step = file_event(event)
+        state = None if entry is None else entry.state
+        key = (state, step, sent_by)
+        if key not in FILE_TRANSITIONS:
+            raise fail(_file_refusal(step, event.file_id, state))
+        return FILE_TRANSITIONS[key]
+
+    def _settle(self, file_id: int, entry: FileInFlight, after: FileState | None) -> None:
+        """Move the file to `after`; a file that is done leaves the table and frees its id."""
+        if after is NOT_IN_FLIGHT:
+            del self.files[file_id]
+        else:
+            entry.state = after
 
 
-_local = LocalProtocolError
-_remote = RemoteProtocolError
+def _file_refusal(step: FileEvent, file_id: int, state: FileState | None) -> str:
+    """Why `step` has no row in FILE_TRANSITIONS for a file in `state`."""
+    if state is None:
+        return f"{step.value} for unknown file id {file_id}"
+    if step is FileEvent.OFFER:
+        return f"file id {file_id} is already in flight"
+    *others, last = [event.value for event in expected_file_events(state)]
+    allowed = f"{', '.join(others)} or {last}" if others else last
+    return f"{step.value} for file {file_id} while it is {state.value} (only {allowed} may come)"
 
 
 def _other(role: Role) -> Role:

@@ -67,6 +67,24 @@ class FrameType(enum.IntEnum):
     CANCEL = 0x16
 
 
+# The frame that carries each event; DataChunk, DataEnd and ConnectionClosed are not frames.
+FRAME_TYPES: dict[type[Event], FrameType] = {
+    Hello: FrameType.HELLO,
+    Welcome: FrameType.WELCOME,
+    Error: FrameType.ERROR,
+    Bye: FrameType.BYE,
+    Challenge: FrameType.CHALLENGE,
+    Authenticate: FrameType.AUTHENTICATE,
+    Offer: FrameType.OFFER,
+    Ready: FrameType.READY,
+    DataHeader: FrameType.DATA,
+    Ack: FrameType.ACK,
+    Nack: FrameType.NACK,
+    Digest: FrameType.DIGEST,
+    Cancel: FrameType.CANCEL,
+}
+
+
 # --- field codecs -------------------------------------------------------------
 
 

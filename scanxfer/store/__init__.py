@@ -95,7 +95,11 @@ class StoredFile:
 
 
 class Store:
-    """Durable storage for received files; safe to share between threads."""
+    """Durable storage for received files; safe to share between threads.
+
+    Each `PartialFile` holds its store and uses of it `partial_dir`, `claims`, `opened` and
+    `place_partial`, nothing else.
+    """
 
     def __init__(self, incoming_dir: Path, partial_dir: Path, limits: StoreLimits) -> None:
         self.incoming_dir = Path(incoming_dir)
@@ -298,10 +302,14 @@ class Store:
                     os.unlink(stored.path.rsplit("/", 1)[-1], dir_fd=dir_fd)
             raise
 
-    def _place(
+    def place_partial(
         self, key: str, parts: tuple[str, ...], size: int, digest: bytes, sync_dir: bool = True
     ) -> StoredFile:
-        """Move a verified, fsynced partial to its final name, never overwriting anything."""
+        """Give the partial `key`, verified and fsynced, its final name, never overwriting anything.
+
+        The step of `PartialFile.place` that needs the whole store: the clash names, the
+        digest cache and the lock.  Called through it, which drops the partial afterwards.
+        """
         relpath = "/".join(parts)
         with opened_subdir(self.incoming_dir, parts[:-1], relpath, create=True) as dir_fd:
             assert dir_fd is not None  # create=True never yields None

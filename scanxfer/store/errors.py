@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import errno
 
+from ..errors import ExitCode, ScanxferError
+
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
-class StoreError(Exception):
+class StoreError(ScanxferError):
     """Base class; ``str(e)`` is a user-facing message that says what to do."""
 
 
 class StoreSetupError(StoreError):
-    """The configured directories cannot be used."""
+    """The configured directories cannot be used: the receiver cannot start."""
+
+    exit_code = ExitCode.UNREACHABLE
 
 
 class BadName(StoreError):

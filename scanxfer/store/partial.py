@@ -278,7 +278,7 @@ class PartialFile:
     def place(self, sync_dir: bool = True) -> StoredFile:
         """Give a sealed file, made durable by now, its final (or a clash) name."""
         try:
-            return self._store._place(
+            return self._store.place_partial(
                 self._key, self._parts, self._size, self._hasher.digest(), sync_dir
             )
         except OSError as exc:

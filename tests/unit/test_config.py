@@ -25,6 +25,7 @@ from scanxfer.config import (
     parse_duration,
     parse_size,
 )
+from scanxfer.errors import ExitCode, ScanxferError
 
 CONFIGS = {"receiver.yaml": ReceiverConfig, "sender.yaml": SenderConfig}
 
@@ -205,6 +206,14 @@ def test_paths_expand_tilde(tmp_path: Path) -> None:
 def test_explicit_file_that_does_not_exist(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
     assert _error(load_receiver_config, missing) == f"{missing}: no such file; check the path"
+
+
+def test_a_settings_error_is_a_usage_error_for_the_exit_status(tmp_path: Path) -> None:
+    # Rerunning the same command cannot help: the user has to edit a setting first.
+    with pytest.raises(ScanxferError) as info:
+        load_sender_config(tmp_path / "nope.yaml")
+    assert isinstance(info.value, ConfigError)
+    assert info.value.exit_code is ExitCode.USAGE
 
 
 def test_directory_instead_of_file(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
+from scanxfer.errors import ExitCode, ScanxferError
 from scanxfer.store import (
     BadName,
     Busy,
@@ -677,8 +678,18 @@ def test_partial_dir_inside_incoming_is_refused(
 ) -> None:
     incoming.mkdir()
     (tmp_path / "link").symlink_to(incoming)
-    with pytest.raises(StoreSetupError, match="outside incoming_dir"):
+    with pytest.raises(StoreSetupError, match="outside incoming_dir") as refused:
         Store(incoming, tmp_path / partial, LIMITS)
+    # The receiver could not start; it exits as the README's table says for that.
+    assert isinstance(refused.value, ScanxferError)
+    assert refused.value.exit_code is ExitCode.UNREACHABLE
+
+
+def test_a_failure_with_one_file_is_a_failed_transfer(store: Store) -> None:
+    with pytest.raises(BadName) as refused:
+        store.check_name("../escape.npy")
+    assert isinstance(refused.value, ScanxferError)
+    assert refused.value.exit_code is ExitCode.FAILED
 
 
 def test_partial_dir_beside_incoming_with_a_longer_name(tmp_path: Path, incoming: Path) -> None:
