@@ -13,7 +13,7 @@ doors), `after_store` (the hooks called for each file stored), `shared` (counter
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..config import ReceiverConfig
 from ..errors import ExitCode
@@ -29,10 +29,16 @@ __all__ = ["AfterStore", "ReceivedFile", "Server", "Services", "Stats", "serve"]
 log = logging.getLogger("scanxfer.receiver")
 
 
-def serve(config: ReceiverConfig, reload: Callable[[], ReceiverConfig] | None = None) -> int:
+def serve(
+    config: ReceiverConfig,
+    reload: Callable[[], ReceiverConfig] | None = None,
+    *,
+    after_store: Sequence[AfterStore] = (),
+) -> int:
     """Run the receiver until SIGTERM/SIGINT; the exit code for `scanxfer receive`.
 
     `reload` yields fresh settings on SIGHUP (config file and command line again).
+    `after_store` is called for each file newly stored, on every door (see `after_store`).
     """
     try:
         store = Store(
@@ -55,7 +61,8 @@ def serve(config: ReceiverConfig, reload: Callable[[], ReceiverConfig] | None = 
         log.error("cannot set up the TLS identity in %s: %s", config.state_dir, error)
         return ExitCode.UNREACHABLE
     try:
-        server = Server(config, Services(store, Stats(), gate), reload)
+        services = Services(store, Stats(), gate, after_store=tuple(after_store))
+        server = Server(config, services, reload)
     except OSError as error:
         log.error(
             "cannot listen on %s: %s (is another receiver running?)",

@@ -7,8 +7,9 @@ so a hook may read, copy or forward it, but it cannot un-store it.  A hook that 
 logged and the file stays stored and acknowledged.  Duplicates (nothing new stored) are
 not reported.
 
-Hooks run in the connection's own thread, before that connection reads on: a hook that
-takes long (an upload, say) should hand the file to a queue and a thread of its own.
+Hooks run in the connection's own thread, before its ACK goes out and before it reads on:
+a hook that takes long (an upload, say) should hand the file to a queue and a thread of its
+own.
 """
 
 from __future__ import annotations

@@ -68,12 +68,9 @@ class Door(ABC, Generic[C]):
         self.warnings = RateLimitedWarning(WARNING_SECONDS, WARNING_KEYS, logger)
         self._connections: dict[threading.Thread, C] = {}
 
-    def __len__(self) -> int:
-        """Connections being served, as of the last reap."""
-        return len(self._connections)
-
     @property
     def connections(self) -> list[C]:
+        """The connections being served, as of the last reap."""
         return list(self._connections.values())
 
     def accept(self) -> None:

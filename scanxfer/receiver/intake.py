@@ -25,7 +25,7 @@ from ..store import (
     StoredFile,
     StoreError,
 )
-from .admission import Limits, NoRoom, TooLarge, admit
+from .admission import Limits, NoRoom, Refusal, TooLarge, admit
 from .after_store import ReceivedFile, run_after_store
 from .shared import Services
 
@@ -150,21 +150,8 @@ class Intake:
         except BadName as error:
             # Before the free space: a bad name must never get a NACK that invites a retry.
             return p.Nack(offer.file_id, p.NackReason.BAD_NAME, False, str(error))
-        match admit(offer.size, self.limits, self.store.free_bytes):
-            case TooLarge(size, limit):
-                reason, message = (
-                    p.NackReason.TOO_LARGE,
-                    f"{size} bytes exceeds max_file_size {limit}",
-                )
-            case NoRoom(size, free, reserve):
-                reason, message = (
-                    p.NackReason.NO_SPACE,
-                    f"{human_size(size)} do not fit: {human_size(free)} free, of which "
-                    f"{human_size(reserve)} stay free (min_free_space)",
-                )
-            case None:
-                return None
-        return p.Nack(offer.file_id, reason, reason.retryable, message)
+        refusal = admit(offer.size, self.limits, self.store.free_bytes)
+        return None if refusal is None else _refused(offer.file_id, refusal)
 
     def on_data_header(self, header: p.DataHeader) -> None:
         self.current = self.files[header.file_id]
@@ -315,6 +302,20 @@ class Intake:
                     "%s: dropped the partial of an older version of %s", self.peer, partial.path
                 )
         self.files.clear()
+
+
+def _refused(file_id: int, refusal: Refusal) -> p.Nack:
+    """The NACK for an offer that admission turned down; the sender retries only NO_SPACE."""
+    match refusal:
+        case TooLarge(size, limit):
+            message = f"{size} bytes exceeds max_file_size {limit}"
+            return p.Nack(file_id, p.NackReason.TOO_LARGE, False, message)
+        case NoRoom(size, free, reserve):
+            message = (
+                f"{human_size(size)} do not fit: {human_size(free)} free, of which "
+                f"{human_size(reserve)} stay free (min_free_space)"
+            )
+            return p.Nack(file_id, p.NackReason.NO_SPACE, True, message)
 
 
 def _nack(file_id: int, error: StoreError) -> p.Nack:

@@ -64,7 +64,7 @@ class PrototypeDoor(Door["PrototypeConnection"]):
     """The listening socket for prototype senders, at ``legacy_listen``."""
 
     label = "prototype door"
-    thread_prefix = "legacy"
+    thread_prefix = "prototype"
 
     def __init__(
         self,

@@ -121,7 +121,7 @@ class Server:
         self.notifier.ready()
 
     def _open_connections(self) -> int:
-        return sum(len(door) for door in self.doors)
+        return sum(len(door.connections) for door in self.doors)
 
     def _shutdown(self) -> None:
         self.notifier.stopping()

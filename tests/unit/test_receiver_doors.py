@@ -56,7 +56,7 @@ class HeldDoor(Door[HeldConnection]):
     label = "test door"
     thread_prefix = "held"
 
-    def __init__(self, config: ReceiverConfig, refused: set[str] = frozenset()) -> None:
+    def __init__(self, config: ReceiverConfig, refused: frozenset[str] = frozenset()) -> None:
         super().__init__(Address("127.0.0.1", 0), config, 8, logging.getLogger("test"))
         self.refused = refused
         self.turned_away: list[int] = []
@@ -101,7 +101,7 @@ def test_each_connection_is_served_in_a_thread_of_its_own(door: HeldDoor) -> Non
     first, second = knock(door), knock(door)
     with first, second:
         assert first_line(first) == first_line(second) == b"hello\n"
-        assert len(door) == 2
+        assert len(door.connections) == 2
         names = {thread.name for thread in threading.enumerate()}
         assert f"held 127.0.0.1:{first.getsockname()[1]}" in names
 
@@ -139,7 +139,7 @@ def test_a_screened_peer_is_closed_without_a_thread(config: ReceiverConfig) -> N
     try:
         with knock(door) as sock:
             assert sock.recv(16) == b""
-        assert len(door) == 0
+        assert door.connections == []
     finally:
         door.close()
 
@@ -148,7 +148,7 @@ def test_stop_ends_every_connection_and_wait_joins_them(door: HeldDoor) -> None:
     held = [knock(door), knock(door)]
     door.stop()
     door.wait()
-    assert len(door) == 0
+    assert door.connections == []
     for sock in held:
         with sock:
             assert first_line(sock) == b"hello\n"
