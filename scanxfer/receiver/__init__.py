@@ -2,35 +2,43 @@
 
 One thread per connection keeps blocking file I/O (fsync can take a while on an SD card)
 from stalling other senders; the main thread only accepts, watches signals and talks to
-systemd.  The pieces: `gate` (TLS identity, sender keys, the brake on failed handshakes),
-`handler` (one connection: TLS, handshake, deadlines), `intake` (offers, payload, durable
-commit, answers), `server` (accept loop, reload, shutdown), `shared` (counters, registry).
+systemd.  The pieces: `server` (the main loop over a list of doors: reload, shutdown),
+`doors` (what every door shares: listener, a thread per connection, max_connections),
+`protocol_door` and `prototype_door` (the two doors), `gate` (TLS identity, sender keys, the
+brake on failed handshakes), `handler` (one connection: TLS, handshake, deadlines), `intake`
+(offers, payload, durable commit, answers), `admission` (size limit and free space, for both
+doors), `after_store` (the hooks called for each file stored), `shared` (counters, registry).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..config import ReceiverConfig
 from ..errors import ExitCode
-from ..keys import KeysError
 from ..store import LeftoverPartial, Store, StoreLimits, StoreSetupError
 from ..tls import TLSSetupError
+from .after_store import AfterStore, ReceivedFile
 from .gate import Gate
 from .server import Server
 from .shared import Services, Stats
 
-__all__ = ["Server", "Stats", "serve"]
+__all__ = ["AfterStore", "ReceivedFile", "Server", "Services", "Stats", "serve"]
 
 log = logging.getLogger("scanxfer.receiver")
 
 
-
-def serve(config: ReceiverConfig, reload: Callable[[], ReceiverConfig] | None = None) -> int:
+def serve(
+    config: ReceiverConfig,
+    reload: Callable[[], ReceiverConfig] | None = None,
+    *,
+    after_store: Sequence[AfterStore] = (),
+) -> int:
     """Run the receiver until SIGTERM/SIGINT; the exit code for `scanxfer receive`.
 
     `reload` yields fresh settings on SIGHUP (config file and command line again).
+    `after_store` is called for each file newly stored, on every door (see `after_store`).
     """
     try:
         store = Store(
@@ -44,11 +52,17 @@ def serve(config: ReceiverConfig, reload: Callable[[], ReceiverConfig] | None = 
     _clean_leftovers(store, config.partial_max_age)
     try:
         gate = Gate(config)
-    except (TLSSetupError, KeysError) as error:
+    except TLSSetupError as error:
         log.error("%s", error)
         return ExitCode.UNREACHABLE
+    except OSError as error:
+        # Making the TLS identity under state_dir: a read-only or full disk, say.  (A bad
+        # key file is no error here: the keyring logs it and keeps the keys read before.)
+        log.error("cannot set up the TLS identity in %s: %s", config.state_dir, error)
+        return ExitCode.UNREACHABLE
     try:
-        server = Server(config, Services(store, Stats(), gate), reload)
+        services = Services(store, Stats(), gate, after_store=tuple(after_store))
+        server = Server(config, services, reload)
     except OSError as error:
         log.error(
             "cannot listen on %s: %s (is another receiver running?)",

@@ -82,6 +82,13 @@ class ConnectionHandler:
         self.aborted.set()
         shut(self.sock)
 
+    def stop(self) -> None:
+        """The receiver is stopping: end the blocking recv, but not the way out.
+
+        The handler then says SHUTTING_DOWN to its sender and keeps its partials for resume.
+        """
+        shut(self.sock, socket.SHUT_RD)
+
     def _close(self) -> None:
         if self.intake is not None:
             self.intake.finish()
@@ -166,22 +173,13 @@ class ConnectionHandler:
 
     def _on_event(self, event: p.Event) -> bool:
         """Handle one frame; True when the connection is over."""
-        intake = self.intake
+        if self.intake is not None and self.intake.on_event(event):
+            return False  # a file's frame: the intake's business
         match event:
             case p.Hello():
                 return self._on_hello(event)
             case p.Authenticate():
                 return self._on_authenticate(event)
-            case p.Offer() if intake is not None:
-                intake.on_offer(event)
-            case p.DataHeader() if intake is not None:
-                intake.on_data_header(event)
-            case p.DataEnd() if intake is not None:
-                intake.on_data_end()
-            case p.Digest() if intake is not None:
-                intake.on_digest(event)
-            case p.Cancel() if intake is not None:
-                intake.on_cancel(event)
             case p.Bye() | p.ConnectionClosed():
                 return True
             case p.Error():

@@ -1,8 +1,9 @@
 """The files of one authenticated connection: offers, payload, durable commit, answers.
 
-Every check on an offer happens here, before a byte of its payload is accepted: size
-limits, free space, the name.  Payload goes straight from the receive buffer into the
-partial file; answers go back through `reply` in the order the protocol requires.
+Every check on an offer happens here, before a byte of its payload is accepted: the name,
+then the size limit and the free space (`admission`).  Payload goes straight from the
+receive buffer into the partial file; answers go back through `reply` in the order the
+protocol requires, and each file newly stored goes to the after-store hooks.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from ..store import (
     StoredFile,
     StoreError,
 )
+from .admission import Limits, NoRoom, Refusal, TooLarge, admit
+from .after_store import ReceivedFile, run_after_store
 from .shared import Services
 
 log = logging.getLogger("scanxfer.receiver")
@@ -38,6 +41,8 @@ class _Incoming:
     resumed_from: int
     started: float | None = None  # when its DATA began
     failure: p.Nack | None = None
+    # The sender's digest: from the offer, or from its DIGEST frame when deferred.
+    digest: bytes | None = None
 
 
 class Intake:
@@ -51,8 +56,10 @@ class Intake:
         services: Services,
         reply: Callable[[p.Event], None],
     ) -> None:
-        self.peer, self.config, self._reply = peer, config, reply
+        self.peer, self.sender, self.config, self._reply = peer, sender, config, reply
         self.store, self.stats = services.store, services.stats
+        self.limits = Limits.of(config)
+        self.after_store = services.after_store
         # With per_sender_dirs each sender's files live under a directory of its name.
         self.prefix = f"{sender}/" if config.per_sender_dirs else ""
         self.files: dict[int, _Incoming] = {}
@@ -66,6 +73,29 @@ class Intake:
         self.files.update((incoming.offer.file_id, incoming) for incoming in self.sealed)
         self.sealed.clear()
         self._release_partials()
+
+    def on_event(self, event: p.Event) -> bool:
+        """Take one frame about a file; False if `event` is about the connection instead.
+
+        The protocol state machine has checked its order already: a DATA only for a file
+        that is READY, a DIGEST only after a deferred file's payload, and so on.
+        """
+        match event:
+            case p.Offer():
+                self.on_offer(event)
+            case p.DataHeader():
+                self.on_data_header(event)
+            case p.DataChunk():
+                self.on_chunk(event.data)
+            case p.DataEnd():
+                self.on_data_end()
+            case p.Digest():
+                self.on_digest(event)
+            case p.Cancel():
+                self.on_cancel(event)
+            case _:
+                return False
+        return True
 
     def on_offer(self, offer: p.Offer) -> None:
         refusal = self._check_offer(offer)
@@ -96,7 +126,8 @@ class Intake:
                 partial.offset,
                 offer.size,
             )
-        self.files[offer.file_id] = _Incoming(offer, partial, partial.offset)
+        digest = None if offer.digest == p.DEFERRED_DIGEST else offer.digest
+        self.files[offer.file_id] = _Incoming(offer, partial, partial.offset, digest=digest)
         self._reply(p.Ready(offer.file_id, partial.offset))
 
     def _open(self, offer: p.Offer) -> tuple[StoredFile | None, PartialFile | None]:
@@ -111,31 +142,16 @@ class Intake:
         return None, self.store.open_partial(path, offer.size, offer.digest)
 
     def _check_offer(self, offer: p.Offer) -> p.Nack | None:
-        if offer.size > self.config.max_file_size:
-            return p.Nack(
-                offer.file_id,
-                p.NackReason.TOO_LARGE,
-                False,
-                f"{offer.size} bytes exceeds max_file_size {self.config.max_file_size}",
-            )
         try:
             # The sender's own path first, so its error names what the sender sent.
             self.store.check_name(offer.path)
             if self.prefix:
                 self.store.check_name(self.prefix + offer.path)
         except BadName as error:
+            # Before the free space: a bad name must never get a NACK that invites a retry.
             return p.Nack(offer.file_id, p.NackReason.BAD_NAME, False, str(error))
-        free = self.store.free_bytes()
-        reserve = self.config.min_free_space
-        if offer.size + reserve > free:
-            return p.Nack(
-                offer.file_id,
-                p.NackReason.NO_SPACE,
-                True,
-                f"{human_size(offer.size)} do not fit: {human_size(free)} free, of which "
-                f"{human_size(reserve)} stay free (min_free_space)",
-            )
-        return None
+        refusal = admit(offer.size, self.limits, self.store.free_bytes)
+        return None if refusal is None else _refused(offer.file_id, refusal)
 
     def on_data_header(self, header: p.DataHeader) -> None:
         self.current = self.files[header.file_id]
@@ -163,6 +179,7 @@ class Intake:
 
     def on_digest(self, event: p.Digest) -> None:
         incoming = self.files.pop(event.file_id)
+        incoming.digest = event.digest
         if incoming.partial is not None:
             incoming.partial.expect(event.digest)
         self._conclude(incoming)
@@ -210,6 +227,19 @@ class Intake:
             outcome = p.Outcome[stored.outcome.name]
             self._reply(p.Ack(incoming.offer.file_id, outcome, stored.path))
             self._log_stored(incoming, stored.path, outcome)
+            if self.after_store and outcome is not p.Outcome.DUPLICATE:
+                self._after_store(incoming, stored)
+
+    def _after_store(self, incoming: _Incoming, stored: StoredFile) -> None:
+        received = ReceivedFile(
+            self.store.incoming_dir / stored.path,
+            stored.path,
+            stored.size,
+            incoming.digest,
+            self.sender,
+            self.peer,
+        )
+        run_after_store(self.after_store, received)
 
     def _place_sealed(self) -> list[tuple[_Incoming, StoredFile]]:
         """Make the sealed files durable and give them their names; refuse the failures."""
@@ -272,6 +302,20 @@ class Intake:
                     "%s: dropped the partial of an older version of %s", self.peer, partial.path
                 )
         self.files.clear()
+
+
+def _refused(file_id: int, refusal: Refusal) -> p.Nack:
+    """The NACK for an offer that admission turned down; the sender retries only NO_SPACE."""
+    match refusal:
+        case TooLarge(size, limit):
+            message = f"{size} bytes exceeds max_file_size {limit}"
+            return p.Nack(file_id, p.NackReason.TOO_LARGE, False, message)
+        case NoRoom(size, free, reserve):
+            message = (
+                f"{human_size(size)} do not fit: {human_size(free)} free, of which "
+                f"{human_size(reserve)} stay free (min_free_space)"
+            )
+            return p.Nack(file_id, p.NackReason.NO_SPACE, True, message)
 
 
 def _nack(file_id: int, error: StoreError) -> p.Nack:

@@ -9,8 +9,9 @@ and the peer gets no say over how much memory is used or how long a connection m
 
 Files are stored like the prototype stored them, as ``scan_<epoch ms>.npy`` at the top of the
 incoming directory, with the store's usual durability (fsync, link without overwriting, fsync
-of the directory) and clash names.  Each connection runs in its own thread, as the receiver's
-own connections do, so an fsync on a slow SD card stalls only its own sender.
+of the directory) and clash names, and go to the after-store hooks like any other.  Each
+connection runs in its own thread, as the receiver's own connections do (the listener and
+the threads are `doors.Door`'s), so an fsync on a slow SD card stalls only its own sender.
 """
 
 from __future__ import annotations
@@ -19,18 +20,20 @@ import contextlib
 import io
 import ipaddress
 import logging
-import math
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from ..config import Address, ReceiverConfig
+from ..config import ReceiverConfig
 from ..npy import MAX_NPY_HEADER, npy_expected_size
 from ..protocol.prototype import LENGTH, decode_length
 from ..sizes import human_size
-from ..store import PartialFile, Store, StoreError
+from ..store import Outcome, PartialFile, Store, StoreError
+from .admission import Limits, NoRoom, TooLarge, admit
+from .after_store import AfterStore, ReceivedFile, run_after_store
+from .doors import Door
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +44,6 @@ RECV_BUFFER = 1 << 20
 # Magic, version, a 4-byte header length and the header itself: everything needed to size a
 # .npy file, so the check can be made before the bulk of the payload is written.
 NPY_PREFIX = 12 + MAX_NPY_HEADER
-REFUSAL_LOG_SECONDS = 60.0
-# Addresses whose refusals are counted one by one; beyond that they share one count.
-REFUSAL_LOG_ADDRESSES = 1024
-JOIN_SECONDS = 30.0
 
 
 class StatsSink(Protocol):
@@ -61,27 +60,25 @@ class _Ended(Exception):
         self.level = level
 
 
-class LegacyDoor:
-    """The listening socket for prototype senders and the threads serving them.
+class PrototypeDoor(Door["PrototypeConnection"]):
+    """The listening socket for prototype senders, at ``legacy_listen``."""
 
-    The receiver's main loop watches ``listener`` and calls ``accept`` when it is readable,
-    ``update`` on reload and ``close`` at shutdown; all three run in that one thread.
-    """
+    label = "prototype door"
+    thread_prefix = "prototype"
 
     def __init__(
-        self, config: ReceiverConfig, store: Store, stats: StatsSink, stopping: threading.Event
+        self,
+        config: ReceiverConfig,
+        store: Store,
+        stats: StatsSink,
+        stopping: threading.Event,
+        after_store: Sequence[AfterStore] = (),
     ) -> None:
         if config.legacy_listen is None:
             raise ValueError("legacy_listen is not set: the prototype door is off")
-        self._config, self._store, self._stats, self._stopping = config, store, stats, stopping
-        host, port = config.legacy_listen.host, config.legacy_listen.port
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.listener = socket.create_server((host, port), family=family, backlog=16)
-        # Non-blocking: a peer gone between the select and the accept must not hang the loop.
-        self.listener.setblocking(False)
-        self.address = Address(*self.listener.getsockname()[:2])
-        self._connections: dict[threading.Thread, _LegacyConnection] = {}
-        self._refusals = _RateLimitedWarning(REFUSAL_LOG_SECONDS, REFUSAL_LOG_ADDRESSES)
+        super().__init__(config.legacy_listen, config, backlog=16, logger=log)
+        self._store, self._stats, self._stopping = store, stats, stopping
+        self._after_store = tuple(after_store)
         log.warning(
             "the prototype door at %s is open: UNAUTHENTICATED and UNENCRYPTED, accepting "
             "prototype senders from %s; turn it off (legacy_listen: null) once the senders "
@@ -90,59 +87,31 @@ class LegacyDoor:
             ", ".join(str(network) for network in config.legacy_allow),
         )
 
-    def accept(self) -> None:
-        """Take one pending connection: serve it in a thread, or close it with a log line."""
-        try:
-            sock, address = self.listener.accept()
-        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-            return
-        except OSError as error:  # out of file descriptors, say: the next accept may work
-            self._refusals.warn("accept", "prototype door: cannot accept a connection: %s", error)
-            return
-        host = address[0]
-        peer = str(Address(host, address[1]))
-        config = self._config
-        if not _allowed(host, config.legacy_allow):
-            self._refusals.warn(
-                host,
-                "%s: refused on the prototype door: not in legacy_allow; add its network "
-                "there if it is one of your prototype senders",
-                peer,
-            )
-            sock.close()
-            return
-        self._reap()
-        if len(self._connections) >= config.max_connections or self._stopping.is_set():
-            self._refusals.warn(
-                host,
-                "%s: refused on the prototype door: already %d connections (max_connections)",
-                peer,
-                len(self._connections),
-            )
-            sock.close()
-            return
-        connection = _LegacyConnection(sock, peer, self._store, config, self._stats, self._stopping)
-        thread = threading.Thread(target=connection.run, name=f"legacy {peer}", daemon=True)
-        self._connections[thread] = connection
-        thread.start()
+    def screen(self, host: str, peer: str) -> bool:
+        if _allowed(host, self.config.legacy_allow):
+            return True
+        self.warnings.warn(
+            host,
+            "%s: refused on the prototype door: not in legacy_allow; add its network "
+            "there if it is one of your prototype senders",
+            peer,
+        )
+        return False
 
-    def update(self, config: ReceiverConfig) -> None:
-        """New settings (legacy_allow, limits) for connections accepted from now on."""
-        self._config = config
+    def serve(self, sock: socket.socket, host: str, peer: str) -> PrototypeConnection:
+        return PrototypeConnection(
+            sock, peer, self._store, self.config, self._stats, self._stopping, self._after_store
+        )
 
-    def close(self) -> None:
-        """Stop accepting, end the open connections (dropping their partials), wait for them."""
-        self.listener.close()
-        connections = list(self._connections.items())
-        for _, connection in connections:
-            connection.abort()
-        for thread, _ in connections:
-            thread.join(timeout=JOIN_SECONDS)
-        self._reap()
-
-    def _reap(self) -> None:
-        for thread in [t for t in self._connections if not t.is_alive()]:
-            del self._connections[thread]
+    def turn_away(self, sock: socket.socket, host: str, peer: str, count: int) -> None:
+        # The prototype's wire has no way to say why: a log line for the administrator.
+        self.warnings.warn(
+            host,
+            "%s: refused on the prototype door: already %d connections (max_connections)",
+            peer,
+            count,
+        )
+        sock.close()
 
 
 def _allowed(host: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
@@ -152,37 +121,7 @@ def _allowed(host: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv
     return any(address in network for network in networks)
 
 
-class _RateLimitedWarning:
-    """At most one warning per key per period, with a count of the ones held back.
-
-    A scanner or a misconfigured sender retrying in a loop must not flood the journal.
-    """
-
-    def __init__(self, period: float, max_keys: int) -> None:
-        self._period, self._max_keys = period, max_keys
-        self._seen: dict[str, tuple[float, int]] = {}  # key -> (last logged, held back since)
-
-    def warn(self, key: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if key not in self._seen and len(self._seen) >= self._max_keys:
-            self._forget_before(now - self._period)
-            if len(self._seen) >= self._max_keys:
-                key = "(other addresses)"
-        last, held_back = self._seen.get(key, (-math.inf, 0))
-        if now - last < self._period:
-            self._seen[key] = (last, held_back + 1)
-            return
-        self._seen[key] = (now, 0)
-        if held_back:
-            message += f" ({held_back} more like this in the last minute)"
-        log.warning(message, *args)
-
-    def _forget_before(self, cutoff: float) -> None:
-        for key in [key for key, (last, _) in self._seen.items() if last < cutoff]:
-            del self._seen[key]
-
-
-class _LegacyConnection:
+class PrototypeConnection:
     """One prototype sender's connection: length, payload, repeated until it closes."""
 
     def __init__(
@@ -193,9 +132,11 @@ class _LegacyConnection:
         config: ReceiverConfig,
         stats: StatsSink,
         stopping: threading.Event,
+        after_store: Sequence[AfterStore] = (),
     ) -> None:
         self.sock, self.peer, self.store, self.config = sock, peer, store, config
-        self.stats, self.stopping = stats, stopping
+        self.stats, self.stopping, self.after_store = stats, stopping, after_store
+        self.limits = Limits.of(config)
         self.aborted = threading.Event()
         self.partial: PartialFile | None = None
         self.buffer = bytearray(RECV_BUFFER)
@@ -218,6 +159,14 @@ class _LegacyConnection:
         self.aborted.set()
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        """The receiver is stopping: abort, dropping the file being received.
+
+        Without names or digests on the wire a prototype file can never resume, so there is
+        nothing worth keeping for a next connection.
+        """
+        self.abort()
 
     def _ending(self) -> bool:
         return self.aborted.is_set() or self.stopping.is_set()
@@ -303,24 +252,24 @@ class _LegacyConnection:
 
     def _check_room(self, length: int) -> None:
         """Refuse before reading a byte of payload: the length alone may be absurd."""
-        limit = self.config.max_file_size
-        if length > limit:
-            raise _Ended(
-                f"refused a prototype file of {length} bytes: more than max_file_size "
-                f"({human_size(limit)}); closing",
-                logging.ERROR,
-            )
         try:
-            free = self.store.free_bytes()
+            refusal = admit(length, self.limits, self.store.free_bytes)
         except OSError as error:
             raise _Ended(f"cannot check the free space: {error}; closing", logging.ERROR) from None
-        if length + self.config.min_free_space > free:
-            raise _Ended(
-                f"refused a prototype file of {human_size(length)}: only {human_size(free)} "
-                f"free and min_free_space is {human_size(self.config.min_free_space)}; free "
-                f"some space on the receiver",
-                logging.ERROR,
-            )
+        match refusal:
+            case TooLarge(size, limit):
+                raise _Ended(
+                    f"refused a prototype file of {size} bytes: more than max_file_size "
+                    f"({human_size(limit)}); closing",
+                    logging.ERROR,
+                )
+            case NoRoom(size, free, reserve):
+                raise _Ended(
+                    f"refused a prototype file of {human_size(size)}: only {human_size(free)} "
+                    f"free and min_free_space is {human_size(reserve)}; free some space on "
+                    f"the receiver",
+                    logging.ERROR,
+                )
 
     def _commit(self, length: int, started: float) -> None:
         partial, self.partial = self.partial, None
@@ -336,6 +285,10 @@ class _LegacyConnection:
             human_size(length),
             seconds,
         )
+        if self.after_store and stored.outcome is not Outcome.DUPLICATE:
+            path = self.store.incoming_dir / stored.path
+            received = ReceivedFile(path, stored.path, stored.size, None, None, self.peer)
+            run_after_store(self.after_store, received)
 
     def _recv_into(self, view: memoryview, deadline: float) -> int | None:
         """recv_into against an absolute deadline (None once it has passed).

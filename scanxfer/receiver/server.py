@@ -1,37 +1,38 @@
-"""The accept loop: signals, sd_notify, and one thread per connection."""
+"""The main loop: the doors' listeners, signals, reload, sd_notify.
+
+Connections run in threads of their own (see `doors`); this thread only accepts, watches
+signals and talks to systemd, so a slow fsync in one connection stalls nobody else.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import selectors
 import signal
 import socket
-import ssl
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import Any
 
-from .. import protocol as p
 from ..config import ConfigError, ReceiverConfig
 from ..systemd import Notifier
-from .handler import ConnectionHandler
-from .shared import Services, shut
-
-if TYPE_CHECKING:
-    from .prototype_door import LegacyDoor
+from .doors import Door
+from .protocol_door import ProtocolDoor
+from .prototype_door import PrototypeDoor
+from .shared import Services
 
 log = logging.getLogger("scanxfer.receiver")
 
 # Settings bound at start (sockets, the store, the certificate); a reload only warns.
 RESTART_ONLY = ("listen", "state_dir", "incoming_dir", "partial_dir", "tls", "legacy_listen")
 STATUS_SECONDS = 1.0
-MAX_REFUSERS = 4  # connections over max_connections being told so at once
+
+AnyDoor = Door[Any]
 
 
 class Server:
-    """Accept loop, signals, sd_notify; connections run in their own threads."""
+    """Accept loop, signals, sd_notify over a list of doors; the first is the scanxfer door."""
 
     def __init__(
         self,
@@ -42,10 +43,7 @@ class Server:
         self.config, self.services, self.reload = config, services, reload
         self.reload_requested = threading.Event()
         self.notifier = Notifier()
-        self.handlers: dict[threading.Thread, ConnectionHandler] = {}
-        self.refusers: list[threading.Thread] = []
-        self.listener = _listen(config.listen.host, config.listen.port)
-        self.legacy = _legacy_door(config, services)
+        self.doors = open_doors(config, services)
         self._wake_read, self._wake_write = socket.socketpair()
 
     @property
@@ -55,13 +53,12 @@ class Server:
     def serve_forever(self) -> None:
         self._install_signal_handlers()
         selector = selectors.DefaultSelector()
-        selector.register(self.listener, selectors.EVENT_READ)
         selector.register(self._wake_read, selectors.EVENT_READ)
-        if self.legacy is not None:
-            selector.register(self.legacy.listener, selectors.EVENT_READ)
-        host, port = self.listener.getsockname()[:2]
+        for door in self.doors:
+            selector.register(door.listener, selectors.EVENT_READ, door)
+        address = self.doors[0].address
         incoming = self.services.store.incoming_dir
-        log.info("listening on %s:%d, storing into %s", host, port, incoming)
+        log.info("listening on %s:%d, storing into %s", address.host, address.port, incoming)
         self.notifier.ready()
         stats = self.services.stats
         shown = stats.status_line()
@@ -70,16 +67,15 @@ class Server:
         tick = min(self.notifier.watchdog_interval() or STATUS_SECONDS, STATUS_SECONDS)
         while not self.stopping.is_set():
             for key, _ in selector.select(timeout=tick):
-                if key.fileobj is self.listener:
-                    self._accept()
-                elif self.legacy is not None and key.fileobj is self.legacy.listener:
-                    self.legacy.accept()
+                if isinstance(key.data, Door):
+                    key.data.accept()
                 else:
                     self._wake_read.recv(64)
             if self.reload_requested.is_set():
                 self._reload()
-            self._reap_threads()
-            self._end_revoked()
+            for door in self.doors:
+                door.tick()
+            stats.connections = self._open_connections()
             self.notifier.watchdog()
             if (line := stats.status_line()) != shown:
                 self.notifier.status(line)
@@ -119,100 +115,40 @@ class Server:
                         getattr(config, key),
                     )
             self.config = config
-            self.services.gate.update(config)
-            if self.legacy is not None:
-                self.legacy.update(config)
+            for door in self.doors:
+                door.update(config)
             log.info("settings reloaded")
         self.notifier.ready()
 
-    def _accept(self) -> None:
-        sock, address = self.listener.accept()
-        peer = f"{address[0]}:{address[1]}"
-        if self.services.gate.brake.blocked(address[0]):
-            # Too many failed handshakes from there this minute: not even a thread for it.
-            sock.close()
-            return
-        if len(self.handlers) >= self.config.max_connections:
-            log.warning(
-                "%s: refused, already %d connections (max_connections)", peer, len(self.handlers)
-            )
-            self._turn_away(sock)
-            return
-        handler = ConnectionHandler(sock, address[0], peer, self.config, self.services)
-        thread = threading.Thread(target=handler.run, name=f"conn {peer}", daemon=True)
-        self.handlers[thread] = handler
-        thread.start()
-
-    def _turn_away(self, sock: socket.socket) -> None:
-        """Tell a connection over max_connections why it is closed, in words it can read.
-
-        Under TLS that takes a TLS handshake, so it runs in a thread; only a few at a time,
-        and beyond those the connection is simply closed: a flood must not cost a thread each.
-        """
-        context = self.services.gate.context
-        if context is None:
-            _send_refusal(sock)  # a few bytes into a fresh socket: this never blocks
-            return
-        self.refusers = [thread for thread in self.refusers if thread.is_alive()]
-        if len(self.refusers) >= MAX_REFUSERS:
-            sock.close()
-            return
-        secured = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        secured.settimeout(self.config.handshake_timeout)
-        thread = threading.Thread(target=_send_refusal, args=(secured,), daemon=True)
-        self.refusers.append(thread)
-        thread.start()
-
-    def _reap_threads(self) -> None:
-        for thread in [t for t in self.handlers if not t.is_alive()]:
-            del self.handlers[thread]
-        self.services.stats.connections = len(self.handlers)
-
-    def _end_revoked(self) -> None:
-        """A revoked key ends its open connections too, not only the next handshake."""
-        keyring = self.services.gate.keyring
-        if not keyring.refresh():
-            return
-        active = keyring.active_names()
-        for handler in self.handlers.values():
-            if handler.name is not None and handler.name not in active:
-                log.warning("%s: its key was revoked; closing the connection", handler.peer)
-                handler.abort()
+    def _open_connections(self) -> int:
+        return sum(len(door.connections) for door in self.doors)
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
         log.info(
-            "stopping: %d connections open; interrupted files stay resumable", len(self.handlers)
+            "stopping: %d connections open; interrupted files stay resumable",
+            self._open_connections(),
         )
-        self.listener.close()
-        if self.legacy is not None:
-            self.legacy.close()
-        for handler in self.handlers.values():
-            # Ends the handler's blocking recv; it then says goodbye and keeps its partials.
-            shut(handler.sock, socket.SHUT_RD)
-        for thread in list(self.handlers):
-            thread.join(timeout=30)
+        # All told first, then waited for: the connections of every door end together.
+        for door in self.doors:
+            door.stop()
+        for door in self.doors:
+            door.wait()
         log.info("stopped after %s", self.services.stats.status_line())
 
 
-def _send_refusal(sock: socket.socket) -> None:
-    """TOO_MANY_CONNECTIONS (after the TLS handshake, on a TLS socket), then close."""
-    refusal = p.Error(p.ErrorCode.TOO_MANY_CONNECTIONS, "too many connections, retry later")
-    with contextlib.suppress(OSError, ValueError):
-        if isinstance(sock, ssl.SSLSocket):
-            sock.do_handshake()
-        sock.sendall(p.encode(refusal))
-    sock.close()
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=64, reuse_port=False)
-
-
-def _legacy_door(config: ReceiverConfig, services: Services) -> LegacyDoor | None:
-    if config.legacy_listen is None:
-        return None
-    from .prototype_door import LegacyDoor
-
-    return LegacyDoor(config, services.store, services.stats, services.stopping)
+def open_doors(config: ReceiverConfig, services: Services) -> list[AnyDoor]:
+    """The doors the settings ask for, listening: the scanxfer door, then any other."""
+    doors: list[AnyDoor] = [ProtocolDoor(config, services)]
+    try:
+        if config.legacy_listen is not None:
+            doors.append(
+                PrototypeDoor(
+                    config, services.store, services.stats, services.stopping, services.after_store
+                )
+            )
+    except BaseException:
+        for door in doors:
+            door.listener.close()
+        raise
+    return doors

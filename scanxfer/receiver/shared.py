@@ -11,6 +11,7 @@ from typing import Protocol
 
 from ..sizes import human_size
 from ..store import Store
+from .after_store import AfterStore
 from .gate import Gate
 
 log = logging.getLogger("scanxfer.receiver")
@@ -93,6 +94,8 @@ class Services:
     gate: Gate
     registry: SenderRegistry = field(default_factory=SenderRegistry)
     stopping: threading.Event = field(default_factory=threading.Event)
+    # Called for each file newly stored, by every door (see after_store); none by default.
+    after_store: tuple[AfterStore, ...] = ()
 
 
 def shut(sock: socket.socket, how: int = socket.SHUT_RDWR) -> None:

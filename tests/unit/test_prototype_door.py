@@ -23,7 +23,9 @@ import numpy as np
 import pytest
 
 from scanxfer.config import ReceiverConfig, load_receiver_config
-from scanxfer.receiver.prototype_door import LegacyDoor, _allowed, _RateLimitedWarning
+from scanxfer.receiver.after_store import AfterStore, ReceivedFile
+from scanxfer.receiver.doors import RateLimitedWarning
+from scanxfer.receiver.prototype_door import PrototypeDoor, _allowed
 from scanxfer.store import Outcome, Store, StoreLimits
 
 DOOR_LOG = "scanxfer.receiver.prototype_door"
@@ -54,13 +56,17 @@ class Recorder:
         self.files.append((path, size))
 
 
-class Door:
-    """A LegacyDoor driven by a selector loop in a thread, as the receiver's main loop does."""
+class DoorLoop:
+    """A PrototypeDoor driven by a selector loop in a thread, as the receiver's main loop does."""
 
-    def __init__(self, config: ReceiverConfig, store: Store) -> None:
+    def __init__(
+        self, config: ReceiverConfig, store: Store, hooks: list[AfterStore] | None = None
+    ) -> None:
         self.stats = Recorder()
         self.stopping = threading.Event()
-        self.door = LegacyDoor(config, store, self.stats, self.stopping)
+        self.received: list[ReceivedFile] = []
+        hooks = [self.after_store] if hooks is None else [*hooks, self.after_store]
+        self.door = PrototypeDoor(config, store, self.stats, self.stopping, hooks)
         self.port: int = self.door.listener.getsockname()[1]
         self.store = store
         self._quit = threading.Event()
@@ -73,6 +79,9 @@ class Door:
             while not self._quit.is_set():
                 if selector.select(timeout=0.05):
                     self.door.accept()
+
+    def after_store(self, received: ReceivedFile) -> None:
+        self.received.append(received)
 
     def close(self) -> None:
         self._quit.set()
@@ -100,14 +109,14 @@ def write_config(tmp_path: Path, **settings: str) -> ReceiverConfig:
     return load_receiver_config(path)
 
 
-def open_door(tmp_path: Path, **settings: str) -> Door:
+def open_door(tmp_path: Path, hooks: list[AfterStore] | None = None, **settings: str) -> DoorLoop:
     config = write_config(tmp_path, **settings)
     limits = StoreLimits(config.max_path_length, config.max_path_depth)
-    return Door(config, Store(config.incoming_dir, config.partial_dir, limits))
+    return DoorLoop(config, Store(config.incoming_dir, config.partial_dir, limits), hooks)
 
 
 @pytest.fixture
-def door(tmp_path: Path) -> Iterator[Door]:
+def door(tmp_path: Path) -> Iterator[DoorLoop]:
     opened = open_door(tmp_path, idle_timeout="1s", handshake_timeout="1s")
     yield opened
     opened.close()
@@ -141,7 +150,7 @@ def deliver(port: int, data: bytes) -> None:
 
 
 def test_a_file_is_stored_under_the_prototype_name(
-    door: Door, caplog: pytest.LogCaptureFixture
+    door: DoorLoop, caplog: pytest.LogCaptureFixture
 ) -> None:
     data = npy_bytes()
     with caplog.at_level(logging.INFO, DOOR_LOG):
@@ -167,7 +176,7 @@ def test_the_door_warns_that_it_is_open(tmp_path: Path, caplog: pytest.LogCaptur
     assert "legacy_listen: null" in record.message
 
 
-def test_a_length_sliced_into_single_bytes_is_read_whole(door: Door) -> None:
+def test_a_length_sliced_into_single_bytes_is_read_whole(door: DoorLoop) -> None:
     data = npy_bytes()
     with connect(door.port) as sock:
         for byte in framed(data)[:8]:
@@ -179,12 +188,47 @@ def test_a_length_sliced_into_single_bytes_is_read_whole(door: Door) -> None:
     assert list(door.stored().values()) == [data]
 
 
-def test_several_files_on_one_connection(door: Door) -> None:
+def test_several_files_on_one_connection(door: DoorLoop) -> None:
     files = [npy_bytes((n, 100), seed=n) for n in (1, 50, 300)]
     deliver(door.port, framed(*files))
     stored = door.stored()
     assert sorted(stored.values()) == sorted(files)
     assert all(SCAN_NAME.fullmatch(name) for name in stored)
+
+
+def test_the_after_store_hook_sees_each_stored_file_once(door: DoorLoop) -> None:
+    files = [npy_bytes((n, 100), seed=n) for n in (1, 50, 300)]
+    deliver(door.port, framed(*files))
+    incoming = door.store.incoming_dir
+    assert sorted(r.name for r in door.received) == sorted(door.stored())
+    for received in door.received:
+        assert received.path == incoming / received.name
+        assert received.size == len(received.path.read_bytes())
+        # The prototype's wire carries neither a digest nor a sender's name.
+        assert (received.digest, received.sender) == (None, None)
+        assert received.peer.startswith("127.0.0.1:")
+
+
+def test_a_failing_hook_costs_neither_the_file_nor_the_connection(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(received: ReceivedFile) -> None:
+        raise RuntimeError("the forwarder is down")
+
+    door = open_door(tmp_path, hooks=[broken])
+    files = [npy_bytes(seed=1), npy_bytes(seed=2)]
+    try:
+        with caplog.at_level(logging.ERROR, "scanxfer.receiver"):
+            deliver(door.port, framed(*files))
+    finally:
+        door.close()
+    # Both files of the connection stored, and the next hook still told of each.
+    assert sorted(door.stored().values()) == sorted(files)
+    assert sorted(r.name for r in door.received) == sorted(door.stored())
+    failures = [r for r in caplog.records if "after-store hook" in r.message]
+    assert len(failures) == 2
+    assert "broken failed on scan_" in failures[0].message
+    assert failures[0].exc_info is not None
 
 
 @pytest.mark.parametrize(
@@ -197,20 +241,21 @@ def test_several_files_on_one_connection(door: Door) -> None:
     ],
 )
 def test_an_invalid_npy_file_is_dropped(
-    door: Door, caplog: pytest.LogCaptureFixture, payload: bytes, problem: str
+    door: DoorLoop, caplog: pytest.LogCaptureFixture, payload: bytes, problem: str
 ) -> None:
     with caplog.at_level(logging.ERROR, DOOR_LOG):
         deliver(door.port, framed(payload, npy_bytes()))
     # Nothing of it is stored, and the file behind it on that connection is not trusted either.
     assert door.stored() == {}
     assert door.partials() == []
+    assert door.received == []
     assert re.search(
         rf"127\.0\.0\.1:\d+: refused a prototype file: .*{re.escape(problem)}", caplog.text
     )
 
 
 def test_a_huge_length_is_refused_before_any_payload(
-    door: Door, caplog: pytest.LogCaptureFixture
+    door: DoorLoop, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.ERROR, DOOR_LOG), connect(door.port) as sock:
         sock.sendall(struct.pack(">Q", 2**63))
@@ -233,7 +278,7 @@ def test_a_file_that_would_eat_into_min_free_space_is_refused(
     assert door.stored() == {}
 
 
-def test_a_trickle_is_cut_off(door: Door, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_trickle_is_cut_off(door: DoorLoop, caplog: pytest.LogCaptureFixture) -> None:
     data = npy_bytes()
     with caplog.at_level(logging.WARNING, DOOR_LOG), connect(door.port) as sock:
         sock.sendall(framed(data)[:100])
@@ -254,13 +299,13 @@ def test_a_trickle_is_cut_off(door: Door, caplog: pytest.LogCaptureFixture) -> N
     assert door.partials() == []
 
 
-def test_a_silent_connection_is_closed_after_the_handshake_timeout(door: Door) -> None:
+def test_a_silent_connection_is_closed_after_the_handshake_timeout(door: DoorLoop) -> None:
     with connect(door.port) as sock:
         assert closed_by_peer(sock)
 
 
 def test_a_connection_ending_mid_file_drops_the_partial(
-    door: Door, caplog: pytest.LogCaptureFixture
+    door: DoorLoop, caplog: pytest.LogCaptureFixture
 ) -> None:
     data = npy_bytes()
     with caplog.at_level(logging.WARNING, DOOR_LOG):
@@ -307,7 +352,7 @@ def test_connections_beyond_max_connections_are_closed(
     assert len(door.stored()) == 1
 
 
-def test_close_ends_open_connections_and_drops_their_partials(door: Door) -> None:
+def test_close_ends_open_connections_and_drops_their_partials(door: DoorLoop) -> None:
     data = npy_bytes()
     with connect(door.port) as sock:
         sock.sendall(framed(data)[:-10])
@@ -322,7 +367,7 @@ def test_close_ends_open_connections_and_drops_their_partials(door: Door) -> Non
 
 
 def test_no_space_while_writing_drops_the_file_and_the_door_lives(
-    door: Door, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    door: DoorLoop, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real_write = os.write
 
@@ -343,7 +388,7 @@ def test_no_space_while_writing_drops_the_file_and_the_door_lives(
     assert list(door.stored().values()) == [data]
 
 
-def test_update_applies_to_new_connections(door: Door, tmp_path: Path) -> None:
+def test_update_applies_to_new_connections(door: DoorLoop, tmp_path: Path) -> None:
     door.door.update(write_config(tmp_path, legacy_allow="['127.0.0.2']"))
     deliver(door.port, framed(npy_bytes()))
     assert door.stored() == {}
@@ -393,7 +438,7 @@ def test_rate_limited_warning_counts_what_it_held_back(
 ) -> None:
     now = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: now[0])
-    limiter = _RateLimitedWarning(period=60, max_keys=2)
+    limiter = RateLimitedWarning(period=60, max_keys=2, logger=logging.getLogger(DOOR_LOG))
     with caplog.at_level(logging.WARNING, DOOR_LOG):
         for _ in range(4):
             limiter.warn("a", "from %s", "a")

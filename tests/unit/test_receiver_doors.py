@@ -1,0 +1,223 @@
+"""What every door shares (doors.Door), the doors the settings open, and the start's errors.
+
+Real sockets on 127.0.0.1; a small door of the tests' own, whose connections wait for
+word from the test, shows what the base does for any door.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scanxfer.config import Address, ReceiverConfig, load_receiver_config
+from scanxfer.errors import ExitCode
+from scanxfer.receiver import Services, Stats, serve
+from scanxfer.receiver.doors import Door
+from scanxfer.receiver.gate import Gate
+from scanxfer.receiver.protocol_door import ProtocolDoor
+from scanxfer.receiver.prototype_door import PrototypeDoor
+from scanxfer.receiver.server import open_doors
+from scanxfer.store import Store, StoreLimits
+
+GIVE_UP_SECONDS = 30  # a bound for waits that end at once; never an assertion about speed
+
+
+def receiver_config(tmp_path: Path, **settings: str) -> ReceiverConfig:
+    values = {"state_dir": str(tmp_path / "state"), "tls": "false", **settings}
+    path = tmp_path / "receiver.yaml"
+    path.write_text("".join(f"{key}: {value}\n" for key, value in values.items()))
+    return load_receiver_config(path)
+
+
+class HeldConnection:
+    """Sends one line, then holds the connection until told to stop."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.sock.sendall(b"hello\n")
+            self.stopped.wait(GIVE_UP_SECONDS)
+        finally:
+            self.sock.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+class HeldDoor(Door[HeldConnection]):
+    label = "test door"
+    thread_prefix = "held"
+
+    def __init__(self, config: ReceiverConfig, refused: frozenset[str] = frozenset()) -> None:
+        super().__init__(Address("127.0.0.1", 0), config, 8, logging.getLogger("test"))
+        self.refused = refused
+        self.turned_away: list[int] = []
+
+    def screen(self, host: str, peer: str) -> bool:
+        return host not in self.refused
+
+    def serve(self, sock: socket.socket, host: str, peer: str) -> HeldConnection:
+        return HeldConnection(sock)
+
+    def turn_away(self, sock: socket.socket, host: str, peer: str, count: int) -> None:
+        self.turned_away.append(count)
+        sock.sendall(b"busy\n")
+        sock.close()
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> ReceiverConfig:
+    return receiver_config(tmp_path, max_connections="2")
+
+
+@pytest.fixture
+def door(config: ReceiverConfig) -> Iterator[HeldDoor]:
+    opened = HeldDoor(config)
+    yield opened
+    opened.close()
+
+
+def knock(door: Door[HeldConnection]) -> socket.socket:
+    """Connect and let the door accept, as the server's loop does when the listener is readable."""
+    sock = socket.create_connection(("127.0.0.1", door.address.port), timeout=GIVE_UP_SECONDS)
+    door.accept()
+    return sock
+
+
+def first_line(sock: socket.socket) -> bytes:
+    with sock.makefile("rb") as stream:
+        return stream.readline()
+
+
+def test_each_connection_is_served_in_a_thread_of_its_own(door: HeldDoor) -> None:
+    first, second = knock(door), knock(door)
+    with first, second:
+        assert first_line(first) == first_line(second) == b"hello\n"
+        assert len(door.connections) == 2
+        names = {thread.name for thread in threading.enumerate()}
+        assert f"held 127.0.0.1:{first.getsockname()[1]}" in names
+
+
+def test_over_max_connections_the_door_turns_away(door: HeldDoor) -> None:
+    held = [knock(door), knock(door)]
+    with knock(door) as third:
+        assert first_line(third) == b"busy\n"
+    assert door.turned_away == [2]
+    for sock in held:
+        sock.close()
+
+
+def test_a_finished_connection_frees_its_place(door: HeldDoor) -> None:
+    first, second = knock(door), knock(door)
+    door.connections[0].stop()  # it ends, as a connection does when its peer leaves
+    join_thread_of(first)
+    # The accept reaps before it counts: the place is free once the thread is gone.
+    with knock(door) as third:
+        assert first_line(third) == b"hello\n"
+    assert door.turned_away == []
+    first.close()
+    second.close()
+
+
+def join_thread_of(sock: socket.socket) -> None:
+    name = f"held 127.0.0.1:{sock.getsockname()[1]}"
+    for thread in threading.enumerate():
+        if thread.name == name:
+            thread.join(GIVE_UP_SECONDS)
+
+
+def test_a_screened_peer_is_closed_without_a_thread(config: ReceiverConfig) -> None:
+    door = HeldDoor(config, refused={"127.0.0.1"})
+    try:
+        with knock(door) as sock:
+            assert sock.recv(16) == b""
+        assert door.connections == []
+    finally:
+        door.close()
+
+
+def test_stop_ends_every_connection_and_wait_joins_them(door: HeldDoor) -> None:
+    held = [knock(door), knock(door)]
+    door.stop()
+    door.wait()
+    assert door.connections == []
+    for sock in held:
+        with sock:
+            assert first_line(sock) == b"hello\n"
+            assert sock.recv(16) == b""  # closed by the door's connection
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", door.address.port), timeout=GIVE_UP_SECONDS)
+
+
+def test_update_applies_max_connections_to_new_connections(door: HeldDoor, tmp_path: Path) -> None:
+    held = knock(door)
+    door.update(receiver_config(tmp_path, max_connections="1"))
+    with knock(door) as second:
+        assert first_line(second) == b"busy\n"
+    held.close()
+
+
+def services_for(config: ReceiverConfig) -> Services:
+    limits = StoreLimits(config.max_path_length, config.max_path_depth)
+    store = Store(config.incoming_dir, config.partial_dir, limits)
+    return Services(store, Stats(), Gate(config))
+
+
+def test_the_settings_open_the_scanxfer_door_and_maybe_the_prototype_door(
+    tmp_path: Path,
+) -> None:
+    config = receiver_config(tmp_path, listen="127.0.0.1:0")
+    [only] = open_doors(config, services_for(config))
+    assert isinstance(only, ProtocolDoor)
+    only.close()
+    both = receiver_config(
+        tmp_path, listen="127.0.0.1:0", legacy_listen="127.0.0.1:0", legacy_allow="['127.0.0.1']"
+    )
+    doors = open_doors(both, services_for(both))
+    assert [type(door) for door in doors] == [ProtocolDoor, PrototypeDoor]
+    for door in doors:
+        door.close()
+
+
+def test_no_listener_is_left_open_when_a_later_door_cannot_listen(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with socket.create_server(("127.0.0.1", 0)) as probe:
+            free_port = probe.getsockname()[1]
+        config = receiver_config(
+            tmp_path,
+            listen=f"127.0.0.1:{free_port}",
+            legacy_listen=f"127.0.0.1:{port}",
+            legacy_allow="['127.0.0.1']",
+        )
+        # Kept: its traceback holds the doors opened, so only an explicit close frees a port.
+        with pytest.raises(OSError) as caught:
+            open_doors(config, services_for(config))
+    # The scanxfer door's port was given back: it can be listened on again at once.
+    socket.create_server(("127.0.0.1", free_port)).close()
+    assert caught.value.errno is not None
+
+
+def test_a_state_dir_that_cannot_be_made_ends_the_start_with_unreachable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = receiver_config(
+        tmp_path,
+        tls="true",
+        state_dir=str(blocker / "state"),
+        incoming_dir=str(tmp_path / "incoming"),
+        partial_dir=str(tmp_path / "partial"),
+    )
+    with caplog.at_level(logging.ERROR, "scanxfer.receiver"):
+        assert serve(config) == ExitCode.UNREACHABLE
+    assert f"cannot set up the TLS identity in {blocker / 'state'}: " in caplog.text
