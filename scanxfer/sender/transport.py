@@ -106,8 +106,8 @@ def where(config: SenderConfig) -> str:
 def send_in_slices(
     sock: socket.socket, handle: BinaryIO, offset: int, length: int, alive: Callable[[], None]
 ) -> int:
-    """socket.sendfile, a slice at a time, calling `alive` between slices: at 100 MB/s a
-    big scan takes minutes, longer than the watchdog waits for a sign of life."""
+    """socket.sendfile, a slice at a time, calling `alive` between slices: a big scan
+    can take longer to send than the watchdog waits for a sign of life."""
     sent = 0
     while sent < length:
         count = sock.sendfile(handle, offset + sent, min(SEND_SLICE, length - sent))

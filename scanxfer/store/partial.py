@@ -209,15 +209,14 @@ class PartialFile:
     def _write_back(self, fd: int) -> None:
         """Start writing the last step's bytes to disk now, and drop the step before from the cache.
 
-        Left to the end, the fsync of a 1 GiB scan waits half a second for all of it while
-        the link stands idle; started early, the disk works while the next bytes arrive.
+        Left to the end, the fsync of a big scan waits for all of it while the link stands
+        idle; started early, the disk works while the next bytes arrive.
         The fsync at commit still decides durability.  POSIX_FADV_DONTNEED starts writeback
         of the dirty pages in its range without waiting (Python has no sync_file_range) and
         drops the clean ones: the step before, on disk by then, leaves the page cache.  So a
         scan of any size holds about two steps of cache, and does not push out everything
-        else on a Pi; the next step reuses the pages just freed.  Keeping them instead made
-        the copy into the page cache (a profile's copy_folio_from_iter_atomic) twice as
-        slow in some runs here, when fresh pages had to come from memory long untouched.
+        else on a Pi; the next step reuses the pages just freed.  Keeping them instead slowed
+        the copy into the page cache, which then had to take pages long untouched.
         """
         start = max(0, self._written_back - WRITE_BACK_STEP)
         with suppress(OSError):  # advice only: refused, the fsync at commit does it all
