@@ -23,7 +23,7 @@ from numpy.lib import format as npy_format
 
 from scanxfer.watcher import CompletionWatcher, EventHandler, matches, scan
 
-SETTLE = 0.05
+SETTLE = 0.02
 WAIT = 10.0  # upper bound for something that must happen
 MARKER = "zz-marker.npy"  # sorts after every other name in a batch with the same mtime
 METHODS = ["inotify", "poll"]
@@ -279,6 +279,9 @@ def test_an_in_place_change_with_the_mtime_set_back_is_handed_out_again(
 
 
 @INOTIFY_ONLY
+# watchdog 7 adds a watch for run1/deep twice (its walk of a new run1, and deep's own create
+# event) and warns that it replaced the first: the same callback, so nothing is lost.
+@pytest.mark.filterwarnings("ignore:Callback with id .* already exists:RuntimeWarning")
 def test_file_in_new_subdirectory(root: Path, watcher: CompletionWatcher) -> None:
     (root / "run1" / "deep").mkdir(parents=True)
     save(root / "run1" / "deep" / "s.npy", np.ones(5))
@@ -342,11 +345,11 @@ def test_falls_back_to_polling_when_root_vanishes_and_returns(root: Path) -> Non
         assert w.method == "poll"
 
 
-def test_the_watcher_settles_on_the_clock_it_is_given(root: Path, method: str) -> None:
+def test_the_watcher_settles_on_the_clock_it_is_given(root: Path) -> None:
     """An hour of quiet on the injected clock, none on the wall's: the file is handed out."""
     now = [0.0]
     save(root / "a.npy", np.ones(3))
-    with CompletionWatcher(root, ["*.npy"], [], 3600.0, method, clock=lambda: now[0]) as w:
+    with CompletionWatcher(root, ["*.npy"], [], 3600.0, clock=lambda: now[0]) as w:
         now[0] += 3600.0
         assert w.get(timeout=WAIT) == PurePosixPath("a.npy")
 
