@@ -7,7 +7,6 @@ runs `verify` and exits with its verdict.  Everything lands under ./demo/.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import shutil
 import signal
@@ -22,15 +21,14 @@ SCAN_COUNT = 12
 WAIT_SECONDS = 120
 
 
-class Child:
+class _Child:
     """A scanxfer subprocess whose log lines are echoed with a prefix and kept for searching.
 
-    The tests drive their processes with it too, so the demo and the tests start,
-    watch and stop scanxfer the same way.
+    Just what the demo needs; the tests and the benchmark have their own (tests/procs.py).
     """
 
-    def __init__(self, label: str, *args: str, echo: bool = True) -> None:
-        self.label, self.echo = label, echo
+    def __init__(self, label: str, *args: str) -> None:
+        self.label = label
         self.lines: list[str] = []
         self.changed = threading.Condition()
         self.process = subprocess.Popen(
@@ -40,21 +38,14 @@ class Child:
         )
         self._reader = threading.Thread(target=self._pump, daemon=True)
         self._reader.start()
-        self.peak_rss_kib = 0
 
     def _pump(self) -> None:
         assert self.process.stderr is not None
         for line in self.process.stderr:
-            if self.echo:
-                print(f"[{self.label:>9}] {line}", end="", flush=True)
+            print(f"[{self.label:>9}] {line}", end="", flush=True)
             with self.changed:
                 self.lines.append(line)
                 self.changed.notify_all()
-
-    @property
-    def log(self) -> str:
-        with self.changed:
-            return "".join(self.lines)
 
     def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
         """The first log line matching `pattern`; raises if the process dies or time runs out."""
@@ -71,31 +62,18 @@ class Child:
                     )
                 self.changed.wait(0.2)
 
-    def wait(self, timeout: float | None = None) -> int:
-        """Reap the process and return its exit code, noting its peak resident memory."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.process.poll() is None:
-            self._note_peak_rss()
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(self.process.args, timeout or 0)
-            time.sleep(0.02)
+    def wait(self) -> int:
+        """Reap the process, and let its last log lines through; its exit code."""
+        code = self.process.wait()
         self._reader.join(timeout=10)
-        return self.process.returncode
+        return code
 
-    def _note_peak_rss(self) -> None:
-        # VmHWM belongs to the process's own address space; ru_maxrss from wait4
-        # would also count the parent's memory inherited across fork and exec.
-        with contextlib.suppress(OSError):
-            status = Path(f"/proc/{self.process.pid}/status").read_text()
-            for line in status.splitlines():
-                if line.startswith("VmHWM:"):
-                    self.peak_rss_kib = max(self.peak_rss_kib, int(line.split()[1]))
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+    def stop(self) -> int:
+        """SIGTERM, the daemons' clean stop; its exit code."""
         if self.process.poll() is None:
-            self._note_peak_rss()
-            self.process.send_signal(sig)
-        return self.wait(timeout)
+            self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=30)
+        return self.wait()
 
 
 def _pair_sender(path: Path, port: int) -> None:
@@ -116,7 +94,7 @@ def _pair_sender(path: Path, port: int) -> None:
     subprocess.run([sys.executable, "-m", "scanxfer", "pair", line, "-c", str(path)], check=True)
 
 
-def _wait_until_stored(receiver: Child, count: int) -> None:
+def _wait_until_stored(receiver: _Child, count: int) -> None:
     deadline = time.monotonic() + WAIT_SECONDS
     while sum("received " in line for line in receiver.lines) < count:
         if time.monotonic() > deadline:
@@ -127,7 +105,7 @@ def _wait_until_stored(receiver: Child, count: int) -> None:
 def main() -> int:
     shutil.rmtree(DEMO_DIR, ignore_errors=True)
     DEMO_DIR.mkdir()
-    receiver = Child(
+    receiver = _Child(
         "receiver",
         "receive",
         "--listen",
@@ -137,15 +115,15 @@ def main() -> int:
         "--state-dir",
         str(DEMO_DIR / "state"),
     )
-    sender: Child | None = None
+    sender: _Child | None = None
     try:
         port = int(receiver.wait_for(r"listening on \S+:(\d+)", 30).group(1))
         config = DEMO_DIR / "sender.yaml"
         _pair_sender(config, port)
-        sender = Child("sender", "send", "-c", str(config))
+        sender = _Child("sender", "send", "-c", str(config))
         sender.wait_for("watching", 30)
         scans = str(DEMO_DIR / "scans")
-        simulate = Child(
+        simulate = _Child(
             "simulate", "simulate", "--dir", scans, "--count", str(SCAN_COUNT), "--interval", "0.3"
         )
         if simulate.wait() != 0:

@@ -1,18 +1,16 @@
-"""Turns watchdog events into the watcher's callbacks.
+"""Turns watchdog events into calls on a `FileEvents`: the one place that knows watchdog.
 
-Kept apart from CompletionWatcher because it is the one place that knows watchdog's event
-classes, which differ between watchdog 2.2 (Debian bookworm) and later releases.
+Kept apart from CompletionWatcher because watchdog's event classes differ between watchdog 2.2
+(Debian bookworm) and later releases. `FileEvents` is what any source of change notices feeds
+(CompletionWatcher implements it): a second backend, such as fanotify or a share's own change
+notices, would call the same four methods.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import watchdog.events as wd_events
-
-if TYPE_CHECKING:
-    from .completion import CompletionWatcher
-
 
 # Events that mean "this file is being written". Attribute events exist only in watchdog >= 3
 # (2.2 reports IN_ATTRIB as a modification); they matter because copy tools set the mtime after
@@ -26,30 +24,49 @@ _ACTIVITY_EVENTS: tuple[type[wd_events.FileSystemEvent], ...] = (
 )
 
 
-class _EventHandler(wd_events.FileSystemEventHandler):
-    """Forwards watchdog events to the watcher.
+class FileEvents(Protocol):
+    """What a source of change notices reports, each with the absolute path it concerns.
+
+    Called from the source's own thread; paths outside the watched root are ignored.
+    """
+
+    def file_active(self, path: bytes | str) -> None:
+        """A file was created, written, closed after writing, or had its attributes changed."""
+
+    def file_gone(self, path: bytes | str) -> None:
+        """A file was deleted or moved away."""
+
+    def dir_appeared(self, path: bytes | str) -> None:
+        """A directory was created or moved in: files in it may predate any watch on it."""
+
+    def dir_gone(self, path: bytes | str) -> None:
+        """A directory was deleted or moved away, with everything below it."""
+
+
+class EventHandler(wd_events.FileSystemEventHandler):
+    """Forwards watchdog events to a `FileEvents`.
 
     Overrides dispatch(), the single entry point that watchdog 2.2 and 7.x both call, because
     the on_* hooks differ between those versions.
     """
 
-    def __init__(self, watcher: CompletionWatcher) -> None:
+    def __init__(self, sink: FileEvents) -> None:
         super().__init__()
-        self._watcher = watcher
+        self._sink = sink
 
     def dispatch(self, event: wd_events.FileSystemEvent) -> None:
-        w = self._watcher
+        sink = self._sink
         if isinstance(event, wd_events.FileMovedEvent):
-            w._file_gone(event.src_path)
-            w._file_active(event.dest_path)
+            sink.file_gone(event.src_path)
+            sink.file_active(event.dest_path)
         elif isinstance(event, wd_events.DirMovedEvent):
-            w._dir_gone(event.src_path)
-            w._dir_appeared(event.dest_path)
+            sink.dir_gone(event.src_path)
+            sink.dir_appeared(event.dest_path)
         elif isinstance(event, _ACTIVITY_EVENTS):
-            w._file_active(event.src_path)
+            sink.file_active(event.src_path)
         elif isinstance(event, wd_events.FileDeletedEvent):
-            w._file_gone(event.src_path)
+            sink.file_gone(event.src_path)
         elif isinstance(event, wd_events.DirDeletedEvent):
-            w._dir_gone(event.src_path)
+            sink.dir_gone(event.src_path)
         elif isinstance(event, wd_events.DirCreatedEvent):
-            w._dir_appeared(event.src_path)
+            sink.dir_appeared(event.src_path)

@@ -1,7 +1,7 @@
 """Which files under the watched directory are scans, found without following symlinks.
 
 The sender's startup backlog, the watcher's sweeps and `verify` all go through `scan` or
-`_walk`, so they agree on which files count.
+`walk`, so they agree on which files count.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ log = logging.getLogger("scanxfer.watcher")
 ErrorHandler = Callable[[OSError], None]
 
 
-def _ignored(name: str, ignore: Sequence[str]) -> bool:
+def ignored(name: str, ignore: Sequence[str]) -> bool:
+    """True if this one path component (a file or directory name) matches an ignore rule."""
     return any(fnmatch.fnmatch(name, pattern) for pattern in ignore)
 
 
@@ -28,16 +29,18 @@ def matches(relpath: PurePosixPath, patterns: Sequence[str], ignore: Sequence[st
 
     Ignore rules apply to directories too, so ``.*`` also hides everything below ``.cache/``.
     """
-    if any(_ignored(part, ignore) for part in relpath.parts):
+    if any(ignored(part, ignore) for part in relpath.parts):
         return False
     return any(fnmatch.fnmatch(relpath.name, pattern) for pattern in patterns)
 
 
-def _log_scan_error(exc: OSError) -> None:
+def log_scan_error(exc: OSError) -> None:
+    """The default `ErrorHandler`: a directory we may not read is worth a warning, not a stop."""
     log.warning("cannot read %s (%s); files below it are skipped", exc.filename, exc.strerror)
 
 
-def _require_directory(root: Path) -> None:
+def require_directory(root: Path) -> None:
+    """Raise FileNotFoundError, saying what to do, unless ``root`` is a directory."""
     if not root.is_dir():
         raise FileNotFoundError(
             f"scan directory {root} does not exist or is not a directory; "
@@ -45,7 +48,7 @@ def _require_directory(root: Path) -> None:
         )
 
 
-def _walk(
+def walk(
     root: Path,
     start: PurePosixPath,
     patterns: Sequence[str],
@@ -69,7 +72,7 @@ def _walk(
             on_error(exc)
             continue
         for entry in entries:
-            if _ignored(entry.name, ignore):
+            if ignored(entry.name, ignore):
                 continue
             rel = reldir / entry.name
             try:
@@ -89,7 +92,7 @@ def scan(
     root: Path,
     patterns: Sequence[str],
     ignore: Sequence[str],
-    on_error: ErrorHandler = _log_scan_error,
+    on_error: ErrorHandler = log_scan_error,
 ) -> list[PurePosixPath]:
     """Matching regular files under ``root`` as POSIX relative paths, oldest mtime first.
 
@@ -97,8 +100,8 @@ def scan(
     FileNotFoundError if ``root`` itself is missing, because that is a configuration error,
     not an empty directory.
     """
-    _require_directory(root)
-    found = list(_walk(root, PurePosixPath(), patterns, ignore, on_error))
+    require_directory(root)
+    found = list(walk(root, PurePosixPath(), patterns, ignore, on_error))
     found.sort(key=lambda item: (item[1].st_mtime_ns, str(item[0])))
     return [rel for rel, _ in found]
 

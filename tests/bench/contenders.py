@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .procs import Proc
+from ..procs import Proc
 
 REPO = Path(__file__).resolve().parents[2]
 GIVE_UP_SECONDS = 900  # a run this slow is broken, not slow

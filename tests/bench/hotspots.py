@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..procs import Proc
 from . import run
 from .contenders import (
     GIVE_UP_SECONDS,
@@ -26,7 +27,6 @@ from .contenders import (
     python_module,
     scanxfer_receiver,
 )
-from .procs import Proc
 
 TOP = 15
 

@@ -24,6 +24,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..procs import Proc
 from .contenders import (
     GIVE_UP_SECONDS,
     REPO,
@@ -32,7 +33,6 @@ from .contenders import (
     python_module,
     scanxfer_receiver,
 )
-from .procs import Proc
 
 SHAPE = "512x1024"  # uint16: 1 MiB of data after a 128-byte header
 NS_PER_MS = 1e6

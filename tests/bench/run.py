@@ -25,9 +25,9 @@ from typing import Any
 
 import xxhash
 
+from ..procs import Proc
 from . import contenders, latency, report, table, writers
 from .contenders import REPO, Run, python_module
-from .procs import Proc
 
 OUT_DIR = REPO / "bench"
 NEEDED_BYTES = 5_200_000_000

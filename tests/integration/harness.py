@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from scanxfer.demo import Child
 from scanxfer.keys import KEYS_FILE_NAME, KeyFile
 from scanxfer.tls import ensure_identity
 from scanxfer.verify import verify_trees
+
+from ..procs import Proc, start_scanxfer
 
 # "Give up" bound for waits that normally end in seconds; never an assertion about speed.
 GIVE_UP_SECONDS = 180
@@ -68,12 +69,12 @@ class ReceiverProcess:
         self.incoming = root / "incoming"
         self.state = root / "state"
         self.port = port
-        self.child: Child | None = None
+        self.child: Proc | None = None
         install_credentials(self.state)
 
     def start(self) -> ReceiverProcess:
         config = ["-c", str(self.config)] if self.config else []
-        self.child = Child(
+        self.child = start_scanxfer(
             "receiver",
             "receive",
             *config,
@@ -83,7 +84,6 @@ class ReceiverProcess:
             str(self.incoming),
             "--state-dir",
             str(self.state),
-            echo=False,
         )
         self.port = int(self.child.wait_for(r"listening on \S+:(\d+)", 30).group(1))
         return self
@@ -128,11 +128,11 @@ def sender_config(path: Path, port: int, watch: Path, **extra: str) -> Path:
     return path
 
 
-def send_once_in_background(config: Path) -> Child:
-    return Child("sender", "send", "-c", str(config), "--once", echo=False)
+def send_once_in_background(config: Path) -> Proc:
+    return start_scanxfer("sender", "send", "-c", str(config), "--once")
 
 
-def send_once(config: Path, timeout: float = 600) -> Child:
+def send_once(config: Path, timeout: float = 600) -> Proc:
     sender = send_once_in_background(config)
     sender.wait(timeout)
     return sender
@@ -163,9 +163,9 @@ def count_matches(pattern: str, text: str) -> int:
     return len(re.findall(pattern, text, flags=re.MULTILINE))
 
 
-def start_sender(config: Path) -> Child:
+def start_sender(config: Path) -> Proc:
     """`scanxfer send -c CONFIG` as a daemon: it watches until stopped."""
-    return Child("sender", "send", "-c", str(config), echo=False)
+    return start_scanxfer("sender", "send", "-c", str(config))
 
 
 def sender_status(config: Path) -> dict[str, Any]:
@@ -205,7 +205,7 @@ def write_run(scans: Path, small: int = 300, big_mib: int = 100) -> list[str]:
     return sorted(path.relative_to(scans).as_posix() for path in scans.rglob("*.npy"))
 
 
-def wait_until(condition: Callable[[], bool], what: str, *children: Child | None) -> None:
+def wait_until(condition: Callable[[], bool], what: str, *children: Proc | None) -> None:
     """Poll `condition` until it holds; give up after GIVE_UP_SECONDS, showing the logs."""
     deadline = time.monotonic() + GIVE_UP_SECONDS
     while not condition():
@@ -215,7 +215,7 @@ def wait_until(condition: Callable[[], bool], what: str, *children: Child | None
         time.sleep(0.1)
 
 
-def wait_for_files(receiver: ReceiverProcess, expected: Iterable[str], *children: Child) -> None:
+def wait_for_files(receiver: ReceiverProcess, expected: Iterable[str], *children: Proc) -> None:
     """Until every one of `expected` is stored under incoming (complete: stored means renamed)."""
     wanted = set(expected)
     wait_until(

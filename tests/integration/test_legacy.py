@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from scanxfer.demo import Child
-
+from ..procs import Proc, start_scanxfer
 from .harness import (
     GIVE_UP_SECONDS,
     ReceiverProcess,
@@ -245,8 +244,8 @@ def legacy_sender_config(path: Path, port: int, watch: Path) -> Path:
     return path
 
 
-def send_legacy_once(config: Path) -> Child:
-    sender = Child("sender", "send", "-c", str(config), "--once", "--legacy", echo=False)
+def send_legacy_once(config: Path) -> Proc:
+    sender = start_scanxfer("sender", "send", "-c", str(config), "--once", "--legacy")
     assert sender.wait(GIVE_UP_SECONDS) == 0, sender.log
     return sender
 
@@ -280,7 +279,7 @@ def test_send_legacy_into_the_door(door: tuple[ReceiverProcess, int], tmp_path: 
 def test_send_legacy_as_a_daemon(tmp_path: Path) -> None:
     prototype = PrototypeReceiver()
     config = legacy_sender_config(tmp_path / "sender.yaml", prototype.port, tmp_path / "scans")
-    sender = Child("sender", "send", "-c", str(config), "--legacy", echo=False)
+    sender = start_scanxfer("sender", "send", "-c", str(config), "--legacy")
     try:
         sender.wait_for("watching", 30)
         scans = [write_scan(tmp_path / "scans" / f"s{n}.npy", (200, n), seed=n) for n in (1, 2)]

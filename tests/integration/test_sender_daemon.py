@@ -12,9 +12,9 @@ import pytest
 from numpy.lib import format as npy_format
 
 from scanxfer import protocol as p
-from scanxfer.demo import Child
 from scanxfer.verify import compare_files
 
+from ..procs import start_scanxfer
 from .faultproxy import FaultProxy, Plan
 from .harness import (
     ReceiverProcess,
@@ -142,11 +142,10 @@ def test_slowly_written_scans_are_never_sent_truncated(
     sender = start_sender(config)
     try:
         sender.wait_for("watching", 60)
-        simulate = Child(
+        simulate = start_scanxfer(
             "simulate",
             *("simulate", "--dir", str(scans), "--count", "6", "--interval", "0.4"),
             *("--shape", "512x512", "--chunks", "8"),
-            echo=False,
         )
         write_in_sessions(scans / "reopened.npy", (256, 256), pieces=4, pause=0.5)
         assert simulate.wait(120) == 0, simulate.log

@@ -26,8 +26,7 @@ from types import TracebackType
 
 import pytest
 
-from scanxfer.demo import Child
-
+from ..procs import Proc
 from .faultproxy import FaultProxy, Plan
 from .harness import (
     GIVE_UP_SECONDS,
@@ -178,7 +177,7 @@ class Zoo:
             sent_dir=str(self.sent),
         )
         self.writers: list[WriterProcess] = []
-        self.sender: Child | None = None
+        self.sender: Proc | None = None
 
     def __enter__(self) -> Zoo:
         self.sender = start_sender(self.config)

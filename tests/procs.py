@@ -1,10 +1,13 @@
-"""Child processes under measurement: log lines with arrival times, CPU time, peak memory.
+"""Child processes for the tests and the benchmark: log lines as they arrive, exit status, CPU
+time and peak memory.
 
-Every figure the benchmark reports about a process comes from here, so scanxfer, the
-reference pump and rsync are measured the same way:
+One wrapper for every process the suite starts (scanxfer's commands in tests/integration;
+scanxfer, the reference pump and rsync in tests/bench), so all are started, watched, stopped
+and measured the same way:
 
-- log lines are stamped with the wall clock (``time.time_ns``) as they arrive through the
-  pipe, so latencies can be taken between lines of different processes;
+- log lines (stderr, or stdout too with ``merge_stdout``) are stamped with the wall clock
+  (``time.time_ns``) as they arrive through the pipe, so latencies can be taken between lines
+  of different processes;
 - CPU time is the kernel's account: ``/proc/PID/stat`` while the process lives (to subtract
   start-up), the ``wait4`` rusage when it is reaped (which also counts its reaped children,
   as the rsync daemon's per-connection workers are);
@@ -19,6 +22,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -29,8 +33,12 @@ _SAMPLE_SECONDS = 0.02
 
 
 class Proc:
-    """One measured child process; stderr is captured line by line, stdout discarded
-    unless `merge_stdout` (for tools that report on stdout) sends it the same way."""
+    """One child process; stderr is captured line by line, stdout discarded unless
+    ``merge_stdout`` (for tools that report on stdout) sends it the same way.
+
+    ``process`` is the `subprocess.Popen`; its ``poll()``, ``returncode``, ``send_signal()``
+    and ``pid`` may be used from any thread.
+    """
 
     def __init__(
         self, label: str, argv: Sequence[str], cwd: Path | None = None, merge_stdout: bool = False
@@ -40,11 +48,11 @@ class Proc:
         self.lines: list[tuple[int, str]] = []  # (arrival time, line)
         self.changed = threading.Condition()
         self.peak_rss_kib = 0
-        self.returncode: int | None = None
         self.cpu_seconds = 0.0  # user + system, from rusage once reaped
         self.started_ns = time.time_ns()
         self.ended_ns: int | None = None
-        self.popen = subprocess.Popen(
+        self._output_ended = False
+        self.process = subprocess.Popen(
             list(argv),
             cwd=cwd,
             stdin=subprocess.DEVNULL,
@@ -52,31 +60,48 @@ class Proc:
             stderr=subprocess.STDOUT if merge_stdout else subprocess.PIPE,
             text=True,
         )
-        self.pid = self.popen.pid
+        self.pid = self.process.pid
         self._threads = [
-            threading.Thread(target=self._read_stderr, daemon=True),
+            threading.Thread(target=self._read_output, daemon=True),
             threading.Thread(target=self._reap, daemon=True),
             threading.Thread(target=self._sample_memory, daemon=True),
         ]
         for thread in self._threads:
             thread.start()
 
-    def _read_stderr(self) -> None:
-        stream = self.popen.stderr or self.popen.stdout
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the process has ended, else None."""
+        return self.process.returncode
+
+    @property
+    def log(self) -> str:
+        """Everything it logged so far, one line per line."""
+        with self.changed:
+            return "".join(f"{line}\n" for _, line in self.lines)
+
+    def _read_output(self) -> None:
+        stream = self.process.stderr or self.process.stdout
         assert stream is not None
         for line in stream:
             stamp = time.time_ns()
             with self.changed:
                 self.lines.append((stamp, line.rstrip("\n")))
                 self.changed.notify_all()
+        with self.changed:
+            self._output_ended = True
+            self.changed.notify_all()
 
     def _reap(self) -> None:
-        # wait4 instead of Popen.wait: it also yields the CPU time the child used.
-        _, status, usage = os.wait4(self.pid, 0)
-        self.ended_ns = time.time_ns()
-        self.cpu_seconds = usage.ru_utime + usage.ru_stime
-        self.returncode = os.waitstatus_to_exitcode(status)
-        self.popen.returncode = self.returncode  # so Popen never waits for it again
+        # wait4 instead of Popen.wait: it also yields the CPU time the child used. Under the
+        # lock Popen.wait itself holds while it waits, so that process.poll() in any thread
+        # answers "running" meanwhile instead of calling waitpid: a poll that reaped the child
+        # would take its CPU time with it, or, just after we had, call its exit status 0.
+        with self.process._waitpid_lock:
+            _, status, usage = os.wait4(self.pid, 0)
+            self.ended_ns = time.time_ns()
+            self.cpu_seconds = usage.ru_utime + usage.ru_stime
+            self.process.returncode = os.waitstatus_to_exitcode(status)
         with self.changed:
             self.changed.notify_all()
 
@@ -104,7 +129,8 @@ class Proc:
         return sum(int(value) for value in fields[11:15]) / _TICKS
 
     def wait_for(self, pattern: str, timeout: float, count: int = 1) -> re.Match[str]:
-        """The `count`-th log line matching `pattern`; raises if the process dies first."""
+        """The `count`-th log line matching `pattern`; raises once the process has ended
+        without logging it, or when `timeout` runs out."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         with self.changed:
@@ -112,7 +138,8 @@ class Proc:
                 matches = [m for _, line in self.lines if (m := regex.search(line))]
                 if len(matches) >= count:
                     return matches[count - 1]
-                if self.returncode is not None or time.monotonic() > deadline:
+                ended = self._output_ended and self.returncode is not None
+                if ended or time.monotonic() > deadline:
                     raise RuntimeError(
                         f"{self.label} did not log {pattern!r} {count} time(s) "
                         f"(exit status {self.returncode}):\n{self.log_tail()}"
@@ -125,32 +152,30 @@ class Proc:
         with self.changed:
             return [(stamp, m) for stamp, line in self.lines if (m := regex.search(line))]
 
-    def wait(self, timeout: float) -> int:
-        """Wait for the process to exit by itself; its exit status."""
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the process to exit by itself (and its output to end); its exit status.
+
+        Raises subprocess.TimeoutExpired if it is still running after ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout=timeout)
-        if self.returncode is None:
-            raise RuntimeError(f"{self.label} still running after {timeout:.0f} s")
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if self.returncode is None or self.ended_ns is None:
+            raise subprocess.TimeoutExpired(self.process.args, timeout or 0.0)
         return self.returncode
 
-    def stop(self, timeout: float = 60) -> int:
-        """SIGTERM (the daemons' clean stop) and wait; its exit status."""
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """Send ``sig`` (SIGTERM: the daemons' clean stop) and wait; its exit status."""
         if self.returncode is None:
             self.note_peak_rss()
-            self._signal(signal.SIGTERM)
+            self.process.send_signal(sig)
         return self.wait(timeout)
 
     def kill(self) -> None:
         """Last resort when a run failed half-way: never leave a child behind."""
         if self.returncode is None:
-            self._signal(signal.SIGKILL)
+            self.process.kill()
             self.wait(30)
-
-    def _signal(self, signum: int) -> None:
-        # os.kill, not Popen.terminate: that polls first, and a poll could reap the child
-        # under the wait4 thread.  Until wait4 returns the pid cannot be reused.
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signum)
 
     @property
     def elapsed(self) -> float:
@@ -162,3 +187,8 @@ class Proc:
     def log_tail(self, lines: int = 30) -> str:
         with self.changed:
             return "\n".join(line for _, line in self.lines[-lines:])
+
+
+def start_scanxfer(label: str, *args: str) -> Proc:
+    """``python -m scanxfer ARGS`` with the interpreter running the tests, as a user runs it."""
+    return Proc(label, [sys.executable, "-m", "scanxfer", *args])
