@@ -86,8 +86,11 @@ def _write_settings(receiver: str | None, watch_dir: Path | None) -> None:
     if receiver is not None:
         values["receiver"] = receiver
     if watch_dir is not None:
-        values["watch_dir"] = str(watch_dir.expanduser().absolute())
+        watch_dir = watch_dir.expanduser().absolute()
+        values["watch_dir"] = str(watch_dir)
     load_sender_config(None, values)  # refuse bad values before anything is written
+    if watch_dir is not None:
+        _make_watch_dir(watch_dir)
     header = (
         "# scanxfer sender settings, written by `scanxfer install-user-unit`.\n"
         "# Keys left out keep their defaults; any key of the commented defaults file\n"
@@ -96,6 +99,23 @@ def _write_settings(receiver: str | None, watch_dir: Path | None) -> None:
     # Private from the start: `scanxfer pair` adds the sender's key to this file later.
     _write_atomically(path, header + yaml.safe_dump(values, sort_keys=False), mode=0o600)
     log.info("wrote %s", path)
+
+
+def _make_watch_dir(watch_dir: Path) -> None:
+    """Create the folder asked for, so `scanxfer send --once` works right away.
+
+    Here the user names the folder on purpose; the service itself never creates one, where a
+    typo would silently be watched instead of the instrument's folder.
+    """
+    if not watch_dir.is_dir():
+        try:
+            watch_dir.mkdir(parents=True)
+        except OSError as exc:
+            raise InstallError(
+                f"cannot create the watch folder {watch_dir}: {exc.strerror or exc}; "
+                f"create it yourself or choose another with --watch"
+            ) from None
+        log.info("created the watch folder %s", watch_dir)
 
 
 def _write_atomically(path: Path, text: str, mode: int) -> None:

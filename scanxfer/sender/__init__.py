@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import PurePosixPath
@@ -30,6 +31,9 @@ from .session import NOT_PAIRED, SCANXFER
 from .transport import TransportKind
 
 log = logging.getLogger("scanxfer.sender")
+
+# How often a missing watch folder is looked for.
+WATCH_DIR_POLL_SECONDS = 1.0
 
 # The ways to deliver, by the name `run` is given; a new transport is added here.
 TRANSPORTS: dict[str, TransportKind] = {kind.name: kind for kind in (SCANXFER, PROTOTYPE)}
@@ -52,7 +56,17 @@ def run(
         return ExitCode.USAGE
     stop, reload_requested = threading.Event(), threading.Event()
     _install_signal_handlers(stop, reload_requested)
-    ledger = Ledger(config.state_dir)
+    try:
+        ledger = Ledger(config.state_dir)
+    except (OSError, sqlite3.Error) as error:
+        # Rerunning cannot help (exit 2, which the unit does not restart on): it needs a hand.
+        log.error(
+            "cannot keep the sender's journal in %s: %s; make that folder writable for this "
+            "user, or set state_dir in the settings to one that is",
+            config.state_dir,
+            getattr(error, "strerror", None) or error,
+        )
+        return ExitCode.USAGE
     try:
         if once:
             return _run_once(Delivery(config, ledger, once=True, kind=kind, stop=stop))
@@ -152,7 +166,8 @@ def _watch_and_deliver(
 ) -> None:
     """Run one watcher and delivery until a stop or a reload is requested."""
     config = delivery.config
-    config.watch_dir.mkdir(parents=True, exist_ok=True)
+    if not _watch_dir_appeared(config, delivery.stop, reload_requested, notifier):
+        return
     watcher = CompletionWatcher(
         config.watch_dir,
         config.patterns,
@@ -176,6 +191,35 @@ def _watch_and_deliver(
             if (line := _status_line(delivery)) != shown:
                 notifier.status(line)
                 shown = line
+
+
+def _watch_dir_appeared(
+    config: SenderConfig,
+    stop: threading.Event,
+    reload_requested: threading.Event,
+    notifier: Notifier,
+) -> bool:
+    """Wait until the watch folder exists: False if a stop or a reload came first.
+
+    The service never creates the folder: a typo in watch_dir would then be watched, silently,
+    instead of the instrument's folder.  It waits instead, so a folder on a drive or share
+    mounted after login is picked up as soon as it appears.
+    """
+    if config.watch_dir.is_dir():
+        return True
+    log.error(
+        "watch folder %s does not exist; waiting for it to appear (create it, or fix watch_dir "
+        "in the settings and run: systemctl --user reload scanxfer-sender)",
+        config.watch_dir,
+    )
+    notifier.ready()
+    notifier.status(f"waiting for the watch folder {config.watch_dir} to appear")
+    while not config.watch_dir.is_dir():
+        if stop.wait(WATCH_DIR_POLL_SECONDS) or reload_requested.is_set():
+            return False
+        notifier.watchdog()
+    log.info("watch folder %s appeared", config.watch_dir)
+    return True
 
 
 def _reloaded(
