@@ -46,6 +46,14 @@ class Connection(Protocol):
         """The receiver is stopping: end soon.  Called from the main thread."""
         ...
 
+    def reconfigure(self, config: ReceiverConfig) -> None:
+        """Settings reloaded: the admission limits apply from the next file on.
+
+        A sender keeps its connection for days, so limits that reached only new connections
+        would never reach it.  Called from the main thread.
+        """
+        ...
+
 
 C = TypeVar("C", bound=Connection)
 
@@ -99,8 +107,10 @@ class Door(ABC, Generic[C]):
         thread.start()
 
     def update(self, config: ReceiverConfig) -> None:
-        """New settings, for connections accepted from now on; open ones keep theirs."""
+        """New settings: for connections accepted from now on, and the open ones' limits."""
         self.config = config
+        for connection in self.connections:
+            connection.reconfigure(config)
 
     def tick(self) -> None:
         """Housekeeping, about once a second: forget the connections that have ended."""

@@ -89,6 +89,12 @@ class ConnectionHandler:
         """
         shut(self.sock, socket.SHUT_RD)
 
+    def reconfigure(self, config: ReceiverConfig) -> None:
+        # Before the handshake: the intake it makes takes these settings; after: its limits.
+        self.config = config
+        if self.intake is not None:
+            self.intake.reconfigure(config)
+
     def _close(self) -> None:
         if self.intake is not None:
             self.intake.finish()

@@ -67,6 +67,10 @@ class Intake:
         # All bytes in and verified: made durable together at the end of the batch.
         self.sealed: list[_Incoming] = []
 
+    def reconfigure(self, config: ReceiverConfig) -> None:
+        """Settings reloaded: size and free-space limits apply from the next offer on."""
+        self.limits = Limits.of(config)  # one object, swapped whole from the main thread
+
     def finish(self) -> None:
         """The connection is over: keep partials for resume."""
         # Whole but not yet durable: kept as partials, a re-offer resumes at their end.

@@ -168,6 +168,9 @@ class PrototypeConnection:
         """
         self.abort()
 
+    def reconfigure(self, config: ReceiverConfig) -> None:
+        self.limits = Limits.of(config)  # one object, swapped whole: the next file sees it
+
     def _ending(self) -> bool:
         return self.aborted.is_set() or self.stopping.is_set()
 

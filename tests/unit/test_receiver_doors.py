@@ -40,6 +40,7 @@ class HeldConnection:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.stopped = threading.Event()
+        self.reloaded: list[ReceiverConfig] = []
 
     def run(self) -> None:
         try:
@@ -50,6 +51,9 @@ class HeldConnection:
 
     def stop(self) -> None:
         self.stopped.set()
+
+    def reconfigure(self, config: ReceiverConfig) -> None:
+        self.reloaded.append(config)
 
 
 class HeldDoor(Door[HeldConnection]):
@@ -159,7 +163,10 @@ def test_stop_ends_every_connection_and_wait_joins_them(door: HeldDoor) -> None:
 
 def test_update_applies_max_connections_to_new_connections(door: HeldDoor, tmp_path: Path) -> None:
     held = knock(door)
-    door.update(receiver_config(tmp_path, max_connections="1"))
+    reloaded = receiver_config(tmp_path, max_connections="1")
+    door.update(reloaded)
+    # The open connection is told too (its admission limits follow the reload).
+    assert [connection.reloaded for connection in door.connections] == [[reloaded]]
     with knock(door) as second:
         assert first_line(second) == b"busy\n"
     held.close()
