@@ -106,6 +106,8 @@ class Session:
 
     @property
     def free_slots(self) -> int:
+        if self.failure is not None:
+            return 0  # the connection has ended: offer nothing more, the next step says why
         return self.conn.window - len(self.conn.files)
 
     @property
