@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
+import logging
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -45,6 +46,8 @@ from .values import (
     pattern_list,
     show_value,
 )
+
+log = logging.getLogger("scanxfer.config")
 
 __all__ = [
     "AFTER_SEND_MODES",
@@ -258,6 +261,8 @@ def _layers(
         layers.append(_read_layer(Path(path)))
     elif default_path.exists():
         layers.append(_read_layer(default_path))
+    else:
+        log.debug("no %s: the defaults apply", default_path)
     if overrides:
         given = {key: value for key, value in overrides.items() if value is not None}
         layers.append(_Layer(COMMAND_LINE, given, {}))
@@ -266,6 +271,7 @@ def _layers(
 
 def _read_layer(path: Path | Traversable) -> _Layer:
     label = str(path)
+    log.debug("reading settings from %s", label)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
