@@ -8,10 +8,11 @@ sudo=()
 [[ $(id -u) -eq 0 ]] || sudo=(sudo)
 
 # python3-venv carries ensurepip, which Debian leaves out of python3 itself. netcat-openbsd
-# plays the old prototype's sender in tests/integration/test_legacy.py. The rest serve
+# plays the old prototype's sender in tests/integration/test_legacy.py; pipx runs the README's
+# sender install steps in tests/integration/test_readme_install.py. The rest serve
 # tests/system: building the .deb, lintian, booting Debian containers (systemd-nspawn,
 # debootstrap) and running arm64 ones under emulation (qemu-user-static, binfmt-support).
-packages=(make python3-venv netcat-openbsd dpkg-dev lintian systemd-container debootstrap
+packages=(make python3-venv netcat-openbsd pipx dpkg-dev lintian systemd-container debootstrap
     qemu-user-static binfmt-support)
 missing=()
 for package in "${packages[@]}"; do
