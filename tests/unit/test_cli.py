@@ -57,7 +57,7 @@ def test_top_level_help_lists_commands_and_exit_statuses(
     ("command", "options"),
     [
         ("receive", ["--config", "--listen", "--dir", "--state-dir", "--verbose", "example:"]),
-        ("send", ["--config", "--to", "--watch", "--once", "--quiet", "example:"]),
+        ("send", ["--config", "--to", "--watch", "--once", "--resend", "--quiet", "examples:"]),
         ("simulate", ["--dir", "--count", "--interval", "--shape", "--dtype", "--chunks"]),
         ("verify", ["FILE", "--source", "--dest", "--scans", "--incoming", "examples:"]),
     ],

@@ -22,7 +22,7 @@ from scanxfer import protocol as p
 from scanxfer.config import SenderConfig, load_sender_config
 from scanxfer.sender.delivery import ONCE_CONNECT_ATTEMPTS, ONCE_FILE_ATTEMPTS, Delivery
 from scanxfer.sender.job import FileJob
-from scanxfer.sender.ledger import Ledger, State
+from scanxfer.sender.ledger import Destination, Ledger, State
 from scanxfer.sender.transport import Answer, ConnectionLost, TransportKind
 
 INITIAL, MAXIMUM = 1.0, 4.0  # retry_initial and retry_max of every test
@@ -152,7 +152,7 @@ def receiver(clock: VirtualClock) -> ScriptedReceiver:
 
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    ledger = Ledger(tmp_path / "state")
+    ledger = Ledger(tmp_path / "state", Destination.of(settings(tmp_path), "scripted"))
     yield ledger
     ledger.close()
 
