@@ -409,7 +409,7 @@ class Delivery:
     def _acked(self, job: FileJob, ack: p.Ack) -> None:
         # Journal first: a crash before the hand-off redoes the hand-off, never the send.
         known = job.sent_digest or (None if job.digest == p.DEFERRED_DIGEST else job.digest)
-        outcome = Outcome(ack.outcome.name.lower())
+        outcome = _JOURNAL_OUTCOMES.get(ack.outcome, Outcome.STORED)
         self.ledger.delivered(job.relpath, ack.stored_path, job.version, known, outcome)
         self.progress.files_done += 1
         self.progress.bytes_done += job.size
@@ -488,6 +488,14 @@ class Delivery:
             self.transport = None
         self.offered.clear()
         self.link.become(LinkState.IDLE)
+
+
+# What the journal records of each ACK; an outcome added to the protocol later counts as stored.
+_JOURNAL_OUTCOMES = {
+    p.Outcome.STORED: Outcome.STORED,
+    p.Outcome.DUPLICATE: Outcome.DUPLICATE,
+    p.Outcome.KEPT_BESIDE: Outcome.KEPT_BESIDE,
+}
 
 
 def _idle() -> None:

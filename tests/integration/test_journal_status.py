@@ -49,9 +49,12 @@ def test_two_watch_folders_with_the_same_names_store_each_file_once(
     assert receiver.stored_files() == sorted(NAMES)  # no name~1.npy beside any of them
     assert count_matches("changed after delivery", sender.log) == 0, sender.log
     assert count_matches("is already on the receiver", sender.log) == len(NAMES), sender.log
-    # Each folder's journal has its own three deliveries.
-    for config in (config_a, config_b):
-        assert sender_status(config)["delivered"] == len(NAMES)
+    # Each folder's journal has its own three deliveries; the rate counts stored bytes only.
+    status_a, status_b = sender_status(config_a), sender_status(config_b)
+    assert status_a["delivered"] == status_b["delivered"] == len(NAMES)
+    stored = sum((first / name).stat().st_size for name in NAMES)
+    assert (status_a["rate"]["files"], status_a["rate"]["bytes"]) == (len(NAMES), stored)
+    assert (status_b["rate"]["files"], status_b["rate"]["bytes"]) == (0, 0)
 
 
 def test_a_same_named_file_with_other_bytes_is_kept_beside_and_says_why(
