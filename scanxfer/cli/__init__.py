@@ -345,13 +345,13 @@ def _receive(args: argparse.Namespace) -> int:
 
 
 def _send(args: argparse.Namespace) -> int:
+    if any(not pattern.strip() for pattern in args.resend):
+        raise UsageError("--resend needs a wildcard, e.g. --resend 'run7/*'")
     config = sender_config(args)
     from scanxfer import sender
 
     transport = "prototype" if args.legacy else "scanxfer"
     # SIGHUP re-reads the same file with the same command-line overrides.
-    if any(not pattern.strip() for pattern in args.resend):
-        raise UsageError("--resend needs a wildcard, e.g. --resend 'run7/*'")
     return sender.run(
         config,
         once=args.once,
