@@ -52,7 +52,11 @@ def _report(
     config: SenderConfig, destination: Destination, ledger: Ledger, running: dict[str, Any] | None
 ) -> dict[str, Any]:
     now = time.time()
-    backlog = _existing(destination, ledger.entries(State.PENDING, State.SENDING))
+    incomplete = _incomplete(config)
+    # A file not complete now waits for its writer, not for the sender: it is listed there.
+    unfinished = {item["path"] for item in incomplete}
+    waiting = _existing(destination, ledger.entries(State.PENDING, State.SENDING))
+    backlog = [entry for entry in waiting if entry.path not in unfinished]
     oldest = backlog[0].first_seen if backlog else None
     last = ledger.last_delivered()
     files, stored = ledger.delivered_since(now - RATE_WINDOW_SECONDS, stored_only=True)
@@ -88,7 +92,7 @@ def _report(
             }
             for entry in _existing(destination, ledger.entries(State.FAILED))
         ],
-        "incomplete": _incomplete(config),
+        "incomplete": incomplete,
     }
 
 

@@ -140,15 +140,18 @@ def test_the_backlog_holds_only_files_that_still_exist_in_this_folder(tmp_path: 
     config = settings(tmp_path)
     here = Destination.of(config)
     ledger = Ledger(config.state_dir, here)
-    for name in ("kept.npy", "deleted.npy"):
+    for name in ("kept.npy", "deleted.npy", "torn.npy"):
         ledger.observe(name, scan(tmp_path, name))
     (tmp_path / "scans" / "deleted.npy").unlink()
+    with (tmp_path / "scans" / "torn.npy").open("r+b") as torn:
+        torn.truncate(100)  # rewritten since it was found complete: incomplete now
     elsewhere = Ledger(config.state_dir, Destination(here.receiver, str(tmp_path / "other")))
     elsewhere.observe("kept.npy", Version(1, 1, 1, 1))
     elsewhere.observe("ghost.npy", Version(1, 1, 1, 1))
     data = status.report(config)
     size = (tmp_path / "scans" / "kept.npy").stat().st_size
     assert (data["backlog"]["files"], data["backlog"]["bytes"]) == (1, size)
+    assert [item["path"] for item in data["incomplete"]] == ["torn.npy"]
     assert data["sender"]["running"] is False and data["connection"] is None
 
 
