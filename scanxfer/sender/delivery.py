@@ -125,9 +125,11 @@ class Link:
     last_error: str | None = None
     last_error_at: float | None = None
     next_attempt: float | None = None  # epoch seconds, while retrying or paused
-    failures: int = 0  # in a row, since the last success
+    failures: int = 0  # in a row, since the last connection made or file acknowledged
 
     def become(self, state: LinkState, error: str | None = None, wait: float = 0.0) -> None:
+        """Enter `state` (its `since` stays if it is the same), failing with `error` if given,
+        with the next attempt `wait` seconds from now."""
         now = time.time()
         if state is not self.state:
             self.state, self.since = state, now
@@ -135,8 +137,11 @@ class Link:
         if error is not None:
             self.last_error, self.last_error_at = error, now
             self.failures += 1
-        elif state is LinkState.CONNECTED:
-            self.failures = 0
+
+    def succeeded(self) -> None:
+        """Connected, or a file acknowledged: the run of failures is over (its error stays)."""
+        self.become(LinkState.CONNECTED)
+        self.failures = 0
 
 
 @dataclass
@@ -255,7 +260,7 @@ class Delivery:
         if now < self.paused_until:
             self.clock.wait(self.stop, min(0.2, self.paused_until - now))
             return
-        if now >= self.paused_until and self.link.state is LinkState.PAUSED:
+        if self.link.state is LinkState.PAUSED:  # the pause is over: offering again
             self.link.become(LinkState.CONNECTED)
         if self.transport is None and not self._connect():
             return
@@ -343,7 +348,7 @@ class Delivery:
             self._connection_failed(str(error))
             return False
         self.last_activity = self.clock.now()
-        self.link.become(LinkState.CONNECTED)
+        self.link.succeeded()
         return True
 
     def _not_recognised(self, reason: str) -> None:
@@ -415,6 +420,7 @@ class Delivery:
         self.progress.bytes_done += job.size
         self.connect_backoff.reset()
         self.space_backoff.reset()
+        self.link.succeeded()
         if ack.outcome is p.Outcome.DUPLICATE:
             log.info("%s is already on the receiver as %s", job.relpath, ack.stored_path)
         else:

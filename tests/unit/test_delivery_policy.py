@@ -432,3 +432,21 @@ def test_reach_connects_even_with_nothing_to_send(
     assert not delivery.reach()
     assert len(unreachable.attempts) == ONCE_CONNECT_ATTEMPTS
     assert "refused" in delivery.unreachable
+
+
+def test_a_receiver_out_of_space_pauses_the_link_with_its_reason(
+    tmp_path: Path, ledger: Ledger, receiver: ScriptedReceiver
+) -> None:
+    write_scans(tmp_path, "a.npy")
+    receiver.nacks["a.npy"] = [p.Nack(0, p.NackReason.NO_SPACE, True, "disk full")]
+    delivery = delivery_of(tmp_path, ledger, receiver, "a.npy", once=False)
+    states = []
+    for _ in range(STEP_LIMIT):
+        if delivery.finished:
+            break
+        delivery.step()
+        states.append((delivery.link.state, delivery.link.failures))
+    assert (LinkState.PAUSED, 1) in states
+    assert delivery.link.last_error == "no_space: disk full"
+    assert states[-1] == (LinkState.CONNECTED, 0)  # acknowledged after the pause
+    assert receiver.stored == ["a.npy"]
