@@ -15,14 +15,14 @@ set of files, never "changed after delivery" versions of the first.  Journals fr
 (keyed by the relative path alone) are migrated when first opened: their rows belong to the
 destination of the process that opens them, so an upgrade sends nothing again.
 
-A row's version is its (size, mtime_ns,
-ctime_ns, inode) -- see `watcher.Version`: the journal compares it with the file
-on disk to decide whether there is anything to do.  Journals written before the
-ctime and inode were kept have NULL there; such a row is matched on size and
-mtime once, and learns the other two, so an upgrade sends nothing again.
-Every state change is its own committed transaction, so a `kill -9`
-loses at most the change in progress, and every such loss is safe: a file
-whose "delivered" was lost is offered again and ACKed as a duplicate.
+A row's version is its (size, mtime_ns, ctime_ns, inode) -- see `watcher.Version`: the
+journal compares it with the file on disk to decide whether there is anything to do.
+Journals written before the ctime and inode were kept have NULL there; such a row is matched
+on size and mtime once, and learns the other two.  Every state change is its own committed
+transaction, so a `kill -9` loses at most the change in progress, and every such loss is
+safe: a file whose "delivered" was lost is offered again and ACKed as a duplicate.  `outcome`
+(stored, duplicate, kept beside) is kept so the rate `scanxfer status` shows counts only
+bytes the receiver newly stored.
 """
 
 from __future__ import annotations
@@ -71,9 +71,6 @@ _KEPT_COLUMNS = (
     "path, size, mtime_ns, digest, state, attempts, last_error, first_seen, delivered_at, "
     "stored_path, versions, ctime_ns, inode, delivered_digest"
 )
-# Where, in the journal and in `scanxfer status`, the receiver is named by its address.
-UNPINNED = "address"
-
 
 def receiver_identity(config: SenderConfig, transport: str = "scanxfer") -> str:
     """Who the receiver is, as the journal keys it.

@@ -126,8 +126,8 @@ def _current_file(delivery: Delivery) -> dict[str, Any] | None:
     job = next(iter(delivery.offered.values()), None)
     if job is None:
         return None
-    # Bytes are counted by the transport as they go out (issue 13, progress that moves);
-    # until a transport reports them the field is null rather than a made-up number.
+    # A transport that counts bytes as they go out sets `bytes_sent` on the job; until one
+    # does, the field is null rather than a made-up number (docs/status.md says so).
     bytes_done = getattr(job, "bytes_sent", None)
     return {"path": job.relpath, "size": job.size, "bytes_done": bytes_done}
 
