@@ -8,9 +8,11 @@ is down.  Assertions are on what was stored, the logs and the exit codes, never 
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from pathlib import Path
 
 from scanxfer.errors import ExitCode
+from scanxfer.sender.ledger import LEDGER_NAME
 from scanxfer.tls import load_identity
 
 from ..procs import start_scanxfer
@@ -147,3 +149,35 @@ def test_status_shows_a_sender_retrying_with_its_last_error_then_not_running(
     assert status["rate"]["bytes"] == 0
     stopped = sender_status(config)
     assert stopped["sender"]["running"] is False and stopped["connection"] is None
+
+
+def test_a_journal_from_before_sends_nothing_again_after_the_upgrade(
+    tmp_path: Path, receiver: ReceiverProcess
+) -> None:
+    """A journal keyed by relative path alone, as earlier versions wrote it, is taken over:
+    its files count as delivered to the receiver and folder configured now."""
+    scans = tmp_path / "scans"
+    write_folder(scans)
+    config = sender_config(tmp_path / "sender.yaml", receiver.port, scans)
+    state = tmp_path / "sender-state"
+    state.mkdir()
+    old = sqlite3.connect(state / LEDGER_NAME)
+    old.execute(
+        "CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, "
+        "mtime_ns INTEGER NOT NULL, digest BLOB, state TEXT NOT NULL, "
+        "attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, first_seen REAL NOT NULL, "
+        "delivered_at REAL, stored_path TEXT, versions INTEGER NOT NULL DEFAULT 0)"
+    )
+    for name in NAMES:
+        stat = (scans / name).stat()
+        old.execute(
+            "INSERT INTO files VALUES (?, ?, ?, NULL, 'delivered', 0, NULL, 0, 1, ?, 1)",
+            (name, stat.st_size, stat.st_mtime_ns, name),
+        )
+    old.commit()
+    old.close()
+    sender = send_once(config)
+    assert sender.returncode == 0, sender.log
+    assert f"nothing to send: {len(NAMES)} files already delivered" in sender.log
+    assert receiver.stored_files() == []  # not one byte offered again
+    assert sender_status(config)["delivered"] == len(NAMES)
