@@ -60,3 +60,5 @@ def tls_connect(port: int) -> ssl.SSLSocket:
 
 def digest(payload: bytes) -> bytes:
     return xxhash.xxh3_128(payload).digest()
+
+
