@@ -41,8 +41,7 @@ from .common import (
 log = logging.getLogger(__name__)
 
 _EPILOG = (
-    describe_exit_codes()
-    + "\n\nRun 'scanxfer COMMAND --help' for the options of a command "
+    describe_exit_codes() + "\n\nRun 'scanxfer COMMAND --help' for the options of a command "
     "and the statuses it ends with."
 )
 
@@ -133,7 +132,8 @@ def _add_send(commands: Any) -> None:
         "is given; the scanxfer-sender user service runs this.",
         epilog="Settings are read from ~/.config/scanxfer/sender.yaml when it exists (or from "
         "-c FILE); the options below override them.\n\n"
-        "example:\n  scanxfer send --to 192.168.1.50:5000 --watch ./scans",
+        "examples:\n  scanxfer send --to 192.168.1.50:5000 --watch ./scans\n"
+        "  scanxfer send --once --resend 'run7/*'",
     )
     sub.add_argument("-c", "--config", type=Path, metavar="FILE", help="settings file to read")
     sub.add_argument(
@@ -154,6 +154,17 @@ def _add_send(commands: Any) -> None:
         "connection after reading it, which is the best confirmation there is; a file whose "
         "connection ends otherwise is sent again and may arrive twice",
     )
+    sub.add_argument(
+        "--resend",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="send again the files whose path relative to the watch directory matches GLOB, "
+        "even though the journal says they were delivered (or refused) to this receiver, "
+        "e.g. after files were lost on it. A shell wildcard in which * also matches /: "
+        "'run7/*', 'scan_0001*.npy', '*' for everything; repeat for more. A receiver that "
+        "still holds identical bytes answers that it has them and stores no second copy",
+    )
 
 
 def _add_status(commands: Any) -> None:
@@ -162,12 +173,16 @@ def _add_status(commands: Any) -> None:
         "status",
         _status,
         REPORT_EXITS,
-        help="show the sender's backlog, deliveries and failures",
-        description="Show what the sender has waiting (files, bytes, age of the oldest), what it "
-        "delivered last and how fast, which files it gave up on and why, and which .npy files "
-        "in the watch directory are incomplete and will not be sent. Safe while the sender runs.",
+        help="show whether the sender runs, its connection, backlog and failures",
+        description="Show whether the sender is running (from the status file the running "
+        "sender keeps in its state directory), whether it is connected or retrying since when "
+        "and why, the file it is sending, what it has waiting (files that still exist: count, "
+        "bytes, age of the oldest), what it delivered last and at what rate, which files it "
+        "gave up on and why, and which .npy files in the watch directory are incomplete and "
+        "will not be sent. Times are local, with their UTC offset. Safe while the sender runs.",
         epilog="Reads the same settings as 'scanxfer send' (~/.config/scanxfer/sender.yaml or "
-        "-c FILE).\n\nexample:\n  scanxfer status --json",
+        "-c FILE). The --json output is a stable schema, described field by field in "
+        "docs/status.md.\n\nexample:\n  scanxfer status --json",
     )
     sub.add_argument("-c", "--config", type=Path, metavar="FILE", help="settings file to read")
     sub.add_argument("--watch", type=Path, metavar="DIR", help="the directory the sender watches")
@@ -330,13 +345,19 @@ def _receive(args: argparse.Namespace) -> int:
 
 
 def _send(args: argparse.Namespace) -> int:
+    if any(not pattern.strip() for pattern in args.resend):
+        raise UsageError("--resend needs a wildcard, e.g. --resend 'run7/*'")
     config = sender_config(args)
     from scanxfer import sender
 
     transport = "prototype" if args.legacy else "scanxfer"
     # SIGHUP re-reads the same file with the same command-line overrides.
     return sender.run(
-        config, once=args.once, reload=lambda: sender_config(args), transport=transport
+        config,
+        once=args.once,
+        reload=lambda: sender_config(args),
+        transport=transport,
+        resend=args.resend,
     )
 
 

@@ -6,7 +6,7 @@ pieces: `delivery` (queue, retries, journal), `transport` (the seam to the wire)
 with its two kinds `session` (the scanxfer protocol, one connection) and
 `prototype` (`send --legacy`, to an old prototype receiver), `job` (one file on
 its way), `ledger` (the journal), `handoff` (keep / move / delete after the ACK),
-`status` (`scanxfer status`).
+`status` (`scanxfer status`), `status_file` (the daemon's account of itself that it reads).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import logging
 import signal
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import PurePosixPath
 from types import FrameType
 
@@ -24,10 +24,11 @@ from ..errors import ExitCode
 from ..systemd import Notifier
 from ..watcher import CompletionWatcher, Condition, assess, scan
 from .delivery import Delivery
-from .ledger import Ledger
+from .ledger import Destination, Ledger
 from .progress import ProgressBar
 from .prototype import PROTOTYPE
 from .session import NOT_PAIRED, SCANXFER
+from .status_file import StatusFile
 from .transport import TransportKind
 
 log = logging.getLogger("scanxfer.sender")
@@ -44,11 +45,13 @@ def run(
     once: bool,
     reload: Callable[[], SenderConfig] | None = None,
     transport: str = SCANXFER.name,
+    resend: Sequence[str] = (),
 ) -> int:
     """`scanxfer send`: deliver what is there (--once) or keep watching.
 
     `transport` names the kind of receiver in `TRANSPORTS`: "prototype" is an old
-    prototype receiver, which knows no keys (see `prototype`).
+    prototype receiver, which knows no keys (see `prototype`).  Files whose relative path
+    matches a `resend` pattern are forgotten by the journal first, so they are sent again.
     """
     kind = TRANSPORTS[transport]
     if config.key is None and kind.needs_key:
@@ -57,7 +60,7 @@ def run(
     stop, reload_requested = threading.Event(), threading.Event()
     _install_signal_handlers(stop, reload_requested)
     try:
-        ledger = Ledger(config.state_dir)
+        ledger = Ledger(config.state_dir, Destination.of(config, kind.name))
     except (OSError, sqlite3.Error) as error:
         # Rerunning cannot help (exit 2, which the unit does not restart on): it needs a hand.
         log.error(
@@ -68,11 +71,28 @@ def run(
         )
         return ExitCode.USAGE
     try:
+        _forget_for_resend(ledger, resend)
         if once:
             return _run_once(Delivery(config, ledger, once=True, kind=kind, stop=stop))
-        return _run_daemon(config, ledger, stop, reload_requested, reload, kind)
     finally:
         ledger.close()
+    return _run_daemon(config, stop, reload_requested, reload, kind)
+
+
+def _forget_for_resend(ledger: Ledger, patterns: Sequence[str]) -> None:
+    if not patterns:
+        return
+    forgotten = ledger.forget_matching(patterns)
+    where = f"to {ledger.destination.receiver} from {ledger.destination.watch_dir}"
+    if forgotten:
+        log.info(
+            "sending again %d files delivered %s: %s",
+            len(forgotten),
+            where,
+            ", ".join(forgotten[:10]) + (", ..." if len(forgotten) > 10 else ""),
+        )
+    else:
+        log.warning("--resend %s: no file delivered %s matches", " ".join(patterns), where)
 
 
 def _install_signal_handlers(stop: threading.Event, reload_requested: threading.Event) -> None:
@@ -107,6 +127,8 @@ def _run_once(delivery: Delivery) -> int:
             delivery.skipped.append((relpath.as_posix(), readiness.reason))
     total = delivery.progress.files_total
     log.info("sending %d files from %s to %s", total, config.watch_dir, config.receiver)
+    if total == 0 and not delivery.failed:
+        delivery.reach()  # "nothing to send" holds only for a receiver that answers
     with ProgressBar.for_terminal(delivery.progress) as bar:
         while not delivery.finished:
             delivery.step()
@@ -124,6 +146,12 @@ def _once_result(delivery: Delivery) -> int:
             len(delivery.skipped),
             ", ".join(path for path, _ in delivery.skipped[:10]),
         )
+    if delivery.unreachable and total == 0:
+        log.error(
+            "gave up: %s; nothing new to send, but the receiver did not confirm it",
+            delivery.unreachable,
+        )
+        return ExitCode.UNREACHABLE
     if delivery.unreachable:
         log.error("gave up: %s; %d of %d files delivered", delivery.unreachable, done, total)
         return ExitCode.UNREACHABLE
@@ -141,28 +169,41 @@ def _once_result(delivery: Delivery) -> int:
 
 def _run_daemon(
     config: SenderConfig,
-    ledger: Ledger,
     stop: threading.Event,
     reload_requested: threading.Event,
     reload: Callable[[], SenderConfig] | None,
     kind: TransportKind,
 ) -> int:
     notifier = Notifier()
+    status = StatusFile(config.state_dir)
     delivered = 0
+
+    def alive() -> None:  # a sign of life for systemd, and fresh bytes for `scanxfer status`
+        notifier.alive()
+        status.update()
+
     while not stop.is_set():
-        delivery = Delivery(config, ledger, once=False, kind=kind, stop=stop, alive=notifier.alive)
-        _watch_and_deliver(delivery, notifier, reload_requested)
-        delivered += delivery.progress.files_done
-        delivery.close()
+        # A reload may name another receiver or watch folder: the journal follows it.
+        destination = Destination.of(config, kind.name)
+        ledger = Ledger(config.state_dir, destination)
+        delivery = Delivery(config, ledger, once=False, kind=kind, stop=stop, alive=alive)
+        status.follow(delivery, destination)
+        try:
+            _watch_and_deliver(delivery, notifier, reload_requested, status)
+            delivered += delivery.progress.files_done
+            delivery.close()
+        finally:
+            ledger.close()
         if reload_requested.is_set():
             config = _reloaded(config, reload, reload_requested, notifier)
+    status.stopped()
     notifier.stopping()
     log.info("stopped; %d files delivered", delivered)
     return ExitCode.OK
 
 
 def _watch_and_deliver(
-    delivery: Delivery, notifier: Notifier, reload_requested: threading.Event
+    delivery: Delivery, notifier: Notifier, reload_requested: threading.Event, status: StatusFile
 ) -> None:
     """Run one watcher and delivery until a stop or a reload is requested."""
     config = delivery.config
@@ -187,6 +228,7 @@ def _watch_and_deliver(
                 delivery.add(relpath.as_posix())
                 wait = 0.0
             delivery.step()
+            status.update()
             notifier.watchdog()
             if (line := _status_line(delivery)) != shown:
                 notifier.status(line)

@@ -17,6 +17,7 @@ wait is asked of `clock`, so the whole policy runs in tests on a virtual clock.
 
 from __future__ import annotations
 
+import enum
 import heapq
 import itertools
 import logging
@@ -34,7 +35,7 @@ from ..sizes import human_size, rate
 from ..watcher import Condition, Version, assess
 from .handoff import after_delivery
 from .job import FileChanged, FileJob, NotReady
-from .ledger import Ledger, Verdict
+from .ledger import Ledger, Outcome, Verdict
 from .transport import (
     Answer,
     AuthenticationFailed,
@@ -106,6 +107,43 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
 
 
+class LinkState(enum.StrEnum):
+    """Where the way to the receiver stands, as `scanxfer status` shows it."""
+
+    IDLE = "idle"  # no connection open: nothing to send (or not tried yet)
+    CONNECTED = "connected"
+    RETRYING = "retrying"  # the last attempt to connect failed, or the connection was lost
+    PAUSED = "paused"  # connected, but the receiver has no space: waiting before offering
+
+
+@dataclass
+class Link:
+    """The connection's state, since when (epoch seconds) and the last reason it failed."""
+
+    state: LinkState = LinkState.IDLE
+    since: float = field(default_factory=time.time)
+    last_error: str | None = None
+    last_error_at: float | None = None
+    next_attempt: float | None = None  # epoch seconds, while retrying or paused
+    failures: int = 0  # in a row, since the last connection made or file acknowledged
+
+    def become(self, state: LinkState, error: str | None = None, wait: float = 0.0) -> None:
+        """Enter `state` (its `since` stays if it is the same), failing with `error` if given,
+        with the next attempt `wait` seconds from now."""
+        now = time.time()
+        if state is not self.state:
+            self.state, self.since = state, now
+        self.next_attempt = now + wait if wait else None
+        if error is not None:
+            self.last_error, self.last_error_at = error, now
+            self.failures += 1
+
+    def succeeded(self) -> None:
+        """Connected, or a file acknowledged: the run of failures is over (its error stays)."""
+        self.become(LinkState.CONNECTED)
+        self.failures = 0
+
+
 @dataclass
 class Delivery:
     """The queue of files, the retry policy, the journal, and the transports that carry them."""
@@ -130,6 +168,9 @@ class Delivery:
     progress: Progress = field(default_factory=Progress)
     unreachable: str = ""
     transport: Transport | None = None  # the one open now, if any
+    link: Link = field(default_factory=Link)
+    # Offered and not answered yet, oldest first: the first is the file being sent.
+    offered: dict[str, FileJob] = field(default_factory=dict)
     paused_until: float = 0.0
     clock: Clock = field(default_factory=SystemClock)
     last_activity: float = field(init=False)
@@ -219,6 +260,8 @@ class Delivery:
         if now < self.paused_until:
             self.clock.wait(self.stop, min(0.2, self.paused_until - now))
             return
+        if self.link.state is LinkState.PAUSED:  # the pause is over: offering again
+            self.link.become(LinkState.CONNECTED)
         if self.transport is None and not self._connect():
             return
         try:
@@ -234,6 +277,7 @@ class Delivery:
             del self.queued[job.relpath]
             if self._prepare(job):
                 transport.offer(job)
+                self.offered[job.relpath] = job
         for job, answer in transport.step(wait=0.2):
             self._answered(job, answer)
 
@@ -282,6 +326,18 @@ class Delivery:
         if self.reconsider is not None:
             self.reconsider(relpath)
 
+    def reach(self) -> bool:
+        """Open the way to the receiver, retrying as for a file; whether it answered.
+
+        `send --once` with nothing to send calls this before it says so: "nothing to send"
+        is only true of a receiver that was reached (pairing with another receiver makes
+        every file owed again).  A kind whose `open` does not connect (the prototype, which
+        would take a connection as a file) is taken at its word.
+        """
+        while self.transport is None and not self.stop.is_set() and not self.unreachable:
+            self._connect()
+        return self.transport is not None
+
     def _connect(self) -> bool:
         try:
             self.transport = self.kind.open(self.config, self.alive)
@@ -292,6 +348,7 @@ class Delivery:
             self._connection_failed(str(error))
             return False
         self.last_activity = self.clock.now()
+        self.link.succeeded()
         return True
 
     def _not_recognised(self, reason: str) -> None:
@@ -300,6 +357,7 @@ class Delivery:
             self.unreachable = reason
             return
         log.error("%s; trying again in %.0f s", reason, self.config.retry_max)
+        self.link.become(LinkState.RETRYING, reason, self.config.retry_max)
         self._pause(self.config.retry_max)
 
     def _pause(self, seconds: float) -> None:
@@ -312,6 +370,7 @@ class Delivery:
 
     def _connection_failed(self, reason: str) -> None:
         delay = self.connect_backoff.next_delay()
+        self.link.become(LinkState.RETRYING, reason, delay)
         if self.once and self.connect_backoff.failures >= ONCE_CONNECT_ATTEMPTS:
             self.unreachable = reason
             return
@@ -322,15 +381,18 @@ class Delivery:
         assert self.transport is not None
         jobs = self.transport.requeue()
         self.transport = None
+        self.offered.clear()
         self._requeue(jobs)
         if isinstance(error, FileChanged):
             log.warning("%s; it will be offered again", error)
+            self.link.become(LinkState.IDLE)
             return
         self._connection_failed(str(error))
 
     def _answered(self, job: FileJob, answer: Answer) -> None:
         self.last_activity = self.clock.now()
         job.release()
+        self.offered.pop(job.relpath, None)
         if isinstance(answer, p.Ack):
             self._acked(job, answer)
         elif isinstance(answer, Withdrawn):
@@ -352,16 +414,18 @@ class Delivery:
     def _acked(self, job: FileJob, ack: p.Ack) -> None:
         # Journal first: a crash before the hand-off redoes the hand-off, never the send.
         known = job.sent_digest or (None if job.digest == p.DEFERRED_DIGEST else job.digest)
-        self.ledger.delivered(job.relpath, ack.stored_path, job.version, known)
+        outcome = _JOURNAL_OUTCOMES.get(ack.outcome, Outcome.STORED)
+        self.ledger.delivered(job.relpath, ack.stored_path, job.version, known, outcome)
         self.progress.files_done += 1
         self.progress.bytes_done += job.size
         self.connect_backoff.reset()
         self.space_backoff.reset()
+        self.link.succeeded()
         if ack.outcome is p.Outcome.DUPLICATE:
             log.info("%s is already on the receiver as %s", job.relpath, ack.stored_path)
         else:
             beside = (
-                f" as {ack.stored_path} (beside a different file)"
+                f" as {ack.stored_path} ({self._why_beside(job.relpath)})"
                 if ack.outcome is p.Outcome.KEPT_BESIDE
                 else ""
             )
@@ -369,6 +433,13 @@ class Delivery:
             speed = rate(job.size, time.monotonic() - job.started)
             log.info("sent %s (%s, %s)%s", job.relpath, human_size(job.size), speed, beside)
         self._hand_off(job.relpath, job.version)
+
+    def _why_beside(self, relpath: str) -> str:
+        """The receiver stores by relative path: name the other watch folder, if it was ours."""
+        others = self.ledger.delivered_elsewhere(relpath)
+        if not others:
+            return "beside a different file"
+        return f"beside the different file of that name delivered from {others[0]}"
 
     def _hand_off(self, relpath: str, version: Version) -> None:
         """after_send, now; or, if a writer holds the file or it changed, once it settles."""
@@ -394,6 +465,7 @@ class Delivery:
             delay = self.space_backoff.next_delay()
             log.warning("receiver has no space for %s; pausing %.1f s", job.relpath, delay)
             self.paused_until = self.clock.now() + delay
+            self.link.become(LinkState.PAUSED, reason, delay)
             self._enqueue(job, front=True)
         else:
             self._retry_later(job, reason)
@@ -413,12 +485,23 @@ class Delivery:
         if self.transport and now - self.last_activity > IDLE_DISCONNECT_SECONDS:
             self.transport.close()
             self.transport = None
+            self.link.become(LinkState.IDLE)
 
     def close(self) -> None:
         if self.transport is not None:
             for job in self.transport.requeue():
                 job.release()
             self.transport = None
+        self.offered.clear()
+        self.link.become(LinkState.IDLE)
+
+
+# What the journal records of each ACK; an outcome added to the protocol later counts as stored.
+_JOURNAL_OUTCOMES = {
+    p.Outcome.STORED: Outcome.STORED,
+    p.Outcome.DUPLICATE: Outcome.DUPLICATE,
+    p.Outcome.KEPT_BESIDE: Outcome.KEPT_BESIDE,
+}
 
 
 def _idle() -> None:

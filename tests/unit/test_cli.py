@@ -57,7 +57,7 @@ def test_top_level_help_lists_commands_and_exit_statuses(
     ("command", "options"),
     [
         ("receive", ["--config", "--listen", "--dir", "--state-dir", "--verbose", "example:"]),
-        ("send", ["--config", "--to", "--watch", "--once", "--quiet", "example:"]),
+        ("send", ["--config", "--to", "--watch", "--once", "--resend", "--quiet", "examples:"]),
         ("simulate", ["--dir", "--count", "--interval", "--shape", "--dtype", "--chunks"]),
         ("verify", ["FILE", "--source", "--dest", "--scans", "--incoming", "examples:"]),
     ],
@@ -230,3 +230,17 @@ def test_receive_check_validates_the_settings_and_exits(
     bad.write_text("max_file_size: lots\n")
     assert main(["receive", "--check", "-c", str(bad)]) == 2
     assert "key 'max_file_size'" in capsys.readouterr().err
+
+
+def test_resend_without_a_wildcard_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    watch = tmp_path / "scans"
+    watch.mkdir()
+    status, _, err = _run(capsys, "send", "--once", "--watch", str(watch), "--resend", " ")
+    assert status == 2
+    assert "--resend needs a wildcard" in err
+    assert build_parser().parse_args(["send", "--resend", "a*", "--resend", "b/*"]).resend == [
+        "a*",
+        "b/*",
+    ]

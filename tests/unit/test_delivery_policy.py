@@ -20,9 +20,14 @@ import pytest
 
 from scanxfer import protocol as p
 from scanxfer.config import SenderConfig, load_sender_config
-from scanxfer.sender.delivery import ONCE_CONNECT_ATTEMPTS, ONCE_FILE_ATTEMPTS, Delivery
+from scanxfer.sender.delivery import (
+    ONCE_CONNECT_ATTEMPTS,
+    ONCE_FILE_ATTEMPTS,
+    Delivery,
+    LinkState,
+)
 from scanxfer.sender.job import FileJob
-from scanxfer.sender.ledger import Ledger, State
+from scanxfer.sender.ledger import Destination, Ledger, State
 from scanxfer.sender.transport import Answer, ConnectionLost, TransportKind
 
 INITIAL, MAXIMUM = 1.0, 4.0  # retry_initial and retry_max of every test
@@ -152,7 +157,7 @@ def receiver(clock: VirtualClock) -> ScriptedReceiver:
 
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    ledger = Ledger(tmp_path / "state")
+    ledger = Ledger(tmp_path / "state", Destination.of(settings(tmp_path), "scripted"))
     yield ledger
     ledger.close()
 
@@ -381,3 +386,67 @@ def test_a_stop_during_a_backoff_ends_the_wait(
     assert receiver.attempts == [0.0]  # no second attempt after the stop
     assert clock.now() == 0.25
     assert delivery.progress.files_done == 0 and receiver.offered() == []
+
+
+def test_the_link_says_retrying_with_the_last_error_then_connected(
+    tmp_path: Path, ledger: Ledger, receiver: ScriptedReceiver
+) -> None:
+    write_scans(tmp_path, "a.npy")
+    receiver.refuse_connections = 2
+    delivery = delivery_of(tmp_path, ledger, receiver, "a.npy", once=False)
+    delivery.step()
+    assert delivery.link.state is LinkState.RETRYING
+    assert delivery.link.last_error is not None and "refused" in delivery.link.last_error
+    assert delivery.link.next_attempt is not None
+    delivery.step()
+    assert (delivery.link.state, delivery.link.failures) == (LinkState.RETRYING, 2)
+    run(delivery)
+    assert receiver.stored == ["a.npy"]
+    assert delivery.link.state is LinkState.IDLE  # closed at the end of the run
+    assert delivery.link.failures == 0 and "refused" in (delivery.link.last_error or "")
+
+
+def test_the_file_being_sent_is_known_until_it_is_answered_or_the_link_is_lost(
+    tmp_path: Path, ledger: Ledger, receiver: ScriptedReceiver
+) -> None:
+    write_scans(tmp_path, "a.npy", "b.npy")
+    receiver.breaks_after = {0: 1}
+    delivery = delivery_of(tmp_path, ledger, receiver, "a.npy", "b.npy", once=False)
+    seen: list[list[str]] = []
+    receiver.on_ack = lambda relpath: seen.append(list(delivery.offered))
+    run(delivery)
+    # Both offered at once; while a.npy was answered, both were in flight.
+    assert seen[0] == ["a.npy", "b.npy"]
+    assert receiver.stored == ["a.npy", "b.npy"] and delivery.offered == {}
+
+
+def test_reach_connects_even_with_nothing_to_send(
+    tmp_path: Path, ledger: Ledger, receiver: ScriptedReceiver
+) -> None:
+    delivery = delivery_of(tmp_path, ledger, receiver)
+    assert delivery.reach()
+    assert len(receiver.connections) == 1 and delivery.link.state is LinkState.CONNECTED
+    delivery.close()
+    unreachable = ScriptedReceiver(receiver.clock, refuse_connections=1000)
+    delivery = delivery_of(tmp_path, ledger, unreachable)
+    assert not delivery.reach()
+    assert len(unreachable.attempts) == ONCE_CONNECT_ATTEMPTS
+    assert "refused" in delivery.unreachable
+
+
+def test_a_receiver_out_of_space_pauses_the_link_with_its_reason(
+    tmp_path: Path, ledger: Ledger, receiver: ScriptedReceiver
+) -> None:
+    write_scans(tmp_path, "a.npy")
+    receiver.nacks["a.npy"] = [p.Nack(0, p.NackReason.NO_SPACE, True, "disk full")]
+    delivery = delivery_of(tmp_path, ledger, receiver, "a.npy", once=False)
+    states = []
+    for _ in range(STEP_LIMIT):
+        if delivery.finished:
+            break
+        delivery.step()
+        states.append((delivery.link.state, delivery.link.failures))
+    assert (LinkState.PAUSED, 1) in states
+    assert delivery.link.last_error == "no_space: disk full"
+    assert states[-1] == (LinkState.CONNECTED, 0)  # acknowledged after the pause
+    assert receiver.stored == ["a.npy"]
