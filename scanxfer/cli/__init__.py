@@ -41,8 +41,7 @@ from .common import (
 log = logging.getLogger(__name__)
 
 _EPILOG = (
-    describe_exit_codes()
-    + "\n\nRun 'scanxfer COMMAND --help' for the options of a command "
+    describe_exit_codes() + "\n\nRun 'scanxfer COMMAND --help' for the options of a command "
     "and the statuses it ends with."
 )
 
@@ -144,6 +143,11 @@ def _add_send(commands: Any) -> None:
         "--once",
         action="store_true",
         help="send what is there now, wait for the receiver to confirm it, then exit",
+    )
+    sub.add_argument(
+        "--max-rate",
+        metavar="RATE",
+        help="send at most this many bytes per second, e.g. 40MB or 500KiB (max_rate)",
     )
     sub.add_argument(
         "--legacy",
@@ -315,7 +319,8 @@ def receiver_config(args: argparse.Namespace) -> ReceiverConfig:
 
 
 def sender_config(args: argparse.Namespace) -> SenderConfig:
-    return load_sender_config(args.config, {"receiver": args.to, "watch_dir": args.watch})
+    overrides = {"receiver": args.to, "watch_dir": args.watch, "max_rate": args.max_rate}
+    return load_sender_config(args.config, overrides)
 
 
 def _receive(args: argparse.Namespace) -> int:
