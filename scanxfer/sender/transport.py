@@ -10,10 +10,12 @@ retries, journal and hand-off then work for it unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -205,8 +207,23 @@ def send_in_slices(
             break  # the file shrank: the caller reports it
         elif now - quiet_since > stall:
             raise TimeoutError(f"the receiver took no data for {now - quiet_since:.0f} s")
-        pulse.sent(job.relpath, count)
+        try:
+            pulse.sent(job.relpath, count)
+        except Stopped:
+            _reset_on_close(sock)
+            raise
     return sent
+
+
+def _reset_on_close(sock: socket.socket) -> None:
+    """Make closing the socket reset the connection instead of trickling out what it holds.
+
+    After a stop mid-file the bytes still queued would keep the receiver's side of the
+    connection, and the partial with it, busy for as long as a slow link takes to carry them;
+    the next run would be told the file is being received on another connection.
+    """
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 def _sendfile_slice(sock: socket.socket, fd: int, offset: int, count: int) -> tuple[int, bool]:
