@@ -132,6 +132,8 @@ def _add_send(commands: Any) -> None:
         "is given; the scanxfer-sender user service runs this.",
         epilog="Settings are read from ~/.config/scanxfer/sender.yaml when it exists (or from "
         "-c FILE); the options below override them.\n\n"
+        "Ctrl-C or SIGTERM stops it within a second, in the middle of a file too: the receiver "
+        "keeps what it has, and the next run resumes there. A second Ctrl-C quits at once.\n\n"
         "example:\n  scanxfer send --to 192.168.1.50:5000 --watch ./scans",
     )
     sub.add_argument("-c", "--config", type=Path, metavar="FILE", help="settings file to read")
