@@ -423,6 +423,7 @@ class Delivery:
         if not nack.retryable or gave_up:
             log.error("cannot deliver %s: %s (not retried)", job.relpath, reason)
             self.failed.append((job.relpath, reason))
+            self.progress.under_way.pop(job.relpath, None)  # no longer on its way
         elif nack.reason is p.NackReason.DIGEST_MISMATCH:
             log.warning(
                 "%s: digest mismatch on the receiver (changed while sending, or corrupted "
