@@ -132,6 +132,8 @@ def _add_send(commands: Any) -> None:
         "is given; the scanxfer-sender user service runs this.",
         epilog="Settings are read from ~/.config/scanxfer/sender.yaml when it exists (or from "
         "-c FILE); the options below override them.\n\n"
+        "Ctrl-C or SIGTERM stops it within a second, in the middle of a file too: the receiver "
+        "keeps what it has, and the next run resumes there. A second Ctrl-C quits at once.\n\n"
         "examples:\n  scanxfer send --to 192.168.1.50:5000 --watch ./scans\n"
         "  scanxfer send --once --resend 'run7/*'",
     )
@@ -144,6 +146,11 @@ def _add_send(commands: Any) -> None:
         "--once",
         action="store_true",
         help="send what is there now, wait for the receiver to confirm it, then exit",
+    )
+    sub.add_argument(
+        "--max-rate",
+        metavar="RATE",
+        help="send at most this many bytes per second, e.g. 40MB or 500KiB (max_rate)",
     )
     sub.add_argument(
         "--legacy",
@@ -330,7 +337,8 @@ def receiver_config(args: argparse.Namespace) -> ReceiverConfig:
 
 
 def sender_config(args: argparse.Namespace) -> SenderConfig:
-    return load_sender_config(args.config, {"receiver": args.to, "watch_dir": args.watch})
+    overrides = {"receiver": args.to, "watch_dir": args.watch, "max_rate": args.max_rate}
+    return load_sender_config(args.config, overrides)
 
 
 def _receive(args: argparse.Namespace) -> int:

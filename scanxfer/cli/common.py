@@ -22,9 +22,17 @@ __all__ = [
 ]
 
 # What each kind of command can end with.  A long-running service stops on its own signal
-# handlers (exit 0); the short commands let Ctrl-C through, and `main` reports 130.
+# handlers (exit 0); the short commands let Ctrl-C through, and `main` reports 130.  `send`
+# is both: watching, SIGTERM or Ctrl-C is a clean stop (0); with --once, or at a second
+# Ctrl-C, it is an interruption (130).
 SERVICE_EXITS = (ExitCode.OK, ExitCode.USAGE, ExitCode.UNREACHABLE)
-SENDER_EXITS = (ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE, ExitCode.UNREACHABLE)
+SENDER_EXITS = (
+    ExitCode.OK,
+    ExitCode.FAILED,
+    ExitCode.USAGE,
+    ExitCode.UNREACHABLE,
+    ExitCode.INTERRUPTED,
+)
 TOOL_EXITS = (ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE, ExitCode.INTERRUPTED)
 REPORT_EXITS = (ExitCode.OK, ExitCode.USAGE, ExitCode.INTERRUPTED)
 

@@ -41,6 +41,7 @@ from .values import (
     parse_name,
     parse_networks,
     parse_path,
+    parse_rate,
     parse_secret,
     parse_size,
     pattern_list,
@@ -64,6 +65,7 @@ __all__ = [
     "load_sender_config",
     "parse_address",
     "parse_duration",
+    "parse_rate",
     "parse_size",
 ]
 
@@ -154,6 +156,10 @@ class SenderConfig:
     key: str | None = field(metadata=_spec(parse_secret, nullable=True))
     fingerprint: str | None = field(metadata=_spec(parse_fingerprint, nullable=True))
     tls: bool = field(metadata=_spec(parse_bool))
+    # Bytes per second of payload at most; None: as fast as the link goes.
+    max_rate: int | None = field(
+        metadata=_spec(in_range(parse_rate, 1000, None, " bytes/s"), nullable=True)
+    )
 
 
 def load_receiver_config(

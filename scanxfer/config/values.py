@@ -89,6 +89,18 @@ def parse_size(value: object) -> int:
     return int(total)
 
 
+def parse_rate(value: object) -> int:
+    """Bytes per second from '40MB', '40MB/s', '500KiB/s' or a number of bytes."""
+    text = value.strip().removesuffix("/s") if isinstance(value, str) else value
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise ValueError(
+            f"expected a rate like '40MB' or '40MB/s' (bytes per second), or null for no "
+            f"limit, got {show_value(value)}"
+        ) from None
+
+
 def parse_duration(value: object) -> float:
     """Seconds from 30, 1.5, '30s', '5m', '2h', '7d' or '250ms'."""
     if isinstance(value, int | float) and not isinstance(value, bool):

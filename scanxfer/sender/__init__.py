@@ -15,6 +15,7 @@ import logging
 import signal
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import PurePosixPath
 from types import FrameType
@@ -23,9 +24,9 @@ from ..config import ConfigError, SenderConfig
 from ..errors import ExitCode
 from ..systemd import Notifier
 from ..watcher import CompletionWatcher, Condition, assess, scan
-from .delivery import Delivery
+from .delivery import Delivery, Progress
 from .ledger import Destination, Ledger
-from .progress import ProgressBar
+from .progress import ProgressBar, summary
 from .prototype import PROTOTYPE
 from .session import NOT_PAIRED, SCANXFER
 from .status_file import StatusFile
@@ -73,7 +74,7 @@ def run(
     try:
         _forget_for_resend(ledger, resend)
         if once:
-            return _run_once(Delivery(config, ledger, once=True, kind=kind, stop=stop))
+            return _run_once(config, ledger, stop, kind)
     finally:
         ledger.close()
     return _run_daemon(config, stop, reload_requested, reload, kind)
@@ -96,8 +97,13 @@ def _forget_for_resend(ledger: Ledger, patterns: Sequence[str]) -> None:
 
 
 def _install_signal_handlers(stop: threading.Event, reload_requested: threading.Event) -> None:
-    # Handlers only set flags; the loops notice within a fraction of a second.
+    # The first SIGINT or SIGTERM only sets a flag: the loops, and a file being hashed or sent
+    # between two slices, notice it within a fraction of a second and stop cleanly.  A second
+    # one is someone who will not wait even that long: it ends the run where it is (exit 130;
+    # the journal is SQLite, and the receiver keeps its partial either way).
     def request_stop(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
         stop.set()
 
     def request_reload(signum: int, _frame: FrameType | None) -> None:
@@ -108,14 +114,23 @@ def _install_signal_handlers(stop: threading.Event, reload_requested: threading.
     signal.signal(signal.SIGHUP, request_reload)
 
 
-def _run_once(delivery: Delivery) -> int:
-    config = delivery.config
+def _run_once(
+    config: SenderConfig, ledger: Ledger, stop: threading.Event, kind: TransportKind
+) -> int:
+    progress = Progress()
+    bar = ProgressBar.for_terminal(progress)
+    # The bar is drawn from the delivery's sign of life, so it moves between slices of a file.
+    delivery = Delivery(
+        config, ledger, once=True, kind=kind, stop=stop, alive=bar.draw, progress=progress
+    )
     if not config.watch_dir.is_dir():
         log.error(
             "watch directory %s does not exist; pass --watch DIR or set watch_dir", config.watch_dir
         )
         return ExitCode.USAGE
     for relpath in scan(config.watch_dir, config.patterns, config.ignore):
+        if stop.is_set():
+            break
         readiness = assess(config.watch_dir / relpath)
         if readiness.ready:
             delivery.add(relpath.as_posix())
@@ -129,7 +144,7 @@ def _run_once(delivery: Delivery) -> int:
     log.info("sending %d files from %s to %s", total, config.watch_dir, config.receiver)
     if total == 0 and not delivery.failed:
         delivery.reach()  # "nothing to send" holds only for a receiver that answers
-    with ProgressBar.for_terminal(delivery.progress) as bar:
+    with bar:
         while not delivery.finished:
             delivery.step()
             bar.draw()
@@ -140,6 +155,16 @@ def _run_once(delivery: Delivery) -> int:
 def _once_result(delivery: Delivery) -> int:
     # Files found not complete at their turn left the count: they are not owed by this run.
     total, done = delivery.progress.files_total, delivery.progress.files_done
+    if total:
+        log.info("%s", summary(delivery.progress, time.monotonic()))
+    if delivery.stop.is_set() and done < total:
+        log.warning(
+            "interrupted: %d of %d files delivered; run again to send the rest (a file cut "
+            "short resumes where it stopped)",
+            done,
+            total,
+        )
+        return ExitCode.INTERRUPTED
     if delivery.skipped:
         log.warning(
             "%d files were not complete, so not sent; run again once they are: %s",

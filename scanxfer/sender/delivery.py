@@ -40,6 +40,8 @@ from .transport import (
     Answer,
     AuthenticationFailed,
     ConnectionLost,
+    Pulse,
+    Stopped,
     Transport,
     TransportKind,
     Withdrawn,
@@ -97,14 +99,46 @@ class SystemClock:
 
 @dataclass
 class Progress:
-    """What this run has done, for the progress bar and the final summary."""
+    """What this run has done, for the progress bar and the final summary.
+
+    Payload bytes are counted as they go out (it is the transports' `Meter`), not only when a
+    file is acknowledged, so the bar moves through a big file.
+    """
 
     files_total: int = 0
     files_already_delivered: int = 0
     bytes_total: int = 0
     files_done: int = 0
-    bytes_done: int = 0
+    bytes_done: int = 0  # the sizes of the files answered delivered
+    bytes_sent: int = 0  # payload bytes that went out in this run: the rate
+    bytes_resumed: int = 0  # bytes the receiver already held when a payload began
     started: float = field(default_factory=time.monotonic)
+    # How much of each file not yet answered the receiver holds: resumed plus sent.
+    under_way: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def bytes_moved(self) -> int:
+        """How far along the run is: files delivered plus what is under way of the others."""
+        return min(self.bytes_total, self.bytes_done + sum(self.under_way.values()))
+
+    def resumed(self, relpath: str, offset: int) -> None:
+        self.under_way[relpath] = offset
+        self.bytes_resumed += offset
+
+    def sent(self, relpath: str, count: int) -> None:
+        self.under_way[relpath] = self.under_way.get(relpath, 0) + count
+        self.bytes_sent += count
+
+    def delivered(self, relpath: str, size: int) -> None:
+        self.under_way.pop(relpath, None)
+        self.files_done += 1
+        self.bytes_done += size
+
+    def dropped(self, relpath: str, size: int) -> None:
+        """A file leaves this run's count (not complete, withdrawn, unreadable)."""
+        self.under_way.pop(relpath, None)
+        self.files_total -= 1
+        self.bytes_total -= size
 
 
 class LinkState(enum.StrEnum):
@@ -180,6 +214,8 @@ class Delivery:
         self.connect_backoff = Backoff(self.config.retry_initial, self.config.retry_max)
         self.space_backoff = Backoff(self.config.retry_initial, self.config.retry_max)
         self._tiebreak = itertools.count()
+        # Between the slices of a file: the watchdog, the stop, the progress, the limit.
+        self.pulse = Pulse(self.alive, self.stop, self.progress, self.config.max_rate)
 
     def add(self, relpath: str) -> None:
         """Consider a complete file: queue it unless the journal says it is done."""
@@ -293,7 +329,10 @@ class Delivery:
                 return self._not_ready(job, "changed since it was found complete")
             job.version = readiness.version  # --once: deliver what is complete now
         try:
-            job.prepare(self.alive)
+            job.prepare(self.pulse)
+        except Stopped:
+            self._enqueue(job, front=True)  # still to send: a stop is no verdict on the file
+            raise
         except NotReady as error:
             return self._not_ready(job, str(error))
         except OSError as error:
@@ -316,8 +355,7 @@ class Delivery:
         return False
 
     def _drop(self, job: FileJob, reason: str, counted: bool = True) -> None:
-        self.progress.files_total -= 1
-        self.progress.bytes_total -= job.size
+        self.progress.dropped(job.relpath, job.size)
         if counted and self.once:
             self.skipped.append((job.relpath, reason))
         self._give_back(job.relpath)
@@ -340,7 +378,7 @@ class Delivery:
 
     def _connect(self) -> bool:
         try:
-            self.transport = self.kind.open(self.config, self.alive)
+            self.transport = self.kind.open(self.config, self.pulse)
         except AuthenticationFailed as error:
             self._not_recognised(str(error))
             return False
@@ -383,6 +421,9 @@ class Delivery:
         self.transport = None
         self.offered.clear()
         self._requeue(jobs)
+        if isinstance(error, Stopped):
+            log.info("stopped mid-file; the receiver keeps what it has, and the next run resumes")
+            return
         if isinstance(error, FileChanged):
             log.warning("%s; it will be offered again", error)
             self.link.become(LinkState.IDLE)
@@ -416,8 +457,7 @@ class Delivery:
         known = job.sent_digest or (None if job.digest == p.DEFERRED_DIGEST else job.digest)
         outcome = _JOURNAL_OUTCOMES.get(ack.outcome, Outcome.STORED)
         self.ledger.delivered(job.relpath, ack.stored_path, job.version, known, outcome)
-        self.progress.files_done += 1
-        self.progress.bytes_done += job.size
+        self.progress.delivered(job.relpath, job.size)
         self.connect_backoff.reset()
         self.space_backoff.reset()
         self.link.succeeded()
@@ -454,6 +494,7 @@ class Delivery:
         if not nack.retryable or gave_up:
             log.error("cannot deliver %s: %s (not retried)", job.relpath, reason)
             self.failed.append((job.relpath, reason))
+            self.progress.under_way.pop(job.relpath, None)  # no longer on its way
         elif nack.reason is p.NackReason.DIGEST_MISMATCH:
             log.warning(
                 "%s: digest mismatch on the receiver (changed while sending, or corrupted "

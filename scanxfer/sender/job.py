@@ -66,7 +66,8 @@ class FileJob:
 
         A big file is not hashed here: it is offered with a deferred digest and hashed while
         it is sent (`BackgroundDigest`), so it is not read once more before the first byte
-        goes out.  `alive` is called as the hashing goes: a slow disk takes a while.
+        goes out.  `alive` is called as the hashing goes: a slow disk takes a while, and a stop
+        request raised from it ends the hashing between two reads.
         Raises NotReady if the file changed, OSError if it cannot be read.
         """
         handle = open(self.path, "rb", opener=_open_no_follow)  # noqa: SIM115 (kept open)
@@ -120,25 +121,42 @@ class BackgroundDigest:
         self._name = name
         self._digest = b""
         self._error: OSError | None = None
+        self._abandoned = threading.Event()
         fd = os.dup(handle.fileno())
         self._thread = threading.Thread(target=self._run, args=(fd,), daemon=True)
         self._thread.start()
 
     def _run(self, fd: int) -> None:
         try:
-            self._digest = file_digest(fd, lambda: None)
+            self._digest = file_digest(fd, self._go_on)
         except OSError as error:
             self._error = error
+        except _Abandoned:
+            pass
         finally:
             os.close(fd)
 
+    def _go_on(self) -> None:
+        if self._abandoned.is_set():
+            raise _Abandoned
+
     def result(self, alive: Callable[[], None]) -> bytes:
-        while self._thread.is_alive():
-            self._thread.join(timeout=1.0)
-            alive()
+        """The digest, once computed; `alive` is called while waiting and may raise (a stop),
+        which ends the hashing too: nobody will ask for it again."""
+        try:
+            while self._thread.is_alive():
+                self._thread.join(timeout=0.2)
+                alive()
+        except BaseException:
+            self._abandoned.set()
+            raise
         if self._error is not None:
             raise FileChanged(f"{self._name} cannot be read any more: {self._error}")
         return self._digest
+
+
+class _Abandoned(Exception):
+    """The digest is no longer wanted (the transfer stopped): the thread ends early."""
 
 
 def file_digest(fd: int, alive: Callable[[], None]) -> bytes:

@@ -18,14 +18,12 @@ import itertools
 import logging
 import socket
 import time
-from collections.abc import Callable
-from typing import BinaryIO
 
 from .. import protocol as p
 from ..config import SenderConfig
 from ..protocol.prototype import encode_length
 from .job import FileChanged, FileJob
-from .transport import Answer, ConnectionLost, TransportKind, send_in_slices, where
+from .transport import Answer, ConnectionLost, Pulse, TransportKind, send_in_slices, where
 
 log = logging.getLogger("scanxfer.sender")
 
@@ -42,8 +40,8 @@ class PrototypeTransport:
     reach the prototype as a file cut short.
     """
 
-    def __init__(self, config: SenderConfig, alive: Callable[[], None] = lambda: None) -> None:
-        self.config, self.alive = config, alive
+    def __init__(self, config: SenderConfig, alive: Pulse | None = None) -> None:
+        self.config, self.alive = config, alive or Pulse()
         self.offered: dict[int, FileJob] = {}
         self._ids = itertools.count(1)
 
@@ -83,7 +81,7 @@ class PrototypeTransport:
         if why := job.changed():
             raise FileChanged(f"{job.relpath} {why}")
         with self._connect() as sock:
-            self._stream(sock, job.handle, job)
+            self._stream(sock, job)
             self._await_close(sock, job)
 
     def _connect(self) -> socket.socket:
@@ -96,10 +94,10 @@ class PrototypeTransport:
         sock.settimeout(self.config.stall_timeout)
         return sock
 
-    def _stream(self, sock: socket.socket, handle: BinaryIO, job: FileJob) -> None:
+    def _stream(self, sock: socket.socket, job: FileJob) -> None:
         try:
             sock.sendall(encode_length(job.size))
-            sent = send_in_slices(sock, handle, 0, job.size, self.alive)
+            sent = send_in_slices(sock, job, 0, job.size, self.alive)
             sock.shutdown(socket.SHUT_WR)
         except OSError as error:
             raise ConnectionLost(f"connection lost while sending {job.relpath}: {error}") from error

@@ -12,15 +12,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import os
 import secrets
 import select
 import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import BinaryIO
 
 from .. import protocol as p
 from ..config import SenderConfig
@@ -31,6 +28,7 @@ from .transport import (
     Answer,
     AuthenticationFailed,
     ConnectionLost,
+    Pulse,
     TransportKind,
     Withdrawn,
     send_in_slices,
@@ -48,12 +46,10 @@ INSTANCE = secrets.token_bytes(8)
 class Session:
     """One connection to the receiver: handshake, then offers, streams and answers."""
 
-    def __init__(
-        self, config: SenderConfig, instance: bytes, alive: Callable[[], None] = lambda: None
-    ) -> None:
+    def __init__(self, config: SenderConfig, instance: bytes, alive: Pulse | None = None) -> None:
         if config.key is None:
             raise AuthenticationFailed(NOT_PAIRED)
-        self.config, self.alive = config, alive
+        self.config, self.alive = config, alive or Pulse()
         self.sock, self.channel = _connect(config)
         self.stall_timeout = config.stall_timeout
         self.conn = p.Connection(p.Role.SENDER)
@@ -177,7 +173,7 @@ class Session:
         deferred = job.digest == p.DEFERRED_DIGEST
         hashing = BackgroundDigest(job.handle, job.relpath) if deferred else None
         self._sendall(self.conn.send(p.DataHeader(ready.file_id, ready.offset, length)))
-        sent = self._sendfile(job.handle, ready.offset, length) if length else 0
+        sent = self._sendfile(job, ready.offset, length) if length else 0
         if sent < length:
             self._complete_shrunk_payload(job, length - sent, deferred)
         why = "shrank while being sent" if sent < length else job.changed()
@@ -218,11 +214,9 @@ class Session:
         del self.offered[file_id]
         self.answers.append((job, Withdrawn(why)))
 
-    def _sendfile(self, handle: BinaryIO, offset: int, length: int) -> int:
+    def _sendfile(self, job: FileJob, offset: int, length: int) -> int:
         try:
-            if isinstance(self.sock, ssl.SSLSocket):
-                return _send_through_tls(self.sock, handle, offset, length, self.alive)
-            return send_in_slices(self.sock, handle, offset, length, self.alive)
+            return send_in_slices(self.sock, job, offset, length, self.alive)
         except OSError as error:
             raise ConnectionLost(f"connection lost while streaming: {error}") from error
 
@@ -287,7 +281,7 @@ class Session:
                 raise ConnectionLost("receiver closed the connection")
 
 
-def open_session(config: SenderConfig, alive: Callable[[], None]) -> Session:
+def open_session(config: SenderConfig, alive: Pulse) -> Session:
     """Connect and complete the handshake: the scanxfer kind's `TransportKind.open`."""
     session = Session(config, INSTANCE, alive)
     log.info("connected to %s", where(config))
@@ -341,20 +335,3 @@ def _connect(config: SenderConfig) -> tuple[socket.socket, bytes]:
             f"reinstalled; if so, pair again: {PAIR_HINT}"
         )
     return secured, bytes.fromhex(actual)
-
-
-def _send_through_tls(
-    sock: ssl.SSLSocket, handle: BinaryIO, offset: int, length: int, alive: Callable[[], None]
-) -> int:
-    """sendfile for TLS: the kernel cannot encrypt, so the bytes pass through in big slices."""
-    buffer = bytearray(TLS_CHUNK)
-    view = memoryview(buffer)
-    sent = 0
-    while sent < length:
-        count = os.preadv(handle.fileno(), [view[: min(TLS_CHUNK, length - sent)]], offset + sent)
-        if count == 0:
-            break  # the file shrank: the caller reports it
-        sock.sendall(view[:count])
-        alive()
-        sent += count
-    return sent

@@ -126,9 +126,8 @@ def _current_file(delivery: Delivery) -> dict[str, Any] | None:
     job = next(iter(delivery.offered.values()), None)
     if job is None:
         return None
-    # A transport that counts bytes as they go out sets `bytes_sent` on the job; until one
-    # does, the field is null rather than a made-up number (docs/status.md says so).
-    bytes_done = getattr(job, "bytes_sent", None)
+    # What the receiver holds of it so far, resumed plus sent; null until its payload begins.
+    bytes_done = delivery.progress.under_way.get(job.relpath)
     return {"path": job.relpath, "size": job.size, "bytes_done": bytes_done}
 
 

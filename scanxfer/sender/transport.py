@@ -10,16 +10,24 @@ retries, journal and hand-off then work for it unchanged.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import socket
+import ssl
+import struct
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from .. import protocol as p
 from ..config import SenderConfig
 from .job import FileJob
+from .pacing import MAX_SLICE, SLICE_SECONDS, Pacer
 
-SEND_SLICE = 1 << 23  # sendfile per call: a sign of life for the watchdog at least every 8 MiB
+TLS_SLICE = 1 << 18  # TLS cannot use sendfile: the bytes are read and encrypted this much a time
 
 
 class ConnectionLost(Exception):
@@ -28,6 +36,14 @@ class ConnectionLost(Exception):
 
 class AuthenticationFailed(ConnectionLost):
     """The receiver and this sender do not recognise each other; retrying will not fix it."""
+
+
+class Stopped(ConnectionLost):
+    """A stop was asked for (SIGINT, SIGTERM) in the middle of a file.
+
+    The connection is dropped without ceremony: the receiver keeps what it has as a partial,
+    the journal still has the file to send, and the next run resumes it.
+    """
 
 
 @dataclass(frozen=True)
@@ -82,9 +98,64 @@ class Transport(Protocol):
         ...
 
 
-# Opens a transport to the configured receiver; `alive` is called during long waits (the
-# watchdog's sign of life).  Raises ConnectionLost, or AuthenticationFailed.
-Opener = Callable[[SenderConfig, Callable[[], None]], Transport]
+class Meter(Protocol):
+    """Counts a payload's bytes as they go out, for the progress bar (`delivery.Progress`)."""
+
+    def resumed(self, relpath: str, offset: int) -> None:
+        """A payload of `relpath` starts at `offset`: the receiver holds the bytes before it."""
+        ...
+
+    def sent(self, relpath: str, count: int) -> None:
+        """`count` more bytes of `relpath` went out."""
+        ...
+
+
+def _nothing() -> None:
+    """No watchdog to tell (send --once, tests)."""
+
+
+class Pulse:
+    """What the sender does between two slices of a file it sends or hashes.
+
+    Calling it is the watchdog's sign of life and the point where a stop request ends the
+    work (it raises `Stopped`): a big file is no longer one step that cannot be interrupted.
+    `sent` also counts each slice for the progress bar and holds the pace to `max_rate`.
+    One pulse serves a whole `Delivery`, so the limit holds across files and connections.
+    """
+
+    def __init__(
+        self,
+        alive: Callable[[], None] = _nothing,
+        stop: threading.Event | None = None,
+        meter: Meter | None = None,
+        max_rate: int | None = None,
+    ) -> None:
+        self.alive = alive
+        self.stop = stop if stop is not None else threading.Event()
+        self.meter = meter
+        self.pacer = Pacer(max_rate)
+
+    def __call__(self) -> None:
+        self.alive()
+        if self.stop.is_set():
+            raise Stopped("stopped on request")
+
+    def resumed(self, relpath: str, offset: int) -> None:
+        if self.meter is not None:
+            self.meter.resumed(relpath, offset)
+
+    def sent(self, relpath: str, count: int) -> None:
+        """Count a slice, wait as long as the limit asks (a stop cuts the wait), check in."""
+        if self.meter is not None:
+            self.meter.sent(relpath, count)
+        if (delay := self.pacer.delay(count, time.monotonic())) > 0:
+            self.stop.wait(delay)
+        self()
+
+
+# Opens a transport to the configured receiver; its `Pulse` is called during long waits and
+# between slices.  Raises ConnectionLost, or AuthenticationFailed.
+Opener = Callable[[SenderConfig, Pulse], Transport]
 
 
 @dataclass(frozen=True)
@@ -104,15 +175,81 @@ def where(config: SenderConfig) -> str:
 
 
 def send_in_slices(
-    sock: socket.socket, handle: BinaryIO, offset: int, length: int, alive: Callable[[], None]
+    sock: socket.socket, job: FileJob, offset: int, length: int, pulse: Pulse
 ) -> int:
-    """socket.sendfile, a slice at a time, calling `alive` between slices: a big scan
-    can take longer to send than the watchdog waits for a sign of life."""
+    """Send `length` bytes of the job's file from `offset`; how many went (fewer: it shrank).
+
+    A slice at a time, each taking about SLICE_SECONDS whatever the link's speed, with
+    `pulse` between slices: a sign of life, the progress count, the pace of `max_rate`, and
+    a stop request noticed mid-file.  Plain TCP uses sendfile (the bytes never pass through
+    Python); TLS cannot, so the bytes are read and handed to it in slices.  The socket must
+    have a timeout: a link that takes nothing for that long is a stall (TimeoutError).
+    """
+    assert job.handle is not None  # prepared before it was offered
+    fd = job.handle.fileno()
+    pulse.resumed(job.relpath, offset)
+    tls = isinstance(sock, ssl.SSLSocket)
+    buffer = memoryview(bytearray(TLS_SLICE)) if tls else None
+    stall = sock.gettimeout() or SLICE_SECONDS
+    quiet_since = time.monotonic()
     sent = 0
     while sent < length:
-        count = sock.sendfile(handle, offset + sent, min(SEND_SLICE, length - sent))
-        alive()
-        if count == 0:
-            break  # the file shrank: the caller reports it
+        want = min(pulse.pacer.slice_size(TLS_SLICE if tls else MAX_SLICE), length - sent)
+        if buffer is not None:
+            count, ended = _tls_slice(sock, fd, offset + sent, buffer[:want])
+        else:
+            count, ended = _sendfile_slice(sock, fd, offset + sent, want)
         sent += count
+        now = time.monotonic()
+        if count:
+            quiet_since = now
+        elif ended:
+            break  # the file shrank: the caller reports it
+        elif now - quiet_since > stall:
+            raise TimeoutError(f"the receiver took no data for {now - quiet_since:.0f} s")
+        try:
+            pulse.sent(job.relpath, count)
+        except Stopped:
+            _reset_on_close(sock)
+            raise
     return sent
+
+
+def _reset_on_close(sock: socket.socket) -> None:
+    """Make closing the socket reset the connection instead of trickling out what it holds.
+
+    After a stop mid-file the bytes still queued would keep the receiver's side of the
+    connection, and the partial with it, busy for as long as a slow link takes to carry them;
+    the next run would be told the file is being received on another connection.
+    """
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def _sendfile_slice(sock: socket.socket, fd: int, offset: int, count: int) -> tuple[int, bool]:
+    """sendfile for up to SLICE_SECONDS; (bytes sent, whether the file ended first).
+
+    The socket is non-blocking (it has a timeout), so a full send buffer costs a wait that
+    ends with the slice, not a block until a slow link has drained `count` bytes.
+    """
+    deadline = time.monotonic() + SLICE_SECONDS
+    sent = 0
+    while sent < count:
+        try:
+            done = os.sendfile(sock.fileno(), fd, offset + sent, count - sent)
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([], [sock], [], left)[1]:
+                break
+            continue
+        if done == 0:
+            return sent, True
+        sent += done
+    return sent, False
+
+
+def _tls_slice(sock: socket.socket, fd: int, offset: int, view: memoryview) -> tuple[int, bool]:
+    count = os.preadv(fd, [view], offset)
+    if count:
+        sock.sendall(view[:count])
+    return count, count == 0

@@ -102,12 +102,16 @@ def paired_sender_config(work: Path, port: int, settings: str) -> Path:
     return config
 
 
-def run_scanxfer(source: Path, work: Path, files: int, size: int, tls: bool = False) -> Run:
-    """`scanxfer receive` and `scanxfer send --once`, both as real processes."""
+def run_scanxfer(
+    source: Path, work: Path, files: int, size: int, tls: bool = False, max_rate: int | None = None
+) -> Run:
+    """`scanxfer receive` and `scanxfer send --once`, both as real processes; `max_rate` sets
+    the sender's bandwidth limit (bytes per second)."""
     tool = "scanxfer TLS" if tls else "scanxfer"
+    limit = "" if max_rate is None else f"max_rate: {max_rate}\n"
     with scanxfer_receiver(work, tls) as (receiver, port):
         sender_config = paired_sender_config(
-            work, port, f"watch_dir: {source}\nstate_dir: {work / 'sender'}\n"
+            work, port, f"watch_dir: {source}\nstate_dir: {work / 'sender'}\n{limit}"
         )
         receiver_cpu0 = receiver.cpu_now()
         sender = Proc(

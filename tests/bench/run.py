@@ -1,10 +1,11 @@
 """`make bench`: scanxfer against a bare socket pump and an rsync daemon, on loopback.
 
-    python -m tests.bench [--reps N] [--only B1,B2,B3,W1] [--merge] [--work DIR] [--keep]
+    python -m tests.bench [--reps N] [--only B1,B2,B3,B6,W1] [--merge] [--work DIR] [--keep]
 
 B1 moves one 1 GiB scan, B2 2,000 scans of 64 KiB (both also give B4, peak memory, and B5,
-receiver CPU per GB); B3 times scans written at 20 Hz from close to durable ACK; W1 times the
-writer check per file (a few seconds).  Writes bench/results.json and bench/results.md and
+receiver CPU per GB); B3 times scans written at 20 Hz from close to durable ACK; B6 moves the
+1 GiB scan with a bandwidth limit (max_rate) and compares the rate achieved with it; W1 times
+the writer check per file (a few seconds).  Writes bench/results.json and bench/results.md and
 prints the table; with --merge, the workloads run now replace theirs in the last run's files
 and the others stay.  B1-B3 need about 5 GB free where the work directory is (a fresh one
 under $TMPDIR or /tmp, removed afterwards).
@@ -50,6 +51,11 @@ class Workload:
 
 
 BULK = (Workload("B1", 1, "16384x32768"), Workload("B2", 2000, "128x256"))
+RATE_LIMITED = Workload("B6", 1, "16384x32768")
+# B6's max_rate, bytes per second: well below what loopback carries, so the limit is what
+# holds the transfer back.
+B6_MAX_RATE = 100_000_000
+WORKLOADS = ("B1", "B2", "B3", "B6", "W1")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
     parser.add_argument("--reps", type=int, default=5, help="repetitions of each run (5)")
-    parser.add_argument("--only", default="B1,B2,B3,W1", help="workloads to run (B1,B2,B3,W1)")
+    parser.add_argument(
+        "--only", default=",".join(WORKLOADS), help=f"workloads to run ({','.join(WORKLOADS)})"
+    )
     parser.add_argument(
         "--merge", action="store_true", help="keep the other workloads of bench/results.json"
     )
@@ -84,15 +92,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     args.only = {name.strip().upper() for name in args.only.split(",")}
-    if not args.only <= {"B1", "B2", "B3", "W1"} or args.reps < 1:
+    if not args.only <= set(WORKLOADS) or args.reps < 1:
         parser.error(
-            "--only takes B1, B2, B3 and/or W1 (B4 and B5 come from B1 and B2); --reps >= 1"
+            "--only takes B1, B2, B3, B6 and/or W1 (B4 and B5 come from B1 and B2); --reps >= 1"
         )
     return args
 
 
 def _require_space(work: Path, only: set[str]) -> None:
-    if not only & {"B1", "B2", "B3"}:
+    if not only & {"B1", "B2", "B3", "B6"}:
         return  # W1's files take a few MB
     free = shutil.disk_usage(work).free
     if free < NEEDED_BYTES:
@@ -127,6 +135,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             results[workload.name] = _bulk(workload, tools, args.reps, work)
     if "B3" in args.only:
         results["B3"] = _latency(args.reps, args.b3_files, work)
+    if "B6" in args.only:
+        results["B6"] = _rate_limited(args.reps, work)
     if "W1" in args.only:  # last: its 2,000 files must not be freed before the others run
         results["W1"] = writers.measure(work, args.reps)
     return results
@@ -163,6 +173,40 @@ def _bulk(
             )
     shutil.rmtree(source)
     return {"files": workload.count, "bytes": size, "shape": workload.shape, "runs": runs}
+
+
+def _rate_limited(reps: int, work: Path) -> dict[str, Any]:
+    """B6: scanxfer (tls: false) sends the 1 GiB scan with max_rate set, `reps` times."""
+    workload = RATE_LIMITED
+    source = work / "data" / workload.name
+    generate(source, workload)
+    expected = _digests(source)
+    size = sum(length for length, _ in expected)
+    runs = []
+    for rep in range(reps):
+        target = work / "runs" / f"{workload.name}-{rep}"
+        target.mkdir(parents=True)
+        os.sync()
+        run = contenders.run_scanxfer(source, target, workload.count, size, max_rate=B6_MAX_RATE)
+        _check(target, expected, "scanxfer max_rate")
+        shutil.rmtree(target)
+        runs.append(run.as_dict())
+        achieved = size / run.seconds
+        print(
+            f"B6 {rep + 1}/{reps} max_rate {B6_MAX_RATE / 1e6:.0f} MB/s: {run.seconds:6.2f} s, "
+            f"{achieved / 1e6:.1f} MB/s = {achieved / B6_MAX_RATE:.3f} x the limit",
+            flush=True,
+        )
+    shutil.rmtree(source)
+    return {
+        "files": workload.count,
+        "bytes": size,
+        "max_rate": B6_MAX_RATE,
+        # Its own stamp: --merge may put it beside sections measured at another commit.
+        "date": report.stamp(),
+        "commit": report.machine(work)["commit"],
+        "runs": runs,
+    }
 
 
 def _warm_up(source: Path, target: Path, count: int, size: int) -> None:

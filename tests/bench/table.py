@@ -48,6 +48,7 @@ def render(results: dict[str, Any], summary: dict[str, Any], verdicts: list[Targ
             for t in verdicts
         ),
         "",
+        *_rate_limit_rows(summary),
         *(writer_check_rows(results["W1"], summary["W1"]) if "W1" in results else []),
         *_details(results, summary, rsync),
         *_method(results),
@@ -115,6 +116,25 @@ def _latency_rows(summary: dict[str, Any]) -> list[str]:
                 )
             )
     return rows
+
+
+def _rate_limit_rows(summary: dict[str, Any]) -> list[str]:
+    """B6: the bandwidth limit, the rate achieved under it, and their ratio."""
+    b6 = summary.get("B6")
+    if b6 is None:
+        return []
+    return [
+        "## Bandwidth limit (B6: 1 x 1 GiB, tls: false, max_rate set)",
+        "",
+        f"The sender's rate with `max_rate` set, timed as B1 (note 2), median of "
+        f"{b6['repetitions']} repetitions; measured {b6['measured']}.",
+        "",
+        "| max_rate, MB/s | achieved, MB/s² | achieved ÷ max_rate | seconds² |",
+        "|--:|--:|--:|--:|",
+        f"| {_num(b6['max_rate_mb_s'])} | {_num(b6['throughput_mb_s'], 1)} | "
+        f"{b6['achieved/limit']:.3f} | {_num(b6['seconds'], 2)} |",
+        "",
+    ]
 
 
 def _details(results: dict[str, Any], summary: dict[str, Any], rsync: str) -> list[str]:

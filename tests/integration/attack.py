@@ -60,5 +60,3 @@ def tls_connect(port: int) -> ssl.SSLSocket:
 
 def digest(payload: bytes) -> bytes:
     return xxhash.xxh3_128(payload).digest()
-
-

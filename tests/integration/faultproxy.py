@@ -35,6 +35,7 @@ class Plan:
     flip_at: int | None = None  # XOR 0xFF the upstream byte at this offset
     drop_downstream_after: int | None = None  # forward this many downstream bytes, discard the rest
     rate: float | None = None  # forward upstream at most this many bytes per second: a slow link
+    rate_after: int = 0  # ...but only once this many upstream bytes went through at full speed
 
 
 CLEAN = Plan()
@@ -64,6 +65,7 @@ class Link:
         self._open_directions = 2
         self._threads: list[threading.Thread] = []
         self._started = 0.0
+        self._slowed: float | None = None  # when the throttled part of the link began
 
     def start(self, server: socket.socket) -> None:
         self._server = server
@@ -165,8 +167,14 @@ class Link:
                 self._throttle(self.plan.rate)
 
     def _throttle(self, rate: float) -> None:
-        """Sleep until the bytes forwarded so far fit the rate since the link started."""
-        due = self._started + self.upstream / rate
+        """Sleep until the bytes forwarded so far fit the rate since the link slowed down."""
+        throttled = self.upstream - self.plan.rate_after
+        if throttled <= 0:
+            return
+        if self._slowed is None:
+            crossed = time.monotonic() - throttled / rate  # about when rate_after was reached
+            self._slowed = crossed if self.plan.rate_after else self._started
+        due = self._slowed + throttled / rate
         self.closed.wait(max(0.0, due - time.monotonic()))
 
     def _stall(self) -> bool:

@@ -23,6 +23,7 @@ from scanxfer.config import (
     load_sender_config,
     parse_address,
     parse_duration,
+    parse_rate,
     parse_size,
 )
 from scanxfer.errors import ExitCode, ScanxferError
@@ -125,6 +126,7 @@ def test_sender_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
         key=None,
         fingerprint=None,
         tls=True,
+        max_rate=None,
     )
 
 
@@ -282,6 +284,8 @@ def test_bad_receiver_value(tmp_path: Path, line: str, hint: str) -> None:
         ("receiver: '[::1]'", "expected HOST:PORT"),
         ("receiver: '300.1.1.1:5000'", "is not an IPv4 address"),
         ("receiver: ':0'", "expected a port from 1 to 65535"),
+        ("max_rate: fast", "expected a rate like '40MB' or '40MB/s' (bytes per second)"),
+        ("max_rate: 10", "expected at least 1000 bytes/s, got 10"),
     ],
 )
 def test_bad_sender_value(tmp_path: Path, line: str, hint: str) -> None:
@@ -362,6 +366,19 @@ def test_parse_size_any_unit(number: int, unit: str, space: bool) -> None:
 @pytest.mark.parametrize(("value", "size"), [(4096, 4096), ("4096", 4096), ("1.5KiB", 1536)])
 def test_parse_size(value: object, size: int) -> None:
     assert parse_size(value) == size
+
+
+@pytest.mark.parametrize(
+    ("value", "rate"), [(40_000_000, 40_000_000), ("40MB", 40_000_000), (" 2MiB/s ", 2 << 20)]
+)
+def test_parse_rate(value: object, rate: int) -> None:
+    assert parse_rate(value) == rate
+
+
+def test_max_rate_from_the_file_and_the_command_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "max_rate: 40MB/s\n")
+    assert load_sender_config(path).max_rate == 40_000_000
+    assert load_sender_config(path, {"max_rate": "500KiB"}).max_rate == 500 * 1024
 
 
 @pytest.mark.parametrize("value", ["lots", "-1", -1, 1.5, True, None, "0.5B", "10XB", "1e3"])

@@ -9,6 +9,7 @@ without a socket or a second of real waiting.
 from __future__ import annotations
 
 import itertools
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -28,7 +29,7 @@ from scanxfer.sender.delivery import (
 )
 from scanxfer.sender.job import FileJob
 from scanxfer.sender.ledger import Destination, Ledger, State
-from scanxfer.sender.transport import Answer, ConnectionLost, TransportKind
+from scanxfer.sender.transport import Answer, ConnectionLost, Pulse, TransportKind
 
 INITIAL, MAXIMUM = 1.0, 4.0  # retry_initial and retry_max of every test
 # Far more steps than any test needs: a policy that stops making progress fails, not hangs.
@@ -450,3 +451,38 @@ def test_a_receiver_out_of_space_pauses_the_link_with_its_reason(
     assert delivery.link.last_error == "no_space: disk full"
     assert states[-1] == (LinkState.CONNECTED, 0)  # acknowledged after the pause
     assert receiver.stored == ["a.npy"]
+
+
+def test_a_stop_mid_file_keeps_it_owed_without_a_retry(
+    tmp_path: Path, ledger: Ledger, receiver: ScriptedReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    names = ["a.npy", "b.npy"]
+    write_scans(tmp_path, *names)
+
+    def open_then_stop(config: SenderConfig, pulse: Pulse) -> FakeTransport:
+        transport = receiver.open(config, pulse)
+
+        def step(wait: float) -> list[tuple[FileJob, Answer]]:
+            delivery.stop.set()  # SIGINT while the payload streams...
+            pulse()  # ...noticed between two slices: raises Stopped
+            raise AssertionError("the pulse did not stop the transfer")
+
+        transport.step = step  # type: ignore[method-assign]
+        return transport
+
+    kind = TransportKind("scripted", open_then_stop, needs_key=False, done_message="%d")
+    delivery = Delivery(settings(tmp_path), ledger, once=True, kind=kind, clock=receiver.clock)
+    for name in names:
+        delivery.add(name)
+    with caplog.at_level(logging.INFO, "scanxfer"):
+        run(delivery)
+    assert receiver.attempts == [0.0]  # a stop is not a lost connection: no retry
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "stopped mid-file" in caplog.text
+    assert {entry.path for entry in ledger.entries(State.PENDING, State.SENDING)} == set(names)
+    assert all(job.handle is None for job in receiver.jobs)
+
+    second = delivery_of(tmp_path, ledger, receiver, *names)
+    run(second)
+    assert receiver.stored == names
+    assert times_delivered(ledger) == dict.fromkeys(names, 1)

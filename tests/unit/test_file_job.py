@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
 import xxhash
 
 from scanxfer.sender.job import BackgroundDigest, FileJob, NotReady, file_digest
+from scanxfer.sender.transport import Pulse, Stopped
 from scanxfer.watcher import Version
 
 
@@ -76,3 +78,30 @@ def test_a_change_while_sending_is_named(tmp_path: Path, change: str, reason: st
         assert job.changed() == reason
     finally:
         job.release()
+
+
+def test_a_stop_ends_the_hashing_between_two_reads(tmp_path: Path) -> None:
+    path = scan(tmp_path)  # below DEFER_DIGEST_FROM: hashed before it is offered
+    job = FileJob("scan.npy", path, Version.of(path.stat()))
+    stop = threading.Event()
+    reads: list[int] = []
+
+    def alive() -> None:
+        reads.append(1)
+        if len(reads) == 2:
+            stop.set()  # as SIGINT's handler does
+
+    with pytest.raises(Stopped):
+        job.prepare(Pulse(alive, stop))
+    assert len(reads) == 2  # of the file's 3 reads
+    assert job.handle is None and job.digest == b""
+
+
+def test_a_stop_while_waiting_for_a_deferred_digest_is_raised(tmp_path: Path) -> None:
+    path = scan(tmp_path, 64 << 20)
+    stop = threading.Event()
+    stop.set()
+    with path.open("rb") as handle:
+        hashing = BackgroundDigest(handle, "scan.npy")
+        with pytest.raises(Stopped):
+            hashing.result(Pulse(stop=stop))
