@@ -56,6 +56,7 @@ EVENTS: dict[p.FrameType, st.SearchStrategy[p.Event]] = {
     p.FrameType.DATA: st.builds(p.DataHeader, _unsigned(32), _unsigned(64), _unsigned(64)),
     p.FrameType.DIGEST: st.builds(p.Digest, _unsigned(32), _fixed(p.DIGEST_SIZE)),
     p.FrameType.CANCEL: st.builds(p.Cancel, _unsigned(32)),
+    p.FrameType.ASK_DIGEST: st.builds(p.AskDigest, _unsigned(32)),
     p.FrameType.ACK: st.builds(p.Ack, _unsigned(32), st.sampled_from(p.Outcome), TEXT),
     p.FrameType.NACK: st.builds(
         p.Nack, _unsigned(32), st.sampled_from(p.NackReason), st.booleans(), TEXT
