@@ -628,6 +628,6 @@ def test_ask_digest_anywhere_else_is_a_protocol_error_on_both_ends(
 
 
 def test_only_a_receiver_asks_for_a_digest() -> None:
-    sender, receiver = deferred_offered(BOTH)
+    sender, _ = deferred_offered(BOTH)
     with pytest.raises(p.LocalProtocolError, match="sender cannot send AskDigest"):
         sender.send(p.AskDigest(1))
