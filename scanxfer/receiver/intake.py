@@ -3,7 +3,10 @@
 Every check on an offer happens here, before a byte of its payload is accepted: the name,
 then the size limit and the free space (`admission`).  Payload goes straight from the
 receive buffer into the partial file; answers go back through `reply` in the order the
-protocol requires, and each file newly stored goes to the after-store hooks.
+protocol requires, and each file newly stored goes to the after-store hooks.  A file offered
+with a deferred digest that may be here already (a stored file of its path and size, or a
+whole partial) gets ASK_DIGEST instead of READY where the connection negotiated it, so that
+its digest, not its bytes, tells whether anything needs to cross again.
 """
 
 from __future__ import annotations
@@ -221,7 +224,9 @@ class Intake:
         try:
             identical = self.store.find_identical(self.prefix + offer.path, offer.size, digest)
         except StoreError as error:
-            self._drop(incoming)
+            del self.files[offer.file_id]
+            if not partial.release():  # its bytes may still resume on a later offer
+                log.info("%s: dropped the partial of an older version of %s", self.peer, offer.path)
             log.warning("%s: refused %r: %s", self.peer, offer.path, error)
             self._reply(_nack(offer.file_id, error))
             return
