@@ -13,6 +13,8 @@ Two error types, as in h11: `RemoteProtocolError` means the peer broke the rules
 
 from .connection import Connection, FileInFlight, negotiate, welcome_options
 from .events import (
+    ASK_DIGEST_ON,
+    ASK_DIGEST_OPTION,
     CANCEL_ON,
     CANCEL_OPTION,
     DEFERRED_DIGEST,
@@ -25,6 +27,7 @@ from .events import (
     PROOF_SIZE,
     PROTOCOL_VERSION,
     Ack,
+    AskDigest,
     Authenticate,
     Bye,
     Cancel,
@@ -53,6 +56,8 @@ from .frames import MAGIC, MAX_BODY, FrameType, decode_body, encode
 from .states import ConnPhase, ConnState, FileEvent, FileState
 
 __all__ = [
+    "ASK_DIGEST_ON",
+    "ASK_DIGEST_OPTION",
     "CANCEL_ON",
     "CANCEL_OPTION",
     "DEFERRED_DIGEST",
@@ -67,6 +72,7 @@ __all__ = [
     "PROOF_SIZE",
     "PROTOCOL_VERSION",
     "Ack",
+    "AskDigest",
     "Authenticate",
     "Bye",
     "Cancel",

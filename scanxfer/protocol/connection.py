@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from .buffer import ReceiveBuffer
 from .events import (
+    ASK_DIGEST_ON,
+    ASK_DIGEST_OPTION,
     CANCEL_ON,
     CANCEL_OPTION,
     DEFERRED_DIGEST,
@@ -23,6 +25,7 @@ from .events import (
     PROOF_SIZE,
     PROTOCOL_VERSION,
     Ack,
+    AskDigest,
     Authenticate,
     Bye,
     Cancel,
@@ -100,6 +103,7 @@ class Connection:
         self.files: dict[int, FileInFlight] = {}
         self._hello: Hello | None = None
         self._can_cancel = False
+        self._can_ask_digest = False
         self._input = ReceiveBuffer()
         self._payload: _Payload | None = None  # inside a DATA payload
         self._eof = False
@@ -113,6 +117,11 @@ class Connection:
     def can_cancel(self) -> bool:
         """Whether the sender may send CANCEL: its HELLO asked, and the WELCOME echoed it."""
         return self._can_cancel
+
+    @property
+    def can_ask_digest(self) -> bool:
+        """Whether the receiver may send ASK_DIGEST: the HELLO asked, and the WELCOME echoed it."""
+        return self._can_ask_digest
 
     # -- outgoing --------------------------------------------------------------
 
@@ -217,6 +226,8 @@ class Connection:
                 self._on_digest(event, sent_by, fail)
             case Cancel():
                 self._on_cancel(event, sent_by, fail)
+            case AskDigest():
+                self._on_ask_digest(event, sent_by, fail)
             case Ack() | Nack():
                 self._on_answer(event, sent_by, fail)
             case Bye():
@@ -273,6 +284,9 @@ class Connection:
         # An echo nobody asked for means nothing (a peer ignores options it does not know).
         assert self._hello is not None  # the table put HELLO first
         self._can_cancel = _asks_cancel(self._hello.options) and _asks_cancel(event.options)
+        self._can_ask_digest = _asks_for_digests(self._hello.options) and _asks_for_digests(
+            event.options
+        )
 
     def _on_offer(self, event: Offer, sent_by: Role, fail: type[ProtocolError]) -> None:
         after = self._file_step(event, self.files.get(event.file_id), sent_by, fail)
@@ -314,6 +328,16 @@ class Connection:
         if event.digest == DEFERRED_DIGEST:
             raise fail(f"DIGEST for file {event.file_id} defers it again")
         entry.digest_due = False
+        self._settle(event.file_id, entry, after)
+
+    def _on_ask_digest(self, event: AskDigest, sent_by: Role, fail: type[ProtocolError]) -> None:
+        if not self._can_ask_digest:
+            raise fail(
+                f"ASK_DIGEST for file {event.file_id}, but the handshake did not negotiate it"
+            )
+        entry, after = self._in_flight(event, sent_by, fail)
+        if not entry.digest_due:
+            raise fail(f"ASK_DIGEST for file {event.file_id}, whose offer carried its digest")
         self._settle(event.file_id, entry, after)
 
     def _on_cancel(self, event: Cancel, sent_by: Role, fail: type[ProtocolError]) -> None:
@@ -383,12 +407,21 @@ def _asks_cancel(options: dict[str, bytes]) -> bool:
     return options.get(CANCEL_OPTION) == CANCEL_ON
 
 
+def _asks_for_digests(options: dict[str, bytes]) -> bool:
+    return options.get(ASK_DIGEST_OPTION) == ASK_DIGEST_ON
+
+
 def welcome_options(hello: Hello) -> dict[str, bytes]:
     """The options a receiver puts in its WELCOME for `hello`: the extensions both ends use.
 
     Each is echoed only when the HELLO asked for it, so a sender learns what it may use.
     """
-    return {CANCEL_OPTION: CANCEL_ON} if _asks_cancel(hello.options) else {}
+    options = {}
+    if _asks_cancel(hello.options):
+        options[CANCEL_OPTION] = CANCEL_ON
+    if _asks_for_digests(hello.options):
+        options[ASK_DIGEST_OPTION] = ASK_DIGEST_ON
+    return options
 
 
 def negotiate(hello: Hello) -> int | None:

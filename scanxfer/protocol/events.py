@@ -24,6 +24,11 @@ INSTANCE_OPTION = "instance"
 # echo, not from the receiver's version, whether it may withdraw a file.
 CANCEL_OPTION = "cancel"
 CANCEL_ON = b"\x01"
+# HELLO option, echoed in WELCOME the same way: the receiver may answer an OFFER with a
+# deferred digest by ASK_DIGEST, so a file it may hold already is told by its digest before
+# any of its bytes cross again.  Its value is ASK_DIGEST_ON.
+ASK_DIGEST_OPTION = "ask_digest"
+ASK_DIGEST_ON = b"\x01"
 
 NONCE_SIZE = 32
 PROOF_SIZE = 32  # HMAC-SHA256
@@ -194,6 +199,19 @@ class Cancel:
 
 
 @dataclass(frozen=True, slots=True)
+class AskDigest:
+    """The receiver asks for the digest of a file offered with DEFERRED_DIGEST, before its data.
+
+    Legal only when both ends negotiated ASK_DIGEST_OPTION, for an OFFERED file whose digest
+    is deferred: the receiver holds a file of that path and size (stored, or a complete
+    partial) and can tell from the digest whether the bytes need to cross again.  The
+    sender answers with DIGEST (or CANCEL), and the file is OFFERED again, its digest known.
+    """
+
+    file_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class Ack:
     file_id: int
     outcome: Outcome
@@ -238,6 +256,7 @@ Event = (
     | DataEnd
     | Digest
     | Cancel
+    | AskDigest
     | Ack
     | Nack
     | ConnectionClosed

@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from .events import (
     Ack,
+    AskDigest,
     Authenticate,
     Bye,
     Cancel,
@@ -42,7 +43,7 @@ _READY = struct.Struct(">IQ")
 _ACK_HEAD = struct.Struct(">IB")
 _NACK_HEAD = struct.Struct(">IHB")
 _DIGEST = struct.Struct(">I16s")  # file_id, digest
-_FILE_ID = struct.Struct(">I")  # CANCEL: the file_id alone
+_FILE_ID = struct.Struct(">I")  # CANCEL, ASK_DIGEST: the file_id alone
 _HELLO_HEAD = struct.Struct(">8sHH")
 _WELCOME_HEAD = struct.Struct(">HH32s")  # version, window, receiver's proof
 _CHALLENGE = struct.Struct(">H32s")  # chosen version, receiver nonce
@@ -65,6 +66,7 @@ class FrameType(enum.IntEnum):
     NACK = 0x14
     DIGEST = 0x15
     CANCEL = 0x16
+    ASK_DIGEST = 0x17
 
 
 # The frame that carries each event; DataChunk, DataEnd and ConnectionClosed are not frames.
@@ -82,6 +84,7 @@ FRAME_TYPES: dict[type[Event], FrameType] = {
     Nack: FrameType.NACK,
     Digest: FrameType.DIGEST,
     Cancel: FrameType.CANCEL,
+    AskDigest: FrameType.ASK_DIGEST,
 }
 
 
@@ -185,6 +188,8 @@ def encode(event: Event) -> bytes:
             body, kind = _DIGEST.pack(event.file_id, event.digest), FrameType.DIGEST
         case Cancel():
             body, kind = _FILE_ID.pack(event.file_id), FrameType.CANCEL
+        case AskDigest():
+            body, kind = _FILE_ID.pack(event.file_id), FrameType.ASK_DIGEST
         case Ack():
             head = _ACK_HEAD.pack(event.file_id, event.outcome)
             body, kind = head + _pack_str(event.stored_path), FrameType.ACK
@@ -231,6 +236,8 @@ def decode_body(kind: FrameType, body: bytes) -> Event:
             event = Digest(*reader.fixed(_DIGEST))
         case FrameType.CANCEL:
             event = Cancel(*reader.fixed(_FILE_ID))
+        case FrameType.ASK_DIGEST:
+            event = AskDigest(*reader.fixed(_FILE_ID))
         case FrameType.ACK:
             file_id, outcome = reader.fixed(_ACK_HEAD)
             event = Ack(file_id, parse_enum(Outcome, outcome, "outcome"), reader.text())

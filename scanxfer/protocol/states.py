@@ -17,7 +17,7 @@ import enum
 from collections.abc import Mapping
 from typing import Final
 
-from .events import Ack, Cancel, DataEnd, DataHeader, Digest, Nack, Offer, Ready, Role
+from .events import Ack, AskDigest, Cancel, DataEnd, DataHeader, Digest, Nack, Offer, Ready, Role
 from .frames import FrameType
 
 
@@ -49,6 +49,7 @@ class FileState(enum.Enum):
     """Where one file in flight stands.  A file not in flight has no state (None in the table)."""
 
     OFFERED = "offered"  # offer sent, no answer yet
+    DIGEST_ASKED = "digest asked"  # the receiver wants the deferred digest before any data
     READY = "ready"  # receiver asked for bytes from an offset
     STREAMING = "streaming"  # payload under way (on the receiving side only)
     SENT = "sent"  # all payload bytes are on the wire / in; waiting for ACK or NACK
@@ -67,13 +68,14 @@ class FileEvent(enum.Enum):
     PAYLOAD_END = "last payload byte"
     DIGEST = "DIGEST"
     CANCEL = "CANCEL"
+    ASK_DIGEST = "ASK_DIGEST"
     ACK_STORED = "ACK STORED"
     ACK_KEPT_BESIDE = "ACK KEPT_BESIDE"
     ACK_DUPLICATE = "ACK DUPLICATE"
     NACK = "NACK"
 
 
-FileFrame = Offer | Ready | DataHeader | DataEnd | Digest | Cancel | Ack | Nack
+FileFrame = Offer | Ready | DataHeader | DataEnd | Digest | Cancel | AskDigest | Ack | Nack
 
 # Before its OFFER and once done, a file is not in the table and its id is free.
 NOT_IN_FLIGHT: Final = None
@@ -93,6 +95,7 @@ CONNECTION_TRANSITIONS: Final[Mapping[tuple[ConnPhase, FrameType, Role], ConnPha
     (_P.OPEN, _F.DATA, _S): _P.OPEN,
     (_P.OPEN, _F.DIGEST, _S): _P.OPEN,
     (_P.OPEN, _F.CANCEL, _S): _P.OPEN,
+    (_P.OPEN, _F.ASK_DIGEST, _R): _P.OPEN,
     (_P.OPEN, _F.ACK, _R): _P.OPEN,
     (_P.OPEN, _F.NACK, _R): _P.OPEN,
     (_P.OPEN, _F.BYE, _S): _P.CLOSED,
@@ -106,6 +109,10 @@ FILE_TRANSITIONS: Final[Mapping[tuple[FileState | None, FileEvent, Role], FileSt
     (FileState.OFFERED, _E.READY, _R): FileState.READY,
     (FileState.OFFERED, _E.ACK_DUPLICATE, _R): NOT_IN_FLIGHT,
     (FileState.OFFERED, _E.NACK, _R): NOT_IN_FLIGHT,
+    (FileState.OFFERED, _E.ASK_DIGEST, _R): FileState.DIGEST_ASKED,
+    # The digest, sent early, makes it an offer like one that carried it from the start.
+    (FileState.DIGEST_ASKED, _E.DIGEST, _S): FileState.OFFERED,
+    (FileState.DIGEST_ASKED, _E.CANCEL, _S): NOT_IN_FLIGHT,
     (FileState.READY, _E.DATA, _S): FileState.STREAMING,
     (FileState.READY, _E.CANCEL, _S): NOT_IN_FLIGHT,
     (FileState.STREAMING, _E.PAYLOAD_END, _S): FileState.SENT,
@@ -139,6 +146,8 @@ def file_event(event: FileFrame) -> FileEvent:
             return FileEvent.DIGEST
         case Cancel():
             return FileEvent.CANCEL
+        case AskDigest():
+            return FileEvent.ASK_DIGEST
         case Ack():
             return FileEvent[f"ACK_{event.outcome.name}"]
         case Nack():

@@ -250,7 +250,14 @@ class ConnectionHandler:
         self.peer = f"{self.address} ({hello.name})"
         self._progressed()
         log.info("%s: sender %r connected", self.address, hello.name)
-        self.intake = Intake(self.peer, hello.name, self.config, self.services, self._reply)
+        self.intake = Intake(
+            self.peer,
+            hello.name,
+            self.config,
+            self.services,
+            self._reply,
+            ask_digests=self.conn.can_ask_digest,
+        )
         instance = hello.options.get(p.INSTANCE_OPTION)
         if instance:
             self.sender = (hello.name, instance)

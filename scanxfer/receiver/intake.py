@@ -3,7 +3,10 @@
 Every check on an offer happens here, before a byte of its payload is accepted: the name,
 then the size limit and the free space (`admission`).  Payload goes straight from the
 receive buffer into the partial file; answers go back through `reply` in the order the
-protocol requires, and each file newly stored goes to the after-store hooks.
+protocol requires, and each file newly stored goes to the after-store hooks.  A file offered
+with a deferred digest that may be here already (a stored file of its path and size, or a
+whole partial) gets ASK_DIGEST instead of READY where the connection negotiated it, so that
+its digest, not its bytes, tells whether anything needs to cross again.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ class _Incoming:
     failure: p.Nack | None = None
     # The sender's digest: from the offer, or from its DIGEST frame when deferred.
     digest: bytes | None = None
+    # Its deferred digest was asked for before any data (ASK_DIGEST), and has not come yet.
+    asked: bool = False
 
 
 class Intake:
@@ -55,8 +60,12 @@ class Intake:
         config: ReceiverConfig,
         services: Services,
         reply: Callable[[p.Event], None],
+        ask_digests: bool = False,
     ) -> None:
         self.peer, self.sender, self.config, self._reply = peer, sender, config, reply
+        # The connection negotiated ASK_DIGEST: a file this receiver may hold already is
+        # told by its digest before any of its bytes are sent again.
+        self.ask_digests = ask_digests
         self.store, self.stats = services.store, services.stats
         self.limits = Limits.of(config)
         self.after_store = services.after_store
@@ -122,6 +131,18 @@ class Intake:
         assert partial is not None
         if partial.drop_older_versions():
             log.info("%s: dropped the partial of an older version of %s", self.peer, partial.path)
+        digest = None if offer.digest == p.DEFERRED_DIGEST else offer.digest
+        incoming = _Incoming(offer, partial, partial.offset, digest=digest)
+        self.files[offer.file_id] = incoming
+        if digest is None and self.ask_digests and self._may_hold(offer, partial):
+            incoming.asked = True
+            self._reply(p.AskDigest(offer.file_id))
+            return
+        self._ready(incoming, partial)
+
+    def _ready(self, incoming: _Incoming, partial: PartialFile) -> None:
+        """Ask for the bytes from the offset held."""
+        offer = incoming.offer
         if partial.offset:
             log.info(
                 "%s: resuming %s at %d of %d bytes",
@@ -130,9 +151,17 @@ class Intake:
                 partial.offset,
                 offer.size,
             )
-        digest = None if offer.digest == p.DEFERRED_DIGEST else offer.digest
-        self.files[offer.file_id] = _Incoming(offer, partial, partial.offset, digest=digest)
         self._reply(p.Ready(offer.file_id, partial.offset))
+
+    def _may_hold(self, offer: p.Offer, partial: PartialFile) -> bool:
+        """Whether the offered file may be here already: its partial complete, or a stored
+        file of its size at its path or a clash name.  Only its digest can tell."""
+        if partial.offset == offer.size:
+            return True
+        try:
+            return self.store.holds_size(self.prefix + offer.path, offer.size)
+        except StoreError:
+            return False  # placement reports what is wrong there, as without the question
 
     def _open(self, offer: p.Offer) -> tuple[StoredFile | None, PartialFile | None]:
         """The stored file identical to the offer, or else the partial to receive it into."""
@@ -176,17 +205,92 @@ class Intake:
     def on_data_end(self) -> None:
         incoming, self.current = self.current, None
         assert incoming is not None  # the protocol guarantees a header before the end
-        if incoming.offer.digest == p.DEFERRED_DIGEST:
+        if incoming.digest is None:
             return  # its DIGEST comes next; on_digest answers it
         del self.files[incoming.offer.file_id]
         self._conclude(incoming)
 
     def on_digest(self, event: p.Digest) -> None:
+        if self.files[event.file_id].asked:
+            self._on_early_digest(self.files[event.file_id], event.digest)
+            return
         incoming = self.files.pop(event.file_id)
         incoming.digest = event.digest
         if incoming.partial is not None:
             incoming.partial.expect(event.digest)
         self._conclude(incoming)
+
+    def _on_early_digest(self, incoming: _Incoming, digest: bytes) -> None:
+        """The digest asked for before any data: a duplicate, a complete partial, or bytes due."""
+        offer, partial = incoming.offer, incoming.partial
+        assert partial is not None  # nothing was written yet, so nothing failed
+        incoming.asked, incoming.digest = False, digest
+        try:
+            identical = self.store.find_identical(self.prefix + offer.path, offer.size, digest)
+        except StoreError as error:
+            del self.files[offer.file_id]
+            if not partial.release():  # its bytes may still resume on a later offer
+                log.info("%s: dropped the partial of an older version of %s", self.peer, offer.path)
+            log.warning("%s: refused %r: %s", self.peer, offer.path, error)
+            self._reply(_nack(offer.file_id, error))
+            return
+        if identical is not None:
+            self._drop(incoming)
+            log.info(
+                "%s: %s is already stored as %s (duplicate, told by its digest before any data)",
+                self.peer,
+                offer.path,
+                identical.path,
+            )
+            self._reply(p.Ack(offer.file_id, p.Outcome.DUPLICATE, identical.path))
+            return
+        partial.expect(digest)
+        if partial.offset == offer.size:
+            self._check_complete(incoming, partial)
+        else:
+            self._ready(incoming, partial)
+
+    def _check_complete(self, incoming: _Incoming, partial: PartialFile) -> None:
+        """A partial that holds every byte: checked against the digest now, so that a match
+        gets READY at its end (an empty DATA, then the ACK) and a mismatch the whole file."""
+        offer = incoming.offer
+        try:
+            partial.seal(offer.mtime_ns)
+        except DigestMismatch:
+            # Bytes of another content under this version's key: dropped, the file comes whole.
+            log.info(
+                "%s: the complete partial of %s does not match its digest; dropped it",
+                self.peer,
+                offer.path,
+            )
+            self._reopen(incoming)
+            return
+        except StoreError as error:
+            del self.files[offer.file_id]
+            self._refuse(incoming, error)
+            return
+        log.info("%s: %s is held whole already; its bytes are not needed", self.peer, offer.path)
+        self._ready(incoming, partial)
+
+    def _reopen(self, incoming: _Incoming) -> None:
+        """A fresh partial for a file whose held bytes were dropped, and READY from 0."""
+        offer = incoming.offer
+        try:
+            partial = self.store.open_deferred(self.prefix + offer.path, offer.size, offer.mtime_ns)
+        except StoreError as error:
+            del self.files[offer.file_id]
+            self._refuse(incoming, error)
+            return
+        assert incoming.digest is not None  # told before this
+        partial.expect(incoming.digest)
+        incoming.partial, incoming.resumed_from = partial, partial.offset
+        self._ready(incoming, partial)
+
+    def _drop(self, incoming: _Incoming) -> None:
+        """The file needs no bytes from this sender: it leaves, and so do any it held."""
+        del self.files[incoming.offer.file_id]
+        if incoming.partial is not None:
+            incoming.partial.discard()
 
     def on_cancel(self, event: p.Cancel) -> None:
         """The sender withdrew the file: what it would send is not the file it offered."""

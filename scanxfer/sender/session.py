@@ -23,7 +23,7 @@ from .. import protocol as p
 from ..config import SenderConfig
 from ..protocol import auth
 from ..tls import client_context, peer_fingerprint, pin_matches
-from .job import BackgroundDigest, FileChanged, FileJob
+from .job import BackgroundDigest, FileChanged, FileJob, file_digest
 from .transport import (
     Answer,
     AuthenticationFailed,
@@ -41,6 +41,9 @@ RECV_CHUNK = 1 << 16
 TLS_CHUNK = 1 << 18  # payload per sendall when sendfile cannot bypass TLS
 # Names this process to the receiver, so a reconnection can take over a stalled connection.
 INSTANCE = secrets.token_bytes(8)
+# The extensions this sender asks for in its HELLO (docs/protocol.md 3.1): withdrawing a file
+# that changed, and telling a deferred digest early when the receiver may hold the file.
+EXTENSIONS = {p.CANCEL_OPTION: p.CANCEL_ON, p.ASK_DIGEST_OPTION: p.ASK_DIGEST_ON}
 
 
 class Session:
@@ -55,12 +58,13 @@ class Session:
         self.conn = p.Connection(p.Role.SENDER)
         self.offered: dict[int, FileJob] = {}  # by file id, until answered
         self.ready: deque[p.Ready] = deque()
+        self.asked: deque[int] = deque()  # file ids whose deferred digest is wanted now
         self.answers: list[tuple[FileJob, Answer]] = []
         self.failure: ConnectionLost | None = None  # raised once `answers` are handed out
         self._ids = itertools.count(1)
         self._secret = auth.decode_secret(config.key)
         self._signed = b""
-        options = {p.INSTANCE_OPTION: instance, p.CANCEL_OPTION: p.CANCEL_ON}
+        options = {p.INSTANCE_OPTION: instance, **EXTENSIONS}
         hello = p.Hello(config.name, options=options)
         self._outbox = bytearray(self.conn.send(hello))
         self.last_heard = time.monotonic()
@@ -137,7 +141,12 @@ class Session:
 
     def _exchange(self, wait: float) -> None:
         self._flush()
-        if self.ready:
+        if self.asked:
+            # Before any payload: the answer may spare the receiver a whole file's bytes.
+            self._tell_digest(self.asked.popleft())
+            self.last_heard = time.monotonic()  # waiting for its answer starts now
+            self._poll(0)
+        elif self.ready:
             self._stream(self.ready.popleft())
             self.last_heard = time.monotonic()  # waiting for its answer starts now
             self._poll(0)
@@ -170,7 +179,8 @@ class Session:
         if ready.offset:
             log.info("resuming %s at byte %d of %d", job.relpath, ready.offset, job.size)
         job.started = time.monotonic()
-        deferred = job.digest == p.DEFERRED_DIGEST
+        # Still due unless the receiver asked for it before the data (`_tell_digest`).
+        deferred = self.conn.files[ready.file_id].digest_due
         hashing = BackgroundDigest(job.handle, job.relpath) if deferred else None
         self._sendall(self.conn.send(p.DataHeader(ready.file_id, ready.offset, length)))
         sent = self._sendfile(job, ready.offset, length) if length else 0
@@ -188,6 +198,30 @@ class Session:
             return
         job.sent_digest = digest
         self._sendall(self.conn.send(p.Digest(ready.file_id, digest)))
+
+    def _tell_digest(self, file_id: int) -> None:
+        """Hash a file offered with a deferred digest, which the receiver wants before its data.
+
+        It reads the version checked (the job's open file), at explicit offsets, calling
+        `alive` as it goes.  A file that changed meanwhile is withdrawn: the digest of bytes
+        read while it changed could vouch for a copy of no version at all.
+        """
+        job = self.offered[file_id]
+        assert job.handle is not None  # prepared before it was offered
+        why = job.changed()
+        if not why:
+            try:
+                digest = file_digest(job.handle.fileno(), self.alive)
+            except OSError as error:
+                why = f"cannot be read any more: {error}"
+            else:
+                why = job.changed()
+        if why:
+            self._withdraw(file_id, job, why)
+            return
+        log.info("%s: the receiver may hold it already; told it the digest first", job.relpath)
+        job.sent_digest = digest
+        self._sendall(self.conn.send(p.Digest(file_id, digest)))
 
     def _complete_shrunk_payload(self, job: FileJob, missing: int, deferred: bool) -> None:
         """The file shrank mid-payload: finish the DATA frame with zeros, or give up the link.
@@ -271,6 +305,8 @@ class Session:
                 )
             case p.Ready():
                 self.ready.append(event)
+            case p.AskDigest():
+                self.asked.append(event.file_id)
             case p.Ack() | p.Nack():
                 self.answers.append((self.offered.pop(event.file_id), event))
             case p.Error():

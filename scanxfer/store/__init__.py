@@ -154,6 +154,22 @@ class Store:
         except OSError as exc:
             raise io_error(exc, f"looking for a stored copy of {relpath!r}") from exc
 
+    def holds_size(self, relpath: str, size: int) -> bool:
+        """Whether ``relpath`` or one of its clash names is a regular file of ``size`` bytes.
+
+        The cheap first look for an offer whose digest comes later: only such a file can be
+        identical to it (see `find_identical`).  Raises like `find_identical`.
+        """
+        parts = self.check_name(relpath)
+        try:
+            with opened_subdir(self.incoming_dir, parts[:-1], relpath, create=False) as dir_fd:
+                if dir_fd is None:
+                    return False
+                entries = clash_entries(dir_fd, parts[-1])
+        except OSError as exc:
+            raise io_error(exc, f"looking for a stored copy of {relpath!r}") from exc
+        return any(stat.S_ISREG(st.st_mode) and st.st_size == size for st in entries.values())
+
     def _identical_in(
         self,
         dir_fd: int,

@@ -34,10 +34,10 @@ WINDOW = 4
 MAX_LEN = 8192
 _CUT = struct.Struct(">H")
 _MAX_CUTS = 4
-CANCEL = {p.CANCEL_OPTION: p.CANCEL_ON}
+EXTENSIONS = {p.CANCEL_OPTION: p.CANCEL_ON, p.ASK_DIGEST_OPTION: p.ASK_DIGEST_ON}
 SAMPLES: dict[p.FrameType, p.Event] = {
-    p.FrameType.HELLO: p.Hello("lab-pc", 1, 2, {p.INSTANCE_OPTION: b"12345678", **CANCEL}),
-    p.FrameType.WELCOME: p.Welcome("pi", 64, bytes(p.PROOF_SIZE), options=CANCEL),
+    p.FrameType.HELLO: p.Hello("lab-pc", 1, 2, {p.INSTANCE_OPTION: b"12345678", **EXTENSIONS}),
+    p.FrameType.WELCOME: p.Welcome("pi", 64, bytes(p.PROOF_SIZE), options=EXTENSIONS),
     p.FrameType.ERROR: p.Error(p.ErrorCode.AUTH_FAILED, "authentication failed"),
     p.FrameType.BYE: p.Bye(),
     p.FrameType.CHALLENGE: p.Challenge(1, bytes(p.NONCE_SIZE)),
@@ -47,6 +47,7 @@ SAMPLES: dict[p.FrameType, p.Event] = {
     p.FrameType.DATA: p.DataHeader(7, 1024, 3072),
     p.FrameType.DIGEST: p.Digest(7, bytes(range(16))),
     p.FrameType.CANCEL: p.Cancel(7),
+    p.FrameType.ASK_DIGEST: p.AskDigest(7),
     p.FrameType.ACK: p.Ack(7, p.Outcome.KEPT_BESIDE, "run1/scan_0001~1.npy"),
     p.FrameType.NACK: p.Nack(7, p.NackReason.BAD_NAME, False, "bad name"),
 }

@@ -20,7 +20,14 @@ from scanxfer.protocol.frames import FRAME_HEAD
 DIGEST = bytes(range(16))
 SENDER_NAME = "lab-pc"
 RECEIVER_NAME = "pi"
-HELLO = p.Hello(SENDER_NAME, options={p.INSTANCE_OPTION: b"instance", p.CANCEL_OPTION: p.CANCEL_ON})
+HELLO = p.Hello(
+    SENDER_NAME,
+    options={
+        p.INSTANCE_OPTION: b"instance",
+        p.CANCEL_OPTION: p.CANCEL_ON,
+        p.ASK_DIGEST_OPTION: p.ASK_DIGEST_ON,
+    },
+)
 AUTHENTICATE = p.Authenticate(b"s" * p.NONCE_SIZE, b"c" * p.PROOF_SIZE)
 RECEIVER_NONCE = b"r" * p.NONCE_SIZE
 SERVER_PROOF = b"w" * p.PROOF_SIZE
@@ -33,8 +40,9 @@ class Peer:
 
     The sender offers `payloads` (as d/<i>.npy) once the handshake is done, keeps the window
     full, withdraws some (CANCEL, when the receiver echoed the option) and says BYE when every
-    file is answered or withdrawn.  The receiver asks for part of each file, refuses or finds
-    some already stored, and acknowledges the rest.
+    file is answered or withdrawn.  The receiver asks for part of each file, asks for the
+    digest of some deferred ones first (ASK_DIGEST, when negotiated), refuses or finds some
+    already stored, and acknowledges the rest.
     """
 
     def __init__(self, role: p.Role, payloads: Sequence[bytes] = (), window: int = 4) -> None:
@@ -86,8 +94,17 @@ class Peer:
                 self._send(AUTHENTICATE)
             case p.Ready():
                 self._stream(event)
+            case p.AskDigest():
+                self._tell_digest(event.file_id)
         if self.conn.state is p.ConnState.OPEN:
             self._offer_or_leave()
+
+    def _tell_digest(self, file_id: int) -> None:
+        """The digest asked for before the data; or CANCEL (an odd-sized file "changed")."""
+        if self.conn.can_cancel and len(self.payloads[file_id]) % 2 == 1:
+            self._send(p.Cancel(file_id))
+        else:
+            self._send(p.Digest(file_id, DIGEST))
 
     def _stream(self, ready: p.Ready) -> None:
         """DATA, and the DIGEST of a deferred file; or CANCEL instead of either for some."""
@@ -97,8 +114,8 @@ class Peer:
             return
         self._send(p.DataHeader(file_id, ready.offset, offer.size - ready.offset))
         self.output += self.payloads[file_id][ready.offset :]
-        if offer.digest != p.DEFERRED_DIGEST:
-            return
+        if not self.conn.files[file_id].digest_due:
+            return  # it was in the offer, or told when the receiver asked
         if self.conn.can_cancel and file_id % 2 == 1:
             self._send(p.Cancel(file_id))  # it changed while it was sent
         else:
@@ -129,12 +146,21 @@ class Peer:
                 options = p.welcome_options(self._hello)
                 welcome = p.Welcome(RECEIVER_NAME, self.conn.window, SERVER_PROOF, version, options)
                 self._send(welcome)
+            case p.Offer() if self._asks_digest(event):
+                self._send(p.AskDigest(event.file_id))
             case p.Offer():
                 self._send(_first_answer(event))
             case p.DataEnd() if not self.conn.files[event.file_id].digest_due:
                 self._conclude(event.file_id)
+            case p.Digest() if self.conn.files[event.file_id].state is p.FileState.OFFERED:
+                self._send(_first_answer(self.conn.files[event.file_id].offer))  # told early
             case p.Digest():
                 self._conclude(event.file_id)
+
+    def _asks_digest(self, offer: p.Offer) -> bool:
+        """Some deferred files "may be stored already": their digest first, where negotiated."""
+        deferred = offer.digest == p.DEFERRED_DIGEST
+        return deferred and self.conn.can_ask_digest and offer.file_id % 6 == 2
 
     def _conclude(self, file_id: int) -> None:
         """The whole file is in (and its deferred digest, if any): ACK, or NACK one in five."""

@@ -7,6 +7,8 @@ import socket
 import threading
 from pathlib import Path
 
+import xxhash
+
 from scanxfer import protocol as p
 from scanxfer.keys import KEYS_FILE_NAME, Keyring
 from scanxfer.protocol import auth
@@ -20,6 +22,7 @@ from .harness import (
     sender_config,
     start_sender,
     wait_for_files,
+    write_big_scan,
     write_scan,
 )
 
@@ -38,8 +41,11 @@ class ScriptedReceiver:
         assert entry is not None
         self.record = entry.verifier
 
-    def accept(self, cancel: bool = True) -> tuple[socket.socket, p.Connection]:
-        """Take a connection through the handshake; `cancel`: echo the CANCEL option."""
+    def accept(
+        self, cancel: bool = True, ask_digest: bool = False
+    ) -> tuple[socket.socket, p.Connection]:
+        """Take a connection through the handshake; `cancel`, `ask_digest`: echo that option
+        (a receiver from before ASK_DIGEST does not echo it)."""
         plain, _ = self.listener.accept()
         plain.settimeout(60)
         sock = self.context.wrap_socket(plain, server_side=True)
@@ -52,7 +58,10 @@ class ScriptedReceiver:
         assert isinstance(answer, p.Authenticate)
         signed = auth.transcript(1, hello.name, nonce, answer.nonce, self.channel)
         assert auth.check_client_proof(self.record, signed, answer.proof)
+        assert hello.options.get(p.ASK_DIGEST_OPTION) == p.ASK_DIGEST_ON  # the sender asks
         options = {p.CANCEL_OPTION: p.CANCEL_ON} if cancel else {}
+        if ask_digest:
+            options[p.ASK_DIGEST_OPTION] = p.ASK_DIGEST_ON
         proof = auth.server_proof(self.record, signed)
         sock.sendall(conn.send(p.Welcome("scripted", 8, proof, options=options)))
         return sock, conn
@@ -179,3 +188,71 @@ def test_sighup_makes_the_daemon_watch_with_its_new_settings(
         sender.wait_for(f"watching {second}", 60)
     finally:
         assert sender.stop() == 0, sender.log
+
+
+def payload_of(sock: socket.socket, conn: p.Connection) -> bytes:
+    """The DATA header and payload of the one file whose DATA comes next."""
+    assert isinstance(next_event(sock, conn), p.DataHeader)
+    payload = bytearray()
+    while not isinstance(event := next_event(sock, conn), p.DataEnd):
+        assert isinstance(event, p.DataChunk)
+        payload += event.data
+    return bytes(payload)
+
+
+def test_a_big_scans_digest_asked_for_goes_before_any_data(tmp_path: Path) -> None:
+    """A receiver that may hold the file asks; a duplicate then costs no payload at all."""
+    scans = tmp_path / "scans"
+    big = write_big_scan(scans / "volume.npy", 9)  # offered with a deferred digest
+    receiver = ScriptedReceiver()
+    sender = send_once_in_background(sender_config(tmp_path / "s.yaml", receiver.port, scans))
+    sock, conn = receiver.accept(ask_digest=True)
+    offer = next_event(sock, conn)
+    assert isinstance(offer, p.Offer) and offer.digest == p.DEFERRED_DIGEST
+    sock.sendall(conn.send(p.AskDigest(offer.file_id)))
+    expected = xxhash.xxh3_128_digest(big.read_bytes())
+    assert next_event(sock, conn) == p.Digest(offer.file_id, expected)
+    sock.sendall(conn.send(p.Ack(offer.file_id, p.Outcome.DUPLICATE, "volume.npy")))
+    assert isinstance(next_event(sock, conn), p.Bye)
+    sock.close()
+    assert sender.wait(60) == 0, sender.log
+    assert "volume.npy: the receiver may hold it already; told it the digest first" in sender.log
+
+
+def test_after_an_early_digest_the_data_needs_no_digest_behind_it(tmp_path: Path) -> None:
+    scans = tmp_path / "scans"
+    big = write_big_scan(scans / "volume.npy", 9)
+    receiver = ScriptedReceiver()
+    sender = send_once_in_background(sender_config(tmp_path / "s.yaml", receiver.port, scans))
+    sock, conn = receiver.accept(ask_digest=True)
+    offer = next_event(sock, conn)
+    assert isinstance(offer, p.Offer)
+    sock.sendall(conn.send(p.AskDigest(offer.file_id)))
+    assert isinstance(next_event(sock, conn), p.Digest)
+    sock.sendall(conn.send(p.Ready(offer.file_id, 1024)))  # it held a part
+    assert payload_of(sock, conn) == big.read_bytes()[1024:]
+    # The answer is due now; our Connection would refuse a DIGEST here as a protocol error.
+    sock.sendall(conn.send(p.Ack(offer.file_id, p.Outcome.STORED, "volume.npy")))
+    assert isinstance(next_event(sock, conn), p.Bye)
+    sock.close()
+    assert sender.wait(60) == 0, sender.log
+
+
+def test_a_receiver_without_ask_digest_gets_the_digest_after_the_data(tmp_path: Path) -> None:
+    """A receiver from before the option: the sender behaves exactly as it did then."""
+    scans = tmp_path / "scans"
+    big = write_big_scan(scans / "volume.npy", 9)
+    receiver = ScriptedReceiver()
+    sender = send_once_in_background(sender_config(tmp_path / "s.yaml", receiver.port, scans))
+    sock, conn = receiver.accept(ask_digest=False)
+    assert not conn.can_ask_digest
+    offer = next_event(sock, conn)
+    assert isinstance(offer, p.Offer) and offer.digest == p.DEFERRED_DIGEST
+    sock.sendall(conn.send(p.Ready(offer.file_id, 0)))
+    assert payload_of(sock, conn) == big.read_bytes()
+    expected = xxhash.xxh3_128_digest(big.read_bytes())
+    assert next_event(sock, conn) == p.Digest(offer.file_id, expected)
+    sock.sendall(conn.send(p.Ack(offer.file_id, p.Outcome.DUPLICATE, "volume.npy")))
+    assert isinstance(next_event(sock, conn), p.Bye)
+    sock.close()
+    assert sender.wait(60) == 0, sender.log

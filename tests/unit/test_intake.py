@@ -37,18 +37,31 @@ def digest(data: bytes) -> bytes:
 class Wire:
     """A sender endpoint joined in memory to an `Intake`, through the receiver's parser."""
 
-    def __init__(self, config: ReceiverConfig, store: Store, hooks: list[AfterStore]) -> None:
+    def __init__(
+        self,
+        config: ReceiverConfig,
+        store: Store,
+        hooks: list[AfterStore],
+        options: dict[str, bytes] | None = None,
+    ) -> None:
         self.sender = p.Connection(p.Role.SENDER)
         self.receiver = p.Connection(p.Role.RECEIVER, config.window)
-        self._handshake(config.window)
+        self._handshake(config.window, options or {})
         self.outbox = bytearray()
         services = Services(store, Stats(), Gate(config), after_store=tuple(hooks))
         self.stats = services.stats
-        self.intake = Intake("127.0.0.1:4000", SENDER, config, services, self._reply)
+        self.intake = Intake(
+            "127.0.0.1:4000",
+            SENDER,
+            config,
+            services,
+            self._reply,
+            ask_digests=self.receiver.can_ask_digest,
+        )
 
-    def _handshake(self, window: int) -> None:
+    def _handshake(self, window: int, options: dict[str, bytes]) -> None:
         """Both ends to OPEN; the key proofs are the gate's business, not tested here."""
-        self.receiver.receive_data(self.sender.send(p.Hello(SENDER)))
+        self.receiver.receive_data(self.sender.send(p.Hello(SENDER, options=options)))
         hello = self.receiver.next_event()
         assert isinstance(hello, p.Hello)
         self.sender.receive_data(self.receiver.send(p.Challenge(1, b"r" * p.NONCE_SIZE)))
@@ -114,11 +127,16 @@ class Harness:
         self.received: list[ReceivedFile] = []
         self.store: Store | None = None
 
-    def wire(self, hooks: list[AfterStore] | None = None, **settings: str) -> Wire:
+    def wire(
+        self,
+        hooks: list[AfterStore] | None = None,
+        options: dict[str, bytes] | None = None,
+        **settings: str,
+    ) -> Wire:
         config = receiver_config(self.tmp_path, **settings)
         limits = StoreLimits(config.max_path_length, config.max_path_depth)
         self.store = Store(config.incoming_dir, config.partial_dir, limits)
-        return Wire(config, self.store, [*(hooks or []), self.received.append])
+        return Wire(config, self.store, [*(hooks or []), self.received.append], options)
 
     @property
     def incoming(self) -> Path:
@@ -258,3 +276,132 @@ def test_a_failing_hook_neither_loses_nor_unacknowledges_the_file(
     [failure, _] = [r for r in caplog.records if "after-store hook" in r.message]
     assert "broken failed on scan.npy; the file stays stored" in failure.message
     assert failure.exc_info is not None
+
+
+# -- a deferred digest asked for before any data (ASK_DIGEST) ---------------------------------
+
+ASK = {p.ASK_DIGEST_OPTION: p.ASK_DIGEST_ON}
+
+
+def deferred(file_id: int, data: bytes, path: str = "scan.npy") -> p.Offer:
+    return p.Offer(file_id, path, len(data), MTIME_NS, p.DEFERRED_DIGEST)
+
+
+def store_deferred(wire: Wire, file_id: int, data: bytes, path: str = "scan.npy") -> p.Event:
+    """A deferred-digest file sent whole to an empty path, as today: its ACK."""
+    assert wire.send(deferred(file_id, data, path)) == [p.Ready(file_id, 0)]
+    assert wire.send(p.DataHeader(file_id, 0, len(data)), data) == []
+    [answer] = wire.send(p.Digest(file_id, digest(data)))
+    return answer
+
+
+def leave_whole_partial(harness: Harness, data: bytes) -> None:
+    """A connection that carried every byte of a deferred file and ended before its DIGEST."""
+    first = harness.wire(options=ASK)
+    assert first.send(deferred(1, data)) == [p.Ready(1, 0)]
+    assert first.send(p.DataHeader(1, 0, len(data)), data) == []
+    first.intake.finish()
+    assert [name for name in harness.partials() if name.endswith(".part")]
+    assert list(harness.incoming.iterdir()) == []
+
+
+def test_a_stored_file_offered_with_a_deferred_digest_is_a_duplicate_without_its_bytes(
+    harness: Harness,
+) -> None:
+    wire = harness.wire(options=ASK)
+    assert store_deferred(wire, 1, PAYLOAD) == p.Ack(1, p.Outcome.STORED, "scan.npy")
+    harness.received.clear()
+    # Offered again, as by a sender killed before it recorded the ACK: the digest first.
+    assert wire.send(deferred(2, PAYLOAD)) == [p.AskDigest(2)]
+    assert wire.send(p.Digest(2, digest(PAYLOAD))) == [p.Ack(2, p.Outcome.DUPLICATE, "scan.npy")]
+    assert [path.name for path in harness.incoming.iterdir()] == ["scan.npy"]
+    assert harness.partials() == []
+    assert harness.received == []
+
+
+def test_another_file_of_the_same_size_is_asked_for_then_sent_and_kept_beside(
+    harness: Harness,
+) -> None:
+    wire = harness.wire(options=ASK)
+    store_deferred(wire, 1, PAYLOAD)
+    other = PAYLOAD[::-1]
+    assert wire.send(deferred(2, other)) == [p.AskDigest(2)]
+    assert wire.send(p.Digest(2, digest(other))) == [p.Ready(2, 0)]
+    # The digest came first: the answer follows the payload, with no DIGEST after it.
+    answers = wire.send(p.DataHeader(2, 0, len(other)), other)
+    assert answers == [p.Ack(2, p.Outcome.KEPT_BESIDE, "scan~1.npy")]
+    assert (harness.incoming / "scan~1.npy").read_bytes() == other
+    assert harness.received[-1].digest == digest(other)
+
+
+def test_a_file_of_another_size_is_not_asked_for(harness: Harness) -> None:
+    wire = harness.wire(options=ASK)
+    store_deferred(wire, 1, PAYLOAD)
+    assert wire.send(deferred(2, PAYLOAD + b"!")) == [p.Ready(2, 0)]
+
+
+def test_a_whole_partial_is_stored_without_its_bytes_once_its_digest_matches(
+    harness: Harness,
+) -> None:
+    leave_whole_partial(harness, PAYLOAD)
+    wire = harness.wire(options=ASK)
+    assert wire.send(deferred(2, PAYLOAD)) == [p.AskDigest(2)]
+    # Checked: READY at its end, so the DATA that completes the file carries no byte.
+    assert wire.send(p.Digest(2, digest(PAYLOAD))) == [p.Ready(2, len(PAYLOAD))]
+    answers = wire.send(p.DataHeader(2, len(PAYLOAD), 0))
+    assert answers == [p.Ack(2, p.Outcome.STORED, "scan.npy")]
+    stored = harness.incoming / "scan.npy"
+    assert stored.read_bytes() == PAYLOAD and stored.stat().st_mtime_ns == MTIME_NS
+    assert harness.partials() == []
+    assert [(r.name, r.digest) for r in harness.received] == [("scan.npy", digest(PAYLOAD))]
+    assert (wire.stats.files, wire.stats.bytes) == (1, 0)  # not a byte came on this connection
+
+
+def test_a_whole_partial_that_does_not_match_the_digest_is_dropped_and_sent_again(
+    harness: Harness,
+) -> None:
+    leave_whole_partial(harness, PAYLOAD)
+    damaged = PAYLOAD[:-1] + b"!"  # held bytes damaged, the same version offered
+    wire = harness.wire(options=ASK)
+    assert wire.send(deferred(2, damaged)) == [p.AskDigest(2)]
+    assert wire.send(p.Digest(2, digest(damaged))) == [p.Ready(2, 0)]
+    answers = wire.send(p.DataHeader(2, 0, len(damaged)), damaged)
+    assert answers == [p.Ack(2, p.Outcome.STORED, "scan.npy")]
+    assert (harness.incoming / "scan.npy").read_bytes() == damaged
+    assert harness.partials() == []
+
+
+def test_a_part_held_still_resumes_at_its_offset_without_a_question(harness: Harness) -> None:
+    first = harness.wire(options=ASK)
+    assert first.send(deferred(1, PAYLOAD)) == [p.Ready(1, 0)]
+    half = len(PAYLOAD) // 2
+    first.receiver.receive_data(first.sender.send(p.DataHeader(1, 0, len(PAYLOAD))))
+    first.receiver.receive_data(PAYLOAD[:half])
+    while (event := first.receiver.next_event()) is not p.NEED_DATA:
+        first.intake.on_event(event)
+    first.intake.finish()  # cut mid-payload
+    wire = harness.wire(options=ASK)
+    assert wire.send(deferred(2, PAYLOAD)) == [p.Ready(2, half)]
+    assert wire.send(p.DataHeader(2, half, len(PAYLOAD) - half), PAYLOAD[half:]) == []
+    assert wire.send(p.Digest(2, digest(PAYLOAD))) == [p.Ack(2, p.Outcome.STORED, "scan.npy")]
+    assert (harness.incoming / "scan.npy").read_bytes() == PAYLOAD
+
+
+def test_a_file_withdrawn_instead_of_its_digest_takes_its_partial_along(
+    harness: Harness,
+) -> None:
+    leave_whole_partial(harness, PAYLOAD)
+    wire = harness.wire(options={**ASK, p.CANCEL_OPTION: p.CANCEL_ON})
+    assert wire.send(deferred(2, PAYLOAD)) == [p.AskDigest(2)]
+    assert wire.send(p.Cancel(2)) == []
+    assert harness.partials() == [] and list(harness.incoming.iterdir()) == []
+
+
+def test_a_sender_that_did_not_ask_gets_ready_and_sends_the_bytes_as_before(
+    harness: Harness,
+) -> None:
+    wire = harness.wire()
+    store_deferred(wire, 1, PAYLOAD)
+    assert wire.send(deferred(2, PAYLOAD)) == [p.Ready(2, 0)]
+    assert wire.send(p.DataHeader(2, 0, len(PAYLOAD)), PAYLOAD) == []
+    assert wire.send(p.Digest(2, digest(PAYLOAD))) == [p.Ack(2, p.Outcome.DUPLICATE, "scan.npy")]

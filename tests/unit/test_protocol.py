@@ -482,3 +482,152 @@ def test_only_a_sender_cancels() -> None:
     sender.receive_data(p.encode(p.Cancel(1)))
     with pytest.raises(p.RemoteProtocolError, match="sender cannot receive Cancel"):
         drain(sender)
+
+
+# -- ASK_DIGEST ----------------------------------------------------------------------------
+
+ASK = {p.ASK_DIGEST_OPTION: p.ASK_DIGEST_ON}
+BOTH = {**CANCEL, **ASK}
+
+
+def deferred_offered(options: dict[str, bytes] | None) -> tuple[p.Connection, p.Connection]:
+    """File 1 (3 bytes) offered with a deferred digest and seen by the receiver."""
+    sender, receiver = open_pair(options=options)
+    receiver.receive_data(sender.send(p.Offer(1, "big.npy", 3, 0, p.DEFERRED_DIGEST)))
+    assert drain(receiver) == [p.Offer(1, "big.npy", 3, 0, p.DEFERRED_DIGEST)]
+    return sender, receiver
+
+
+def asked(options: dict[str, bytes] = BOTH) -> tuple[p.Connection, p.Connection]:
+    """File 1 in state DIGEST_ASKED on both ends."""
+    sender, receiver = deferred_offered(options)
+    sender.receive_data(receiver.send(p.AskDigest(1)))
+    assert drain(sender) == [p.AskDigest(1)]
+    assert sender.files[1].state is receiver.files[1].state is p.FileState.DIGEST_ASKED
+    return sender, receiver
+
+
+def digest_told() -> tuple[p.Connection, p.Connection]:
+    """File 1's digest sent at the receiver's request: OFFERED again, the digest known."""
+    sender, receiver = asked()
+    receiver.receive_data(sender.send(p.Digest(1, DIGEST)))
+    assert drain(receiver) == [p.Digest(1, DIGEST)]
+    assert table(sender) == table(receiver) == {1: (p.FileState.OFFERED, False)}
+    return sender, receiver
+
+
+def test_ask_digest_is_negotiated_like_cancel_and_independently_of_it() -> None:
+    assert p.welcome_options(p.Hello("h", options=ASK)) == ASK
+    assert p.welcome_options(p.Hello("h", options=BOTH)) == BOTH
+    assert p.welcome_options(p.Hello("h", options={p.ASK_DIGEST_OPTION: b"\x02"})) == {}
+    for hello, welcome, negotiated in [
+        (ASK, None, True),
+        (ASK, {}, False),  # an old receiver: no echo
+        ({}, ASK, False),  # an echo nobody asked for
+        (CANCEL, None, False),
+    ]:
+        sender, receiver = open_pair(options=hello, echo=welcome)
+        assert sender.can_ask_digest is receiver.can_ask_digest is negotiated, (hello, welcome)
+    sender, _ = open_pair(options=ASK)
+    assert not sender.can_cancel
+
+
+def test_an_ask_digest_frame_is_its_file_id_alone() -> None:
+    assert p.encode(p.AskDigest(9)) == bytes.fromhex("17 00000004 00000009")
+    assert p.decode_body(p.FrameType.ASK_DIGEST, bytes.fromhex("00000009")) == p.AskDigest(9)
+    with pytest.raises(p.RemoteProtocolError, match="trailing bytes"):
+        p.decode_body(p.FrameType.ASK_DIGEST, b"\x00\x00\x00\x09\x00")
+
+
+def test_a_digest_told_before_the_data_lets_the_receiver_answer_duplicate() -> None:
+    sender, receiver = digest_told()
+    sender.receive_data(receiver.send(p.Ack(1, p.Outcome.DUPLICATE, "big.npy")))
+    assert drain(sender) == [p.Ack(1, p.Outcome.DUPLICATE, "big.npy")]
+    assert not sender.files and not receiver.files
+
+
+def test_after_an_early_digest_the_payload_is_answered_without_another_digest() -> None:
+    sender, receiver = digest_told()
+    sender.receive_data(receiver.send(p.Ready(1, 1)))
+    assert drain(sender) == [p.Ready(1, 1)]
+    receiver.receive_data(sender.send(p.DataHeader(1, 1, 2)) + b"bc")
+    assert [type(e) for e in drain(receiver)] == [p.DataHeader, p.DataChunk, p.DataEnd]
+    # Its answer is due now: the digest came first, so none follows the payload.
+    with pytest.raises(p.LocalProtocolError, match="whose offer carried its digest"):
+        sender.send(p.Digest(1, DIGEST))
+    with pytest.raises(p.LocalProtocolError, match="while it is sent"):
+        sender.send(p.Cancel(1))
+    sender.receive_data(receiver.send(p.Ack(1, p.Outcome.STORED, "big.npy")))
+    assert drain(sender) == [p.Ack(1, p.Outcome.STORED, "big.npy")]
+
+
+def test_a_file_whose_digest_was_asked_for_can_be_withdrawn() -> None:
+    sender, receiver = asked()
+    receiver.receive_data(sender.send(p.Cancel(1)))
+    assert drain(receiver) == [p.Cancel(1)]
+    assert not sender.files and not receiver.files
+
+
+def test_while_the_digest_is_asked_for_nothing_else_may_come_for_the_file() -> None:
+    for answer in (
+        p.Ready(1, 0),
+        p.Ack(1, p.Outcome.DUPLICATE, "big.npy"),
+        p.Nack(1, p.NackReason.BUSY, True, "busy"),
+        p.AskDigest(1),
+    ):
+        sender, receiver = asked()
+        with pytest.raises(p.LocalProtocolError, match="while it is digest asked"):
+            receiver.send(answer)
+        sender.receive_data(p.encode(answer))
+        with pytest.raises(p.RemoteProtocolError, match="while it is digest asked"):
+            drain(sender)
+    sender, receiver = asked()
+    with pytest.raises(p.LocalProtocolError, match="defers it again"):
+        sender.send(p.Digest(1, p.DEFERRED_DIGEST))
+
+
+def _asked_without_negotiation() -> tuple[p.Connection, p.Connection]:
+    return deferred_offered(CANCEL)
+
+
+def _asked_for_an_offer_with_its_digest() -> tuple[p.Connection, p.Connection]:
+    sender, receiver = open_pair(options=BOTH)
+    receiver.receive_data(sender.send(p.Offer(1, "small.npy", 3, 0, DIGEST)))
+    drain(receiver)
+    return sender, receiver
+
+
+def _asked_when_ready() -> tuple[p.Connection, p.Connection]:
+    sender, receiver = deferred_offered(BOTH)
+    sender.receive_data(receiver.send(p.Ready(1, 0)))
+    drain(sender)
+    return sender, receiver
+
+
+@pytest.mark.parametrize(
+    ("situation", "message"),
+    [
+        (_asked_without_negotiation, "did not negotiate"),
+        (_asked_for_an_offer_with_its_digest, "whose offer carried its digest"),
+        (_asked_when_ready, "while it is ready"),
+        (lambda: open_pair(options=BOTH), "unknown file id 1"),
+    ],
+    ids=["not-negotiated", "digest-in-offer", "ready", "unknown"],
+)
+def test_ask_digest_anywhere_else_is_a_protocol_error_on_both_ends(
+    situation: Callable[[], tuple[p.Connection, p.Connection]], message: str
+) -> None:
+    sender, receiver = situation()
+    before = table(receiver)
+    with pytest.raises(p.LocalProtocolError, match=message):
+        receiver.send(p.AskDigest(1))
+    assert table(receiver) == before
+    sender.receive_data(p.encode(p.AskDigest(1)))
+    with pytest.raises(p.RemoteProtocolError, match=message):
+        drain(sender)
+
+
+def test_only_a_receiver_asks_for_a_digest() -> None:
+    sender, _ = deferred_offered(BOTH)
+    with pytest.raises(p.LocalProtocolError, match="sender cannot send AskDigest"):
+        sender.send(p.AskDigest(1))

@@ -26,6 +26,9 @@ from scanxfer.protocol.states import (
 )
 from tests.unit.test_protocol import CANCEL, drain, open_pair
 
+# Both extensions, so that every row of the file table can be reached.
+EXTENSIONS = {**CANCEL, p.ASK_DIGEST_OPTION: p.ASK_DIGEST_ON}
+
 SPEC = Path(__file__).parents[2] / "docs" / "protocol.md"
 ROLE_WORDS = {
     "sender": {p.Role.SENDER},
@@ -171,10 +174,10 @@ def test_every_state_and_event_has_a_row() -> None:
 
 SIZE = 3
 SAMPLES: dict[p.FrameType, p.Event] = {
-    p.FrameType.HELLO: p.Hello("h", options=CANCEL),
+    p.FrameType.HELLO: p.Hello("h", options=EXTENSIONS),
     p.FrameType.CHALLENGE: p.Challenge(p.PROTOCOL_VERSION, b"r" * p.NONCE_SIZE),
     p.FrameType.AUTHENTICATE: p.Authenticate(b"s" * p.NONCE_SIZE, b"p" * p.PROOF_SIZE),
-    p.FrameType.WELCOME: p.Welcome("pi", 8, b"w" * p.PROOF_SIZE, options=CANCEL),
+    p.FrameType.WELCOME: p.Welcome("pi", 8, b"w" * p.PROOF_SIZE, options=EXTENSIONS),
     p.FrameType.BYE: p.Bye(),
     p.FrameType.ERROR: p.Error(p.ErrorCode.SHUTTING_DOWN, "stop"),
     p.FrameType.OFFER: p.Offer(1, "f.npy", SIZE, 0, p.DEFERRED_DIGEST),
@@ -182,6 +185,7 @@ SAMPLES: dict[p.FrameType, p.Event] = {
     p.FrameType.DATA: p.DataHeader(1, 0, SIZE),
     p.FrameType.DIGEST: p.Digest(1, bytes(range(16))),
     p.FrameType.CANCEL: p.Cancel(1),
+    p.FrameType.ASK_DIGEST: p.AskDigest(1),
     p.FrameType.ACK: p.Ack(1, p.Outcome.STORED, "f.npy"),
     p.FrameType.NACK: p.Nack(1, p.NackReason.BUSY, True, "busy"),
 }
@@ -242,12 +246,15 @@ def test_a_frame_without_a_row_in_the_connection_table_is_refused(
 
 
 def in_state(state: FileState) -> dict[p.Role, p.Connection]:
-    """Both ends with file 1 (deferred digest, cancel negotiated) in `state`; STREAMING is only
-    ever seen inside a payload, where no frame can come."""
-    sender, receiver = open_pair(options=CANCEL)
+    """Both ends with file 1 (deferred digest, both extensions negotiated) in `state`;
+    STREAMING is only ever seen inside a payload, where no frame can come."""
+    sender, receiver = open_pair(options=EXTENSIONS)
     receiver.receive_data(sender.send(SAMPLES[p.FrameType.OFFER]))
     drain(receiver)
-    if state is not FileState.OFFERED:
+    if state is FileState.DIGEST_ASKED:
+        sender.receive_data(receiver.send(SAMPLES[p.FrameType.ASK_DIGEST]))
+        drain(sender)
+    elif state is not FileState.OFFERED:
         sender.receive_data(receiver.send(SAMPLES[p.FrameType.READY]))
         drain(sender)
     if state is FileState.SENT:
@@ -260,7 +267,7 @@ def in_state(state: FileState) -> dict[p.Role, p.Connection]:
 def file_step(frame: p.FrameType) -> FileEvent:
     event = SAMPLES[frame]
     assert isinstance(
-        event, p.Offer | p.Ready | p.DataHeader | p.Digest | p.Cancel | p.Ack | p.Nack
+        event, p.Offer | p.Ready | p.DataHeader | p.Digest | p.Cancel | p.AskDigest | p.Ack | p.Nack
     )
     return file_event(event)
 
@@ -271,13 +278,14 @@ FILE_FRAMES = [
     p.FrameType.DATA,
     p.FrameType.DIGEST,
     p.FrameType.CANCEL,
+    p.FrameType.ASK_DIGEST,
     p.FrameType.ACK,
     p.FrameType.NACK,
 ]
 # Every frame about a file, in each state a frame can find it in, that the table has no row for.
 MISPLACED = [
     (state, frame)
-    for state in (FileState.OFFERED, FileState.READY, FileState.SENT)
+    for state in (FileState.OFFERED, FileState.DIGEST_ASKED, FileState.READY, FileState.SENT)
     for frame in FILE_FRAMES
     if (state, file_step(frame), sender_of(frame)) not in FILE_TRANSITIONS
 ]
@@ -300,5 +308,10 @@ def test_a_frame_without_a_row_in_the_file_table_is_refused_on_both_ends(
 
 
 def test_the_refusals_above_cover_every_state_a_frame_can_find_a_file_in() -> None:
-    assert {state for state, _ in MISPLACED} == {FileState.OFFERED, FileState.READY, FileState.SENT}
+    assert {state for state, _ in MISPLACED} == {
+        FileState.OFFERED,
+        FileState.DIGEST_ASKED,
+        FileState.READY,
+        FileState.SENT,
+    }
     assert {frame for _, frame in MISPLACED} >= {p.FrameType.OFFER, p.FrameType.DATA}
