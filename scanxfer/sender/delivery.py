@@ -379,6 +379,8 @@ class Delivery:
     def _connect(self) -> bool:
         try:
             self.transport = self.kind.open(self.config, self.pulse)
+        except Stopped:
+            return False  # asked to stop while connecting: no failure, no retry
         except AuthenticationFailed as error:
             self._not_recognised(str(error))
             return False

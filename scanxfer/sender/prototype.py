@@ -23,7 +23,16 @@ from .. import protocol as p
 from ..config import SenderConfig
 from ..protocol.prototype import encode_length
 from .job import FileChanged, FileJob
-from .transport import Answer, ConnectionLost, Pulse, TransportKind, send_in_slices, where
+from .transport import (
+    CHECK_SECONDS,
+    Answer,
+    ConnectionLost,
+    Pulse,
+    TransportKind,
+    connect,
+    send_in_slices,
+    where,
+)
 
 log = logging.getLogger("scanxfer.sender")
 
@@ -85,14 +94,7 @@ class PrototypeTransport:
             self._await_close(sock, job)
 
     def _connect(self) -> socket.socket:
-        address = (self.config.receiver.host, self.config.receiver.port)
-        try:
-            sock = socket.create_connection(address, timeout=self.config.connect_timeout)
-        except OSError as error:
-            raise ConnectionLost(f"cannot connect to {where(self.config)}: {error}") from error
-        # A send, sendfile or recv that makes no progress this long is a stall.
-        sock.settimeout(self.config.stall_timeout)
-        return sock
+        return connect(self.config, self.alive)
 
     def _stream(self, sock: socket.socket, job: FileJob) -> None:
         try:
@@ -112,12 +114,13 @@ class PrototypeTransport:
         """
         deadline = time.monotonic() + self.config.stall_timeout
         while (remaining := deadline - time.monotonic()) > 0:
-            sock.settimeout(remaining)
+            sock.settimeout(min(remaining, CHECK_SECONDS))
             try:
                 if not sock.recv(RECV_CHUNK):
                     return
             except TimeoutError:
-                break
+                self.alive()  # a stop request ends the wait
+                continue
             except OSError as error:
                 raise ConnectionLost(
                     f"{where(self.config)} reset the connection after {job.relpath} was sent "

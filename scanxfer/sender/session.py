@@ -31,7 +31,9 @@ from .transport import (
     Pulse,
     TransportKind,
     Withdrawn,
+    connect,
     send_in_slices,
+    tls_handshake,
     where,
 )
 
@@ -53,7 +55,7 @@ class Session:
         if config.key is None:
             raise AuthenticationFailed(NOT_PAIRED)
         self.config, self.alive = config, alive or Pulse()
-        self.sock, self.channel = _connect(config)
+        self.sock, self.channel = _connect(config, self.alive)
         self.stall_timeout = config.stall_timeout
         self.conn = p.Connection(p.Role.SENDER)
         self.offered: dict[int, FileJob] = {}  # by file id, until answered
@@ -70,7 +72,7 @@ class Session:
         self.last_heard = time.monotonic()
         try:
             self._handshake()
-        except ConnectionLost:
+        except ConnectionLost:  # Stopped too
             self.sock.close()
             raise
 
@@ -78,6 +80,7 @@ class Session:
         self._flush()
         deadline = time.monotonic() + self.stall_timeout
         while self.conn.state is p.ConnState.HANDSHAKE:
+            self.alive()  # a stop request ends the wait for the receiver's answer
             if time.monotonic() > deadline:
                 raise ConnectionLost("the receiver did not answer the handshake")
             try:
@@ -335,26 +338,18 @@ PAIR_HINT = "on the receiver `sudo scanxfer keys add NAME`, then here `scanxfer 
 NOT_PAIRED = f"this sender has no key yet: {PAIR_HINT}"
 
 
-def _connect(config: SenderConfig) -> tuple[socket.socket, bytes]:
+def _connect(config: SenderConfig, pulse: Pulse) -> tuple[socket.socket, bytes]:
     """A connection to the receiver, TLS-secured and pinned unless tls is false.
 
     Returns the socket and the channel the proofs are bound to (the pinned certificate).
     """
-    address = (config.receiver.host, config.receiver.port)
-    try:
-        sock = socket.create_connection(address, timeout=config.connect_timeout)
-    except OSError as error:
-        raise ConnectionLost(f"cannot connect to {where(config)}: {error}") from error
-    # A send that makes no progress this long is a stall.
     if not config.tls:
-        sock.settimeout(config.stall_timeout)
-        return sock, b""
+        return connect(config, pulse), b""
     if config.fingerprint is None:
-        sock.close()
         raise AuthenticationFailed(f"no receiver fingerprint to check TLS against: {PAIR_HINT}")
-    sock.settimeout(config.stall_timeout)
+    sock = connect(config, pulse)
     try:
-        secured = client_context().wrap_socket(sock)
+        secured = tls_handshake(sock, client_context(), pulse)
     except TimeoutError as error:
         sock.close()
         raise ConnectionLost(f"{where(config)} did not answer the handshake (TLS)") from error

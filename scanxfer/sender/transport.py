@@ -11,6 +11,7 @@ retries, journal and hand-off then work for it unchanged.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import socket
@@ -20,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .. import protocol as p
 from ..config import SenderConfig
@@ -151,6 +152,89 @@ class Pulse:
         if (delay := self.pacer.delay(count, time.monotonic())) > 0:
             self.stop.wait(delay)
         self()
+
+
+# How often a connection attempt looks up from its wait, to notice a stop request.
+CHECK_SECONDS = 0.2
+
+
+def connect(config: SenderConfig, pulse: Pulse) -> socket.socket:
+    """A TCP connection to the receiver, given up after connect_timeout or on a stop request.
+
+    A blocking connect to an address that drops packets would hold a Ctrl-C for the whole
+    connect_timeout: this one waits in short steps and checks in with the pulse between them.
+    Each address the name resolves to is tried in turn, as socket.create_connection does.
+    """
+    host, port = config.receiver.host, config.receiver.port
+    deadline = time.monotonic() + config.connect_timeout
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as error:
+        raise ConnectionLost(f"cannot connect to {where(config)}: {error}") from error
+    failure: OSError | None = None
+    for family, kind, proto, _, address in addresses:
+        try:
+            sock = _connect_to(socket.socket(family, kind, proto), address, deadline, pulse)
+        except OSError as error:
+            failure = error
+            continue
+        # A send, sendfile or recv that makes no progress this long is a stall.
+        sock.settimeout(config.stall_timeout)
+        return sock
+    raise ConnectionLost(f"cannot connect to {where(config)}: {failure}") from failure
+
+
+def _connect_to(
+    sock: socket.socket, address: tuple[Any, ...], deadline: float, pulse: Pulse
+) -> socket.socket:
+    try:
+        sock.setblocking(False)
+        if (code := sock.connect_ex(address)) not in (0, errno.EINPROGRESS):
+            raise OSError(code, os.strerror(code))
+        while not select.select([], [sock], [], CHECK_SECONDS)[1]:
+            pulse()
+            if time.monotonic() > deadline:
+                raise TimeoutError("timed out")
+        if code := sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            raise OSError(code, os.strerror(code))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def tls_handshake(sock: socket.socket, context: ssl.SSLContext, pulse: Pulse) -> ssl.SSLSocket:
+    """The TLS handshake in short waits, checking in with the pulse between them.
+
+    Raises TimeoutError after the socket's timeout (stall_timeout) without progress.
+    """
+    timeout = sock.gettimeout()
+    secured = context.wrap_socket(sock, do_handshake_on_connect=False)
+    secured.setblocking(False)
+    try:
+        _handshake_in_steps(secured, time.monotonic() + (timeout or 0), timeout is None, pulse)
+    except BaseException:
+        secured.close()  # the socket it wrapped is closed with it
+        raise
+    secured.settimeout(timeout)
+    return secured
+
+
+def _handshake_in_steps(
+    secured: ssl.SSLSocket, deadline: float, patient: bool, pulse: Pulse
+) -> None:
+    while True:
+        try:
+            secured.do_handshake()
+            return
+        except ssl.SSLWantReadError:
+            ready = select.select([secured], [], [], CHECK_SECONDS)[0]
+        except ssl.SSLWantWriteError:
+            ready = select.select([], [secured], [], CHECK_SECONDS)[1]
+        if not ready:
+            pulse()
+            if not patient and time.monotonic() > deadline:
+                raise TimeoutError("the TLS handshake made no progress")
 
 
 # Opens a transport to the configured receiver; its `Pulse` is called during long waits and
