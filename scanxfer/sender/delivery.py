@@ -312,6 +312,8 @@ class Delivery:
             job = self.pending.popleft()
             del self.queued[job.relpath]
             if self._prepare(job):
+                job.offered_at = time.monotonic()
+                log.debug("offering %s (%s)", job.relpath, human_size(job.size))
                 transport.offer(job)
                 self.offered[job.relpath] = job
         for job, answer in transport.step(wait=0.2):
@@ -433,6 +435,8 @@ class Delivery:
         self._connection_failed(str(error))
 
     def _answered(self, job: FileJob, answer: Answer) -> None:
+        elapsed = time.monotonic() - job.offered_at
+        log.debug("%s: %s %.3f s after its offer", job.relpath, _describe(answer), elapsed)
         self.last_activity = self.clock.now()
         job.release()
         self.offered.pop(job.relpath, None)
@@ -549,3 +553,12 @@ _JOURNAL_OUTCOMES = {
 
 def _idle() -> None:
     """No watchdog to tell (send --once, tests)."""
+
+
+def _describe(answer: Answer) -> str:
+    """An answer as -v shows it: ACK STORED, NACK NO_SPACE, withdrawn."""
+    if isinstance(answer, p.Ack):
+        return f"ACK {answer.outcome.name}"
+    if isinstance(answer, p.Nack):
+        return f"NACK {answer.reason.name}"
+    return "withdrawn"

@@ -50,6 +50,7 @@ class FileJob:
     known_digest: bytes | None = None
     sent_digest: bytes | None = None  # of the bytes streamed, for a deferred digest
     attempts: int = 0
+    offered_at: float = 0.0  # time.monotonic() when it was offered, for -v's timings
     started: float = 0.0
     handle: BinaryIO | None = None
 

@@ -3,6 +3,7 @@ use, and `install-user-unit --watch DIR` on a fresh account."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,30 @@ def test_install_user_unit_creates_the_watch_folder_it_is_given(tmp_path: Path) 
     assert f"created the watch folder {home / 'scans'}" in result.stderr
     unit = home / ".config" / "systemd" / "user" / "scanxfer-sender.service"
     assert "SyslogIdentifier=scanxfer-sender" in unit.read_text()
+
+
+def test_verbose_names_the_settings_and_times_each_offer(
+    tmp_path: Path, receiver: ReceiverProcess
+) -> None:
+    scans = tmp_path / "scans"
+    write_scan(scans / "a.npy", (8, 8), 1)
+    config = sender_config(tmp_path / "sender.yaml", receiver.port, scans)
+    result = subprocess.run(
+        [sys.executable, "-m", "scanxfer", "-v", "send", "--once", "-c", str(config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"debug: reading settings from {config}" in result.stderr
+    assert "debug: offering a.npy (" in result.stderr
+    assert re.search(r"debug: a\.npy: ACK STORED \d+\.\d{3} s after its offer", result.stderr)
+    quiet = subprocess.run(
+        [sys.executable, "-m", "scanxfer", "send", "--once", "-c", str(config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert quiet.returncode == 0 and "debug:" not in quiet.stderr
