@@ -135,8 +135,7 @@ def _run_once(
         if readiness.ready:
             delivery.add(relpath.as_posix())
         elif readiness.condition is Condition.UNREADABLE:
-            log.error("cannot send %s: %s", relpath, readiness.reason)
-            delivery.failed.append((relpath.as_posix(), readiness.reason))
+            delivery.unreadable(relpath.as_posix(), readiness)
         elif readiness.condition is not Condition.GONE:
             log.warning("skipping %s: %s", relpath, readiness.reason)
             delivery.skipped.append((relpath.as_posix(), readiness.reason))
@@ -252,6 +251,8 @@ def _watch_and_deliver(
             while (relpath := watcher.get(timeout=wait)) is not None:
                 delivery.add(relpath.as_posix())
                 wait = 0.0
+            for relpath, readiness in watcher.unreadable():
+                delivery.unreadable(relpath.as_posix(), readiness)
             delivery.step()
             status.update()
             notifier.watchdog()

@@ -32,7 +32,7 @@ from typing import Protocol
 from .. import protocol as p
 from ..config import SenderConfig
 from ..sizes import human_size, rate
-from ..watcher import Condition, Version, assess
+from ..watcher import Condition, Readiness, Version, assess
 from .handoff import after_delivery
 from .job import FileChanged, FileJob, NotReady
 from .ledger import Ledger, Outcome, Verdict
@@ -247,6 +247,22 @@ class Delivery:
         self.progress.files_total += 1
         self.progress.bytes_total += version.size
 
+    def unreadable(self, relpath: str, readiness: Readiness) -> None:
+        """A file this user may not read: failed, with its reason, until it changes (a chmod
+        changes its ctime, and the watcher hands the new version out again)."""
+        reason = readiness.reason
+        if self.once:
+            log.error("cannot send %s: %s", relpath, reason)
+            self.failed.append((relpath, reason))
+        if readiness.version is None or relpath in self.queued:
+            return
+        verdict = self.ledger.observe(relpath, readiness.version)
+        if verdict in (Verdict.ALREADY_DELIVERED, Verdict.FAILED_BEFORE):
+            return
+        if not self.once:
+            log.warning("cannot send %s: %s; it is sent once it may be read", relpath, reason)
+        self.ledger.refused(relpath, reason, final=True)
+
     def _enqueue(self, job: FileJob, *, front: bool = False) -> None:
         if job.relpath in self.queued:
             return  # a newer version of it arrived meanwhile and is queued already
@@ -346,7 +362,7 @@ class Delivery:
         """Take a file out of this run's queue: it is not the complete file it was."""
         if unreadable:
             log.warning("cannot send %s: %s", job.relpath, reason)
-            self.ledger.forget(job.relpath)
+            self.ledger.refused(job.relpath, reason, final=True)  # until it changes
             if self.once:
                 self.failed.append((job.relpath, reason))
         elif self.reconsider is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -60,7 +61,9 @@ class CompletionWatcher:
         self._root = Path(os.path.realpath(root))
         self._patterns = tuple(patterns)
         self._ignore = tuple(ignore)
-        self._policy = SettlePolicy(settle_seconds, clock)
+        # Files this user may not read: for the sender to report, from its own thread.
+        self._unreadable: queue.Queue[tuple[PurePosixPath, Readiness]] = queue.Queue()
+        self._policy = SettlePolicy(settle_seconds, clock, self._report_unreadable)
         self._clock = clock
         self._requested = method
         self._rescan_every = rescan_seconds
@@ -104,6 +107,18 @@ class CompletionWatcher:
         except queue.Empty:
             self._raise_if_failed()
             return None
+
+    def unreadable(self) -> list[tuple[PurePosixPath, Readiness]]:
+        """The files found unreadable since the last call, each with its verdict (once per
+        version: a chmod that makes one readable makes it a candidate again)."""
+        found = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                found.append(self._unreadable.get_nowait())
+        return found
+
+    def _report_unreadable(self, rel: PurePosixPath, readiness: Readiness) -> None:
+        self._unreadable.put((rel, readiness))
 
     def reconsider(self, relpath: PurePosixPath) -> None:
         """Judge ``relpath`` again once it has settled, even if its version was judged before.

@@ -44,11 +44,18 @@ class SettlePolicy:
     call it at once. It does no I/O; the judge passed to `settled` does.
     """
 
-    def __init__(self, settle_seconds: float, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        settle_seconds: float,
+        clock: Clock = time.monotonic,
+        unreadable: Callable[[PurePosixPath, Readiness], None] | None = None,
+    ) -> None:
         if settle_seconds < 0:
             raise ValueError("settle_seconds must be >= 0")
         self.settle_seconds = settle_seconds
         self._clock = clock
+        # Told of each version of a file this user may not read (default: a log line).
+        self._unreadable = unreadable or _warn_unreadable
         self._lock = threading.Lock()
         self._due: dict[PurePosixPath, float] = {}
         self._seen: dict[PurePosixPath, Version] = {}
@@ -143,7 +150,7 @@ class SettlePolicy:
         if condition is Condition.READY:
             return True
         if condition is Condition.UNREADABLE:
-            log.warning("%s %s; it is sent once the sender may read it", rel, readiness.reason)
+            self._unreadable(rel, readiness)
         else:
             log.debug("%s is %s", rel, readiness.reason)
         return False
@@ -171,3 +178,7 @@ class SettlePolicy:
 
     def _tables(self) -> tuple[dict[PurePosixPath, Any], ...]:
         return self._due, self._seen, self._evaluated
+
+
+def _warn_unreadable(rel: PurePosixPath, readiness: Readiness) -> None:
+    log.warning("%s %s; it is sent once the sender may read it", rel, readiness.reason)
