@@ -104,7 +104,8 @@ def _wait_until_stored(receiver: _Child, count: int) -> None:
 
 def main() -> int:
     shutil.rmtree(DEMO_DIR, ignore_errors=True)
-    DEMO_DIR.mkdir()
+    # The instrument's folder exists before the sender watches it: the service never makes one.
+    (DEMO_DIR / "scans").mkdir(parents=True)
     receiver = _Child(
         "receiver",
         "receive",

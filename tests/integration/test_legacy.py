@@ -277,6 +277,7 @@ def test_send_legacy_into_the_door(door: tuple[ReceiverProcess, int], tmp_path: 
 
 
 def test_send_legacy_as_a_daemon(tmp_path: Path) -> None:
+    (tmp_path / "scans").mkdir()
     prototype = PrototypeReceiver()
     config = legacy_sender_config(tmp_path / "sender.yaml", prototype.port, tmp_path / "scans")
     sender = start_scanxfer("sender", "send", "-c", str(config), "--legacy")
