@@ -6,7 +6,9 @@ pieces: `delivery` (queue, retries, journal), `transport` (the seam to the wire)
 with its two kinds `session` (the scanxfer protocol, one connection) and
 `prototype` (`send --legacy`, to an old prototype receiver), `job` (one file on
 its way), `ledger` (the journal), `handoff` (keep / move / delete after the ACK),
-`status` (`scanxfer status`), `status_file` (the daemon's account of itself that it reads).
+`status` (`scanxfer status`), `status_file` (the daemon's account of itself that it reads),
+`retry` (backoff and the clock), `run_state` (progress and the link's state), `pacing`
+(`max_rate`), `progress` (the bar).
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from ..config import ConfigError, SenderConfig
 from ..errors import ExitCode
 from ..systemd import Notifier
 from ..watcher import CompletionWatcher, Condition, assess, scan
-from .delivery import Delivery, Progress
+from .delivery import Delivery
 from .ledger import Destination, Ledger
 from .progress import ProgressBar, summary
 from .prototype import PROTOTYPE
+from .run_state import Progress
 from .session import NOT_PAIRED, SCANXFER
 from .status_file import StatusFile
 from .transport import TransportKind

@@ -17,17 +17,14 @@ wait is asked of `clock`, so the whole policy runs in tests on a virtual clock.
 
 from __future__ import annotations
 
-import enum
 import heapq
 import itertools
 import logging
-import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from .. import protocol as p
 from ..config import SenderConfig
@@ -36,6 +33,8 @@ from ..watcher import Condition, Readiness, Version, assess
 from .handoff import after_delivery
 from .job import FileChanged, FileJob, NotReady
 from .ledger import Ledger, Outcome, Verdict
+from .retry import Backoff, Clock, SystemClock
+from .run_state import Link, LinkState, Progress
 from .transport import (
     Answer,
     AuthenticationFailed,
@@ -55,127 +54,6 @@ ONCE_CONNECT_ATTEMPTS = 6
 ONCE_FILE_ATTEMPTS = 5
 # A daemon closes an idle connection after this long; the next file reconnects.
 IDLE_DISCONNECT_SECONDS = 15.0
-
-
-class Backoff:
-    """Exponential backoff with jitter, so many senders do not retry in lockstep."""
-
-    def __init__(self, initial: float, maximum: float, failures: int = 0) -> None:
-        self.initial, self.maximum = initial, maximum
-        self.failures = failures
-
-    def next_delay(self) -> float:
-        # The exponent is capped: past it the delay is the maximum anyway, and 2.0**1024
-        # would overflow after a long run of refusals.
-        delay = min(self.maximum, self.initial * 2.0 ** min(self.failures, 64))
-        self.failures += 1
-        return delay * random.uniform(0.5, 1.0)
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
-class Clock(Protocol):
-    """Time as the retry policy sees it: a seam, so tests can run the policy without waiting."""
-
-    def now(self) -> float:
-        """Seconds on a monotonic clock."""
-        ...
-
-    def wait(self, stop: threading.Event, seconds: float) -> bool:
-        """Wait `seconds`, or less if `stop` is set meanwhile; return whether it is set."""
-        ...
-
-
-class SystemClock:
-    """The real monotonic clock; waiting ends early when a stop is requested."""
-
-    def now(self) -> float:
-        return time.monotonic()
-
-    def wait(self, stop: threading.Event, seconds: float) -> bool:
-        return stop.wait(seconds)
-
-
-@dataclass
-class Progress:
-    """What this run has done, for the progress bar and the final summary.
-
-    Payload bytes are counted as they go out (it is the transports' `Meter`), not only when a
-    file is acknowledged, so the bar moves through a big file.
-    """
-
-    files_total: int = 0
-    files_already_delivered: int = 0
-    bytes_total: int = 0
-    files_done: int = 0
-    bytes_done: int = 0  # the sizes of the files answered delivered
-    bytes_sent: int = 0  # payload bytes that went out in this run: the rate
-    bytes_resumed: int = 0  # bytes the receiver already held when a payload began
-    started: float = field(default_factory=time.monotonic)
-    # How much of each file not yet answered the receiver holds: resumed plus sent.
-    under_way: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def bytes_moved(self) -> int:
-        """How far along the run is: files delivered plus what is under way of the others."""
-        return min(self.bytes_total, self.bytes_done + sum(self.under_way.values()))
-
-    def resumed(self, relpath: str, offset: int) -> None:
-        self.under_way[relpath] = offset
-        self.bytes_resumed += offset
-
-    def sent(self, relpath: str, count: int) -> None:
-        self.under_way[relpath] = self.under_way.get(relpath, 0) + count
-        self.bytes_sent += count
-
-    def delivered(self, relpath: str, size: int) -> None:
-        self.under_way.pop(relpath, None)
-        self.files_done += 1
-        self.bytes_done += size
-
-    def dropped(self, relpath: str, size: int) -> None:
-        """A file leaves this run's count (not complete, withdrawn, unreadable)."""
-        self.under_way.pop(relpath, None)
-        self.files_total -= 1
-        self.bytes_total -= size
-
-
-class LinkState(enum.StrEnum):
-    """Where the way to the receiver stands, as `scanxfer status` shows it."""
-
-    IDLE = "idle"  # no connection open: nothing to send (or not tried yet)
-    CONNECTED = "connected"
-    RETRYING = "retrying"  # the last attempt to connect failed, or the connection was lost
-    PAUSED = "paused"  # connected, but the receiver has no space: waiting before offering
-
-
-@dataclass
-class Link:
-    """The connection's state, since when (epoch seconds) and the last reason it failed."""
-
-    state: LinkState = LinkState.IDLE
-    since: float = field(default_factory=time.time)
-    last_error: str | None = None
-    last_error_at: float | None = None
-    next_attempt: float | None = None  # epoch seconds, while retrying or paused
-    failures: int = 0  # in a row, since the last connection made or file acknowledged
-
-    def become(self, state: LinkState, error: str | None = None, wait: float = 0.0) -> None:
-        """Enter `state` (its `since` stays if it is the same), failing with `error` if given,
-        with the next attempt `wait` seconds from now."""
-        now = time.time()
-        if state is not self.state:
-            self.state, self.since = state, now
-        self.next_attempt = now + wait if wait else None
-        if error is not None:
-            self.last_error, self.last_error_at = error, now
-            self.failures += 1
-
-    def succeeded(self) -> None:
-        """Connected, or a file acknowledged: the run of failures is over (its error stays)."""
-        self.become(LinkState.CONNECTED)
-        self.failures = 0
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import TextIO
 
 from ..sizes import human_size, rate
 from ..systemd import stderr_is_journal
-from .delivery import Progress
+from .run_state import Progress
 
 REDRAW_SECONDS = 0.2
 CLEAR_LINE = "\r\033[K"

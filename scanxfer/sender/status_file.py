@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import atomic
-from .delivery import Delivery, LinkState
+from .delivery import Delivery
 from .ledger import Destination
+from .run_state import LinkState
 
 log = logging.getLogger("scanxfer.sender")
 

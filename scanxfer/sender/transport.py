@@ -100,7 +100,7 @@ class Transport(Protocol):
 
 
 class Meter(Protocol):
-    """Counts a payload's bytes as they go out, for the progress bar (`delivery.Progress`)."""
+    """Counts a payload's bytes as they go out, for the progress bar (`run_state.Progress`)."""
 
     def resumed(self, relpath: str, offset: int) -> None:
         """A payload of `relpath` starts at `offset`: the receiver holds the bytes before it."""

@@ -21,14 +21,10 @@ import pytest
 
 from scanxfer import protocol as p
 from scanxfer.config import SenderConfig, load_sender_config
-from scanxfer.sender.delivery import (
-    ONCE_CONNECT_ATTEMPTS,
-    ONCE_FILE_ATTEMPTS,
-    Delivery,
-    LinkState,
-)
+from scanxfer.sender.delivery import ONCE_CONNECT_ATTEMPTS, ONCE_FILE_ATTEMPTS, Delivery
 from scanxfer.sender.job import FileJob
 from scanxfer.sender.ledger import Destination, Ledger, State
+from scanxfer.sender.run_state import LinkState
 from scanxfer.sender.transport import Answer, ConnectionLost, Pulse, TransportKind
 
 INITIAL, MAXIMUM = 1.0, 4.0  # retry_initial and retry_max of every test

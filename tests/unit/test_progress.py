@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from scanxfer.sender.delivery import Progress
 from scanxfer.sender.progress import CLEAR_LINE, ProgressBar, summary
+from scanxfer.sender.run_state import Progress
 
 
 def test_the_line_shows_files_bytes_rate_and_eta() -> None:

@@ -21,9 +21,10 @@ import numpy as np
 import scanxfer
 from scanxfer.config import SenderConfig, load_sender_config
 from scanxfer.sender import status, status_file
-from scanxfer.sender.delivery import Delivery, LinkState
+from scanxfer.sender.delivery import Delivery
 from scanxfer.sender.job import FileJob
 from scanxfer.sender.ledger import Destination, Ledger
+from scanxfer.sender.run_state import LinkState
 from scanxfer.sender.session import SCANXFER
 from scanxfer.watcher import Version
 
