@@ -15,7 +15,7 @@ import logging
 import shlex
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scanxfer.config import (
     RECEIVER_CONFIG_PATH,
@@ -28,6 +28,10 @@ from scanxfer.config import (
 )
 
 from .common import TOOL_EXITS, ExitCode, Formatter, UsageError, add_verbosity, command
+
+if TYPE_CHECKING:
+    from scanxfer.keys import KeyEntry
+    from scanxfer.keys.seen import Sighting
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +89,11 @@ def _add_keys(commands: Any) -> None:
         _keys_list,
         TOOL_EXITS,
         help="list the senders' keys and the certificate fingerprint",
-        description="List every sender key issued (name, when, active or revoked) and the "
-        "fingerprint of the receiver's certificate.",
+        description="List every sender key issued (name, when, active or revoked), when and "
+        "from which address the receiver last saw each sender, and the fingerprint of the "
+        "receiver's certificate. LAST SEEN is the local time of the sender's last handshake, "
+        "or of its connection while it stays connected; a running receiver writes it down "
+        "within seconds for a new sender or address, otherwise at most every 5 minutes.",
     )
     _add_receiver_options(listing)
     revoke = command(
@@ -202,11 +209,7 @@ def _keys_list(args: argparse.Namespace) -> int:
 
     entries = keys.KeyFile(keys.keys_path(config.state_dir)).entries()
     if entries:
-        width = max(len("NAME"), *(len(entry.name) for entry in entries))
-        print(f"{'NAME':<{width}}  {'CREATED':<20}  STATUS")
-        for entry in entries:
-            status = "active" if entry.active else f"revoked {entry.revoked}"
-            print(f"{entry.name:<{width}}  {entry.created:<20}  {status}")
+        _print_key_table(entries, _sightings(config.state_dir))
     else:
         log.info("no sender keys yet; issue one with: sudo scanxfer keys add NAME")
     try:
@@ -220,6 +223,41 @@ def _keys_list(args: argparse.Namespace) -> int:
             print()  # a blank line between the table and the fingerprint
         print(f"certificate fingerprint (SHA-256): {shown}")
     return ExitCode.OK
+
+
+def _sightings(state_dir: Path) -> dict[str, Sighting]:
+    """When the receiver last saw each sender; none, with a warning, if it cannot be read."""
+    from scanxfer.keys import seen
+
+    try:
+        return seen.read_seen(seen.seen_path(state_dir))
+    except seen.SeenError as exc:
+        log.warning("%s; LAST SEEN is left blank", exc)
+        return {}
+
+
+def _print_key_table(entries: list[KeyEntry], sightings: dict[str, Sighting]) -> None:
+    rows = [
+        (
+            entry.name,
+            entry.created,
+            "active" if entry.active else f"revoked {entry.revoked}",
+            _last_seen(sightings.get(entry.name)),
+        )
+        for entry in entries
+    ]
+    header = ("NAME", "CREATED", "STATUS", "LAST SEEN")
+    widths = [max(len(row[column]) for row in (header, *rows)) for column in range(3)]
+    for row in (header, *rows):
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[3]]))
+
+
+def _last_seen(sighting: Sighting | None) -> str:
+    """'never', or the local time with its UTC offset and the address it came from."""
+    if sighting is None:
+        return "never"
+    return f"{sighting.at.astimezone():%Y-%m-%d %H:%M:%S %z} from {sighting.address}"
 
 
 def _keys_revoke(args: argparse.Namespace) -> int:

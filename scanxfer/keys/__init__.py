@@ -179,6 +179,20 @@ class Keyring:
         self.refresh()
         return {name for name, entry in self._entries.items() if entry.active}
 
+    def retired(self, name: str, key: Verifier) -> str | None:
+        """Why `key`, which `name` authenticated with, no longer counts; None if it still does.
+
+        As of the last `refresh`: the caller refreshes once for a whole round of checks.
+        """
+        entry = self._entries.get(name)
+        if entry is None:
+            return "its key was removed from keys.json"
+        if not entry.active:
+            return "its key was revoked"
+        if entry.verifier != key:
+            return "its key was replaced (keys add --replace)"
+        return None
+
     def refresh(self) -> bool:
         """Re-read the file if its inode, mtime or size changed; True if it did.
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from ..config import ReceiverConfig
 from ..keys import Keyring, keys_path
+from ..keys.seen import SeenLog, seen_path
 from ..protocol import auth
 from ..tls import ensure_identity, server_context
 
@@ -73,6 +74,7 @@ class Gate:
 
     def __init__(self, config: ReceiverConfig) -> None:
         self.keyring = Keyring(keys_path(config.state_dir))
+        self.seen = SeenLog(seen_path(config.state_dir))  # for `scanxfer keys list`
         self.brake = FailureBrake(config.max_auth_failures)
         self.context: ssl.SSLContext | None = None
         self.channel = b""  # what the proofs are bound to: the certificate, when there is one

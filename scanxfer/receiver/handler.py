@@ -50,6 +50,7 @@ class ConnectionHandler:
         self.hello: p.Hello | None = None
         self.nonce = auth.new_nonce()
         self.name: str | None = None  # set once authenticated
+        self.key: auth.Verifier | None = None  # the key it authenticated with, set after name
         self.sender: SenderKey | None = None
         self.intake: Intake | None = None
         self.deadline = time.monotonic() + config.handshake_timeout
@@ -242,11 +243,13 @@ class ConnectionHandler:
         self._reply(
             p.Welcome(self.config.name, self.config.window, proof, self.conn.version, options)
         )
-        self._admit(hello)
+        self._admit(hello, verdict.record)
         return False
 
-    def _admit(self, hello: p.Hello) -> None:
+    def _admit(self, hello: p.Hello, key: auth.Verifier) -> None:
         self.name = hello.name
+        self.key = key  # the door ends the connection when this key is revoked or replaced
+        self.services.gate.seen.saw(hello.name, self.host)
         self.peer = f"{self.address} ({hello.name})"
         self._progressed()
         log.info("%s: sender %r connected", self.address, hello.name)

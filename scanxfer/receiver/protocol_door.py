@@ -3,7 +3,7 @@
 Each accepted connection is a `ConnectionHandler` (TLS, handshake, then the files).  What is
 this door's own: an address that keeps failing handshakes is closed at accept (the gate's
 brake), a connection over max_connections is told TOO_MANY_CONNECTIONS in words it can
-read, and a revoked key ends the connections open under it.
+read, and a revoked or replaced key ends the connections open under it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import threading
 
 from .. import protocol as p
 from ..config import ReceiverConfig
-from .doors import Door
+from .doors import JOIN_SECONDS, Door
 from .handler import ConnectionHandler
 from .shared import Services
 
@@ -71,17 +71,35 @@ class ProtocolDoor(Door[ConnectionHandler]):
     def tick(self) -> None:
         super().tick()
         self._end_revoked()
+        self._note_seen()
+
+    def wait(self, timeout: float = JOIN_SECONDS) -> None:
+        super().wait(timeout)
+        self.services.gate.seen.flush(force=True)  # the sightings since the last write
 
     def _end_revoked(self) -> None:
-        """A revoked key ends its open connections too, not only the next handshake."""
+        """A revoked or replaced key ends its open connections too, not only the next handshake.
+
+        Checked at every tick, not only when keys.json changes: a handshake may have read the
+        file just before a change and be admitted just after the round that noticed it.
+        """
         keyring = self.services.gate.keyring
-        if not keyring.refresh():
-            return
-        active = keyring.active_names()
+        keyring.refresh()
         for handler in self.connections:
-            if handler.name is not None and handler.name not in active:
-                log.warning("%s: its key was revoked; closing the connection", handler.peer)
+            if handler.name is None or handler.key is None or handler.aborted.is_set():
+                continue
+            reason = keyring.retired(handler.name, handler.key)
+            if reason is not None:
+                log.warning("%s: %s; closing the connection", handler.peer, reason)
                 handler.abort()
+
+    def _note_seen(self) -> None:
+        """A sender connected for hours is seen now, not only when it connected."""
+        seen = self.services.gate.seen
+        for handler in self.connections:
+            if handler.name is not None and not handler.aborted.is_set():
+                seen.saw(handler.name, handler.host)
+        seen.flush()
 
 
 def send_refusal(sock: socket.socket) -> None:

@@ -8,7 +8,9 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from scanxfer.cli import main
 from scanxfer.config import default_sender_config_path, load_sender_config
 from scanxfer.keys import Keyring, keys_path
 from scanxfer.keys.pairing import Pairing, parse_pairing
+from scanxfer.keys.seen import SeenLog, seen_path
 from scanxfer.protocol.auth import decode_secret, verifier
 from scanxfer.tls import format_fingerprint, load_identity
 
@@ -186,13 +189,54 @@ def test_list_and_revoke(capsys: pytest.CaptureFixture[str], receiver: Receiver)
     status, out, _ = _run(capsys, *receiver.args("keys", "list"))
     assert status == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["NAME", "CREATED", "STATUS"]
-    assert lines[1].split()[0::2] == ["beamline-7", "active"]
-    assert lines[2].split()[0::2] == ["lab-pc", "revoked"]
+    assert lines[0].split() == ["NAME", "CREATED", "STATUS", "LAST", "SEEN"]
+    assert lines[1].split() == ["beamline-7", lines[1].split()[1], "active", "never"]
+    assert lines[2].split()[0::2] == ["lab-pc", "revoked", "never"]
     fingerprint = format_fingerprint(load_identity(receiver.state).fingerprint)
     assert lines[-1] == f"certificate fingerprint (SHA-256): {fingerprint}"
     entry = Keyring(keys_path(receiver.state)).lookup("lab-pc")
     assert entry is not None and not entry.active
+
+
+@pytest.fixture
+def central_european_time(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Local time one hour ahead of UTC, as in Berlin in winter."""
+    monkeypatch.setenv("TZ", "CET-1")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("central_european_time")
+def test_list_shows_when_and_from_where_each_sender_was_last_seen(
+    capsys: pytest.CaptureFixture[str], receiver: Receiver
+) -> None:
+    _add(capsys, receiver, "lab-pc", "--address", "pi")
+    _add(capsys, receiver, "beamline-7", "--address", "pi")
+    seen = SeenLog(seen_path(receiver.state))
+    seen.saw("lab-pc", "192.168.1.50", datetime(2026, 11, 30, 9, 30, 5, tzinfo=UTC))
+    seen.saw("gone-pc", "10.0.0.9")  # a name no longer in keys.json is not listed
+    seen.flush()
+    status, out, err = _run(capsys, *receiver.args("keys", "list"))
+    assert status == 0, err
+    lines = out.splitlines()
+    start = lines[0].index("LAST SEEN")
+    assert lines[1][start:] == "never"  # beamline-7
+    assert lines[2][start:] == "2026-11-30 10:30:05 +0100 from 192.168.1.50"  # lab-pc
+    assert "gone-pc" not in out
+
+
+def test_list_warns_about_a_damaged_seen_file_and_lists_the_keys(
+    capsys: pytest.CaptureFixture[str], receiver: Receiver
+) -> None:
+    _add(capsys, receiver, "lab-pc", "--address", "pi")
+    seen_path(receiver.state).write_text("{")
+    status, out, err = _run(capsys, *receiver.args("keys", "list"))
+    assert status == 0, err
+    assert out.splitlines()[1].split()[0::2] == ["lab-pc", "active"]
+    assert f"{seen_path(receiver.state)} is damaged" in err
+    assert "delete it" in err and "LAST SEEN is left blank" in err
 
 
 def test_revoking_an_unknown_sender_fails_clearly(

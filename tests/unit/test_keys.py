@@ -184,6 +184,25 @@ def test_the_keyring_sees_keys_added_and_revoked_without_a_new_object(path: Path
     assert ring.active_names() == {"other"}
 
 
+def test_a_key_is_retired_when_revoked_replaced_or_removed(path: Path) -> None:
+    """What the receiver asks of each open connection: does the key it proved still count?"""
+    ring = Keyring(path)
+    old = verifier(decode_secret(KeyFile(path).add("lab-pc")))
+    ring.refresh()
+    assert ring.retired("lab-pc", old) is None
+    new = verifier(decode_secret(KeyFile(path).add("lab-pc", replace=True)))
+    assert ring.retired("lab-pc", old) is None  # as of the last refresh: none since
+    ring.refresh()
+    assert ring.retired("lab-pc", old) == "its key was replaced (keys add --replace)"
+    assert ring.retired("lab-pc", new) is None
+    KeyFile(path).revoke("lab-pc")
+    ring.refresh()
+    assert ring.retired("lab-pc", new) == "its key was revoked"
+    path.unlink()
+    ring.refresh()
+    assert ring.retired("lab-pc", new) == "its key was removed from keys.json"
+
+
 def test_refresh_reports_whether_the_file_changed(path: Path) -> None:
     ring = Keyring(path)
     assert ring.refresh() is True  # the first look
