@@ -248,9 +248,9 @@ class ConnectionHandler:
 
     def _admit(self, hello: p.Hello, key: auth.Verifier) -> None:
         self.name = hello.name
+        self.peer = f"{self.address} ({hello.name})"
         self.key = key  # the door ends the connection when this key is revoked or replaced
         self.services.gate.seen.saw(hello.name, self.host)
-        self.peer = f"{self.address} ({hello.name})"
         self._progressed()
         log.info("%s: sender %r connected", self.address, hello.name)
         self.intake = Intake(
