@@ -134,6 +134,10 @@ def _allowed(host: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv
 class PrototypeConnection:
     """One prototype sender's connection: length, payload, repeated until it closes."""
 
+    # No handshake on this wire (its peers are screened by address at accept): each
+    # connection holds a max_connections slot from the start.
+    settled = True
+
     def __init__(
         self,
         sock: socket.socket,

@@ -156,6 +156,38 @@ def test_connections_beyond_max_connections_are_turned_away_and_the_others_finis
     assert receiver.partials() == []
 
 
+def closed_by_receiver(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_idle_strangers_never_take_the_slots_of_a_paired_sender(
+    tmp_path: Path, start_receiver: StartReceiver
+) -> None:
+    # They would each hold their place for the whole handshake_timeout.
+    receiver = start_receiver(handshake_timeout="300s")
+    strangers = [connect(receiver.port, source="127.0.0.2") for _ in range(32)]
+    try:
+        # Past 4 in their handshake from one address, its oldest ones are dropped.
+        logged(
+            receiver,
+            "dropped the oldest connection from 127.0.0.2 that had not finished its handshake: "
+            "already 4 from its address were waiting for theirs (the handshake budget)",
+        )
+        assert all(closed_by_receiver(sock) for sock in strangers[:28])
+        scans = tmp_path / "scans"
+        write_scan(scans / "a.npy", (8,), seed=7)
+        sender = send_once(sender_config(tmp_path / "sender.yaml", receiver.port, scans))
+        assert sender.process.returncode == 0, sender.log
+        assert_identical(scans / "a.npy", receiver.incoming / "a.npy")
+        assert "TOO_MANY_CONNECTIONS" not in sender.log
+    finally:
+        for sock in strangers:
+            sock.close()
+
+
 def test_offers_that_would_eat_into_min_free_space_wait_for_space(
     tmp_path: Path, start_receiver: StartReceiver
 ) -> None:
