@@ -141,9 +141,14 @@ class Door(ABC, Generic[C]):
 
     def settle(self, connection: C) -> bool:
         """Mark `connection` past its handshake if a max_connections slot is free; False if
-        not (it is then told so and closed).  Called from the connection's thread."""
+        not (it is then told so and closed), or if it is being dropped already.  Called from
+        the connection's thread; under the lock that `_make_room_for_handshake` picks under,
+        so a connection is either settled or dropped, never both."""
         with self._lock:
-            settled = sum(entry.connection.settled for entry in self._connections.values())
+            entries = self._connections.values()
+            if any(entry.dropped for entry in entries if entry.connection is connection):
+                return False
+            settled = sum(entry.connection.settled for entry in entries)
             if settled >= self.config.max_connections:
                 return False
             connection.settled = True
@@ -184,16 +189,16 @@ class Door(ABC, Generic[C]):
         budget = HandshakeBudget.of(self.config)
         with self._lock:
             waiting = [entry for entry in self._connections.values() if entry.in_handshake]
-        same_host = [entry for entry in waiting if entry.host == host]
-        if len(same_host) >= budget.per_address:
-            oldest = same_host[0]
-            what = f"{budget.per_address} from its address"
-        elif len(waiting) >= budget.total:
-            oldest = waiting[0]
-            what = f"{budget.total} in all"
-        else:
-            return
-        oldest.dropped = True
+            same_host = [entry for entry in waiting if entry.host == host]
+            if len(same_host) >= budget.per_address:
+                oldest = same_host[0]
+                what = f"{budget.per_address} from its address"
+            elif len(waiting) >= budget.total:
+                oldest = waiting[0]
+                what = f"{budget.total} in all"
+            else:
+                return
+            oldest.dropped = True
         oldest.connection.abort()
         self.warnings.warn(
             f"handshakes {oldest.host}",

@@ -266,6 +266,8 @@ def test_past_the_handshake_budget_of_an_address_its_oldest_handshake_is_dropped
     with caplog.at_level(logging.WARNING, "test"):
         strangers.append(knock(handshake_door, "127.0.0.2"))
     assert dropped(handshake_door) == [True] + [False] * HANDSHAKES_PER_ADDRESS
+    # Dropped is dropped: proving its key a moment later does not get it a slot.
+    assert not handshake_door.settle(handshake_door.connections[0])
     assert "dropped the oldest connection from 127.0.0.2 that had not finished its handshake: " in (
         caplog.text
     )
