@@ -247,8 +247,12 @@ class ConnectionHandler:
             self._reply(p.Error(p.ErrorCode.AUTH_FAILED, "authentication failed"))
             return True
         if not self._settle(self):
-            count = self.config.max_connections
-            log.warning("%s: refused, already %d connections (max_connections)", self.peer, count)
+            log.warning(
+                "%s: refused after its handshake: max_connections (%d) senders are connected "
+                "already",
+                self.peer,
+                self.config.max_connections,
+            )
             message = "too many connections, retry later"
             self._reply(p.Error(p.ErrorCode.TOO_MANY_CONNECTIONS, message))
             return True

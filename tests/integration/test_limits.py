@@ -188,6 +188,25 @@ def test_idle_strangers_never_take_the_slots_of_a_paired_sender(
             sock.close()
 
 
+def test_a_sender_that_proves_its_key_when_the_slots_are_full_is_told_so(
+    start_receiver: StartReceiver,
+) -> None:
+    receiver = start_receiver(max_connections="1")
+    late = RawSender(receiver.port, source="127.0.0.2", authenticate=False)  # in its handshake
+    first = RawSender(receiver.port)  # proves its key first and takes the one slot
+    answer = late.handshake()
+    assert isinstance(answer, p.Error), answer
+    assert answer.code is p.ErrorCode.TOO_MANY_CONNECTIONS
+    logged(
+        receiver,
+        f"{late.address}: refused after its handshake: max_connections (1) senders are "
+        "connected already",
+    )
+    assert isinstance(first.send_file("kept.npy", b"kept"), p.Ack)
+    late.close()
+    first.close()
+
+
 def test_offers_that_would_eat_into_min_free_space_wait_for_space(
     tmp_path: Path, start_receiver: StartReceiver
 ) -> None:
