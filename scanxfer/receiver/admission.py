@@ -4,10 +4,18 @@ Both doors ask this before a byte of payload is accepted, so a peer cannot fill 
 or announce an absurd size and be believed.  The verdict is data, not a message: the
 scanxfer door turns it into a NACK the sender acts on, the prototype door (whose wire has
 no NACK) into a log line for the administrator before it closes the connection.
+
+Free space alone would let several files in flight each be admitted against the same free
+bytes, so that together they take the disk below min_free_space.  Every file admitted is
+therefore given a `Reservation` in one receiver-wide `Reservations`: the bytes it still has
+to bring, which the next offers count as taken until they arrive (then the disk's own free
+space shows them) or the file is done with (stored, refused, withdrawn, or its connection
+gone).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,25 +44,89 @@ class TooLarge:
 
 @dataclass(frozen=True)
 class NoRoom:
-    """Storing the file would leave less than min_free_space: it may fit once space is freed."""
+    """Storing the file would leave less than min_free_space: it may fit once space is freed.
+
+    `promised`: bytes of the free space still to come for files admitted before this one.
+    """
 
     size: int
     free: int
     reserve: int
+    promised: int = 0
 
 
 Refusal = TooLarge | NoRoom
 
 
-def admit(size: int, limits: Limits, free_bytes: Callable[[], int]) -> Refusal | None:
-    """Why a file of `size` bytes may not come in, or None if it may.
+class Reservation:
+    """The bytes one admitted file has still to bring; shrinks as they are written.
 
-    `free_bytes` is asked only once the size passes, so an absurd size is refused even
-    where the free space cannot be read; the OSError of a failed look passes through.
+    Only its connection's thread calls `arrived`; the int it updates is read by other
+    threads under the lock of `Reservations`, where a stale value errs on the safe side.
     """
+
+    def __init__(self, owner: Reservations, needed: int) -> None:
+        self._owner = owner
+        self.outstanding = needed
+
+    def arrived(self, count: int) -> None:
+        """`count` more bytes are on the disk: the free space shows them from now on."""
+        self.outstanding = max(0, self.outstanding - count)
+
+    def renew(self, needed: int) -> None:
+        """The bytes held were dropped (they did not match): the whole file is due again.
+
+        No new check: dropping them freed the very space the file now needs.
+        """
+        self.outstanding = needed
+
+    def release(self) -> None:
+        """The file is done with, whatever became of it; calling this again is harmless."""
+        self._owner.forget(self)
+
+
+class Reservations:
+    """The bytes promised to admitted files still in flight, across every connection."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: set[Reservation] = set()
+
+    def promised(self) -> int:
+        with self._lock:
+            return sum(reservation.outstanding for reservation in self._held)
+
+    def forget(self, reservation: Reservation) -> None:
+        with self._lock:
+            self._held.discard(reservation)
+
+    def admit(
+        self, size: int, held: int, limits: Limits, free_bytes: Callable[[], int]
+    ) -> Refusal | Reservation:
+        """Admit a file of `size` bytes of which `held` are on the disk already (a resumed
+        partial), reserving the rest; or why it may not come in.
+
+        The check and the reservation are one step under the lock, so two connections
+        cannot both be admitted against the same free bytes.  `free_bytes` is asked only
+        once the size passes; the OSError of a failed look passes through.
+        """
+        refusal = too_large(size, limits)
+        if refusal is not None:
+            return refusal
+        needed = max(0, size - held)
+        with self._lock:
+            promised = sum(reservation.outstanding for reservation in self._held)
+            free = free_bytes()
+            if needed + promised + limits.min_free_space > free:
+                return NoRoom(size, free, limits.min_free_space, promised)
+            reservation = Reservation(self, needed)
+            self._held.add(reservation)
+            return reservation
+
+
+def too_large(size: int, limits: Limits) -> TooLarge | None:
+    """Why a file of `size` bytes may never come in, or None: asked before anything is
+    opened for it, so an absurd size costs nothing."""
     if size > limits.max_file_size:
         return TooLarge(size, limits.max_file_size)
-    free = free_bytes()
-    if size + limits.min_free_space > free:
-        return NoRoom(size, free, limits.min_free_space)
     return None

@@ -4,7 +4,8 @@ The receiver's main loop holds a list of doors and knows nothing of what they sp
 watches each door's `listener`, calls `accept` when it is readable, `tick` about once a
 second, `update` on reload, and `stop` then `wait` at shutdown, all from its one thread.
 `Door` holds what every door shares: the non-blocking listener, one thread per connection,
-the reaping of finished ones and max_connections.  A door says only what is its own:
+the reaping of finished ones, max_connections and the handshake budget.  A door says only
+what is its own:
 
 - `serve`: the `Connection` object that serves an accepted socket (in a thread of its own);
 - `turn_away`: what a connection over max_connections is told before it is closed;
@@ -13,6 +14,13 @@ the reaping of finished ones and max_connections.  A door says only what is its 
 
 The scanxfer protocol's door is `protocol_door.ProtocolDoor`, the prototype senders' door
 `prototype_door.PrototypeDoor`; another way in (another wire format) is a third subclass.
+
+max_connections counts only the connections that have finished their handshake (`settled`):
+they are the paired senders, and a stranger must never take their place.  The ones still
+in their handshake have a budget of their own, per address and in all (`HandshakeBudget`);
+past it the oldest of them is dropped, so a new connection always gets its chance to prove
+its key, and a flood of idle connections costs its sender only its own earlier ones.  A
+connection settles through `Door.settle`, which tells it when the slots are full.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import socket
 import threading
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import ClassVar, Generic, Protocol, TypeVar
 
 from ..config import Address, ReceiverConfig
@@ -33,10 +42,21 @@ JOIN_SECONDS = 30.0
 WARNING_SECONDS = 60.0
 # Addresses whose warnings are counted one by one; beyond that they share one count.
 WARNING_KEYS = 1024
+# Connections from one address that may be in their handshake at once: a sender needs one
+# (a handshake takes milliseconds), a few behind one NAT seldom more than this together.
+HANDSHAKES_PER_ADDRESS = 4
+# Connections in their handshake at once in all, per slot of max_connections.
+HANDSHAKES_PER_SLOT = 2
 
 
 class Connection(Protocol):
-    """One accepted connection, as its door sees it."""
+    """One accepted connection, as its door sees it.
+
+    `settled`: past its handshake, holding one of the max_connections slots; read from the
+    main thread, set only through `Door.settle`.
+    """
+
+    settled: bool
 
     def run(self) -> None:
         """Serve the connection until it ends, then close it; runs in a thread of its own."""
@@ -44,6 +64,10 @@ class Connection(Protocol):
 
     def stop(self) -> None:
         """The receiver is stopping: end soon.  Called from the main thread."""
+        ...
+
+    def abort(self) -> None:
+        """End now, quietly: dropped while in its handshake, to make room for a newer one."""
         ...
 
     def reconfigure(self, config: ReceiverConfig) -> None:
@@ -56,6 +80,31 @@ class Connection(Protocol):
 
 
 C = TypeVar("C", bound=Connection)
+
+
+@dataclass
+class _Entry(Generic[C]):
+    """A connection being served, and what its door needs to know of it."""
+
+    connection: C
+    host: str
+    dropped: bool = False  # aborted to make room; its thread may not have ended yet
+
+    @property
+    def in_handshake(self) -> bool:
+        return not self.connection.settled and not self.dropped
+
+
+@dataclass(frozen=True)
+class HandshakeBudget:
+    """How many connections may be in their handshake at once, per address and in all."""
+
+    per_address: int
+    total: int
+
+    @classmethod
+    def of(cls, config: ReceiverConfig) -> HandshakeBudget:
+        return cls(HANDSHAKES_PER_ADDRESS, HANDSHAKES_PER_SLOT * config.max_connections)
 
 
 class Door(ABC, Generic[C]):
@@ -74,12 +123,36 @@ class Door(ABC, Generic[C]):
         self.listener.setblocking(False)
         self.address = Address(*self.listener.getsockname()[:2])  # the real port, if 0 was asked
         self.warnings = RateLimitedWarning(WARNING_SECONDS, WARNING_KEYS, logger)
-        self._connections: dict[threading.Thread, C] = {}
+        # In the order accepted, so the first in a handshake is the oldest.  Changed by the
+        # main thread; `settle` reads it from connection threads: both under the lock.
+        self._connections: dict[threading.Thread, _Entry[C]] = {}
+        self._lock = threading.Lock()
 
     @property
     def connections(self) -> list[C]:
         """The connections being served, as of the last reap."""
-        return list(self._connections.values())
+        with self._lock:
+            return [entry.connection for entry in self._connections.values()]
+
+    def settled_count(self) -> int:
+        """Connections past their handshake: the ones max_connections counts."""
+        with self._lock:
+            return sum(entry.connection.settled for entry in self._connections.values())
+
+    def settle(self, connection: C) -> bool:
+        """Mark `connection` past its handshake if a max_connections slot is free; False if
+        not (it is then told so and closed), or if it is being dropped already.  Called from
+        the connection's thread; under the lock that `_make_room_for_handshake` picks under,
+        so a connection is either settled or dropped, never both."""
+        with self._lock:
+            entries = self._connections.values()
+            if any(entry.dropped for entry in entries if entry.connection is connection):
+                return False
+            settled = sum(entry.connection.settled for entry in entries)
+            if settled >= self.config.max_connections:
+                return False
+            connection.settled = True
+            return True
 
     def accept(self) -> None:
         """Take one pending connection: serve it in a thread, or close it."""
@@ -96,15 +169,45 @@ class Door(ABC, Generic[C]):
             sock.close()
             return
         self.reap()
-        if len(self._connections) >= self.config.max_connections:
-            self.turn_away(sock, host, peer, len(self._connections))
+        settled = self.settled_count()
+        if settled >= self.config.max_connections:
+            self.turn_away(sock, host, peer, settled)
             return
         connection = self.serve(sock, host, peer)
+        if not connection.settled:
+            self._make_room_for_handshake(host, peer)
         thread = threading.Thread(
             target=connection.run, name=f"{self.thread_prefix} {peer}", daemon=True
         )
-        self._connections[thread] = connection
+        with self._lock:
+            self._connections[thread] = _Entry(connection, host)
         thread.start()
+
+    def _make_room_for_handshake(self, host: str, peer: str) -> None:
+        """Drop the oldest connection still in its handshake where `host` (or everyone)
+        has used up the handshake budget; a settled connection is never touched."""
+        budget = HandshakeBudget.of(self.config)
+        with self._lock:
+            waiting = [entry for entry in self._connections.values() if entry.in_handshake]
+            same_host = [entry for entry in waiting if entry.host == host]
+            if len(same_host) >= budget.per_address:
+                oldest = same_host[0]
+                what = f"{budget.per_address} from its address"
+            elif len(waiting) >= budget.total:
+                oldest = waiting[0]
+                what = f"{budget.total} in all"
+            else:
+                return
+            oldest.dropped = True
+        oldest.connection.abort()
+        self.warnings.warn(
+            f"handshakes {oldest.host}",
+            "%s: dropped the oldest connection from %s that had not finished its handshake: "
+            "already %s were waiting for theirs (the handshake budget)",
+            peer,
+            oldest.host,
+            what,
+        )
 
     def update(self, config: ReceiverConfig) -> None:
         """New settings: for connections accepted from now on, and the open ones' limits."""
@@ -117,18 +220,21 @@ class Door(ABC, Generic[C]):
         self.reap()
 
     def reap(self) -> None:
-        for thread in [t for t in self._connections if not t.is_alive()]:
-            del self._connections[thread]
+        with self._lock:
+            for thread in [t for t in self._connections if not t.is_alive()]:
+                del self._connections[thread]
 
     def stop(self) -> None:
         """Stop accepting, and ask every open connection to end; returns at once."""
         self.listener.close()
-        for connection in self._connections.values():
+        for connection in self.connections:
             connection.stop()
 
     def wait(self, timeout: float = JOIN_SECONDS) -> None:
         """Wait for the connections to end, up to `timeout` for each."""
-        for thread in list(self._connections):
+        with self._lock:
+            threads = list(self._connections)
+        for thread in threads:
             thread.join(timeout=timeout)
         self.reap()
 
@@ -147,7 +253,7 @@ class Door(ABC, Generic[C]):
 
     @abstractmethod
     def turn_away(self, sock: socket.socket, host: str, peer: str, count: int) -> None:
-        """Close `sock`, already `count` connections (max_connections) being served."""
+        """Close `sock`, already `count` settled connections (max_connections) being served."""
 
 
 def listen(address: Address, backlog: int) -> socket.socket:

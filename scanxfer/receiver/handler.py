@@ -5,6 +5,8 @@ machine refuses anything else, so a stranger never reaches a file header.  Two c
 bound what a peer can hold: the whole handshake must finish within handshake_timeout,
 and afterwards the connection must make progress (a complete frame, or another 64 KiB of
 payload) at least every idle_timeout, so trickling a byte now and then does not keep it.
+Only a sender whose key is proven takes one of the max_connections slots (`settle`); before
+that its door may drop it to make room for newer handshakes (`doors.HandshakeBudget`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 
 from .. import protocol as p
 from ..config import ReceiverConfig
@@ -40,10 +43,14 @@ class ConnectionHandler:
         peer: str,
         config: ReceiverConfig,
         services: Services,
+        settle: Callable[[ConnectionHandler], bool],
     ) -> None:
         # host: the address failures are counted against; peer: host:port, for the log.
         self.sock, self.host, self.address, self.peer = sock, host, peer, peer
         self.config, self.services = config, services
+        # Asks the door for a max_connections slot once the key is proven (doors.Door.settle).
+        self._settle = settle
+        self.settled = False
         self.conn = p.Connection(p.Role.RECEIVER, window=config.window)
         self.aborted = threading.Event()
         self.outbox = bytearray()
@@ -195,6 +202,8 @@ class ConnectionHandler:
         return False
 
     def _refused(self, reason: str) -> None:
+        if self.aborted.is_set():
+            return  # dropped by this receiver (see abort): no failure of the peer's
         self.services.gate.refused(self.address, self.host, reason)
 
     def _reply(self, event: p.Event) -> None:
@@ -237,6 +246,16 @@ class ConnectionHandler:
         if verdict.record is None:
             self._refused(verdict.reason)
             self._reply(p.Error(p.ErrorCode.AUTH_FAILED, "authentication failed"))
+            return True
+        if not self._settle(self):
+            log.warning(
+                "%s: refused after its handshake: max_connections (%d) senders are connected "
+                "already",
+                self.peer,
+                self.config.max_connections,
+            )
+            message = "too many connections, retry later"
+            self._reply(p.Error(p.ErrorCode.TOO_MANY_CONNECTIONS, message))
             return True
         proof = auth.server_proof(verdict.record, signed)
         options = p.welcome_options(hello)

@@ -28,7 +28,7 @@ from ..store import (
     StoredFile,
     StoreError,
 )
-from .admission import Limits, NoRoom, Refusal, TooLarge, admit
+from .admission import Limits, NoRoom, Refusal, Reservation, TooLarge, too_large
 from .after_store import ReceivedFile, run_after_store
 from .shared import Services
 
@@ -48,6 +48,13 @@ class _Incoming:
     digest: bytes | None = None
     # Its deferred digest was asked for before any data (ASK_DIGEST), and has not come yet.
     asked: bool = False
+    # The free space promised to its bytes still to come (see admission.Reservations).
+    reservation: Reservation | None = None
+
+    def settle(self) -> None:
+        """The file is done with here: what it was promised is free for other offers."""
+        if self.reservation is not None:
+            self.reservation.release()
 
 
 class Intake:
@@ -67,6 +74,7 @@ class Intake:
         # told by its digest before any of its bytes are sent again.
         self.ask_digests = ask_digests
         self.store, self.stats = services.store, services.stats
+        self.reservations = services.reservations
         self.limits = Limits.of(config)
         self.after_store = services.after_store
         # With per_sender_dirs each sender's files live under a directory of its name.
@@ -131,14 +139,43 @@ class Intake:
         assert partial is not None
         if partial.drop_older_versions():
             log.info("%s: dropped the partial of an older version of %s", self.peer, partial.path)
+        reservation = self._reserve(offer, partial)
+        if reservation is None:
+            return
         digest = None if offer.digest == p.DEFERRED_DIGEST else offer.digest
         incoming = _Incoming(offer, partial, partial.offset, digest=digest)
+        incoming.reservation = reservation
         self.files[offer.file_id] = incoming
         if digest is None and self.ask_digests and self._may_hold(offer, partial):
             incoming.asked = True
             self._reply(p.AskDigest(offer.file_id))
             return
         self._ready(incoming, partial)
+
+    def _reserve(self, offer: p.Offer, partial: PartialFile) -> Reservation | None:
+        """Promise the offer the free space for the bytes it has still to send (a resumed
+        partial needs only the rest); None, with the NACK sent and the partial let go, if
+        that space is not there."""
+        try:
+            verdict = self.reservations.admit(
+                offer.size, partial.offset, self.limits, self.store.free_bytes
+            )
+        except OSError as error:
+            _let_go(partial)
+            log.error(
+                "%s: refused %r: cannot read the free space: %s", self.peer, offer.path, error
+            )
+            message = f"cannot read the receiver's free space: {error}; check its disk"
+            reason = p.NackReason.IO_ERROR
+            self._reply(p.Nack(offer.file_id, reason, reason.retryable, message))
+            return None
+        if isinstance(verdict, Reservation):
+            return verdict
+        _let_go(partial)
+        nack = _refused(offer.file_id, verdict)
+        log.warning("%s: refused %r: %s", self.peer, offer.path, nack.message)
+        self._reply(nack)
+        return None
 
     def _ready(self, incoming: _Incoming, partial: PartialFile) -> None:
         """Ask for the bytes from the offset held."""
@@ -183,7 +220,9 @@ class Intake:
         except BadName as error:
             # Before the free space: a bad name must never get a NACK that invites a retry.
             return p.Nack(offer.file_id, p.NackReason.BAD_NAME, False, str(error))
-        refusal = admit(offer.size, self.limits, self.store.free_bytes)
+        # The size alone first, before anything is opened for it; the free space once the
+        # partial tells how many bytes are held already (_reserve).
+        refusal = too_large(offer.size, self.limits)
         return None if refusal is None else _refused(offer.file_id, refusal)
 
     def on_data_header(self, header: p.DataHeader) -> None:
@@ -201,6 +240,10 @@ class Intake:
             log.error("%s: cannot store %s: %s", self.peer, incoming.offer.path, error)
             incoming.partial = None
             incoming.failure = _nack(incoming.offer.file_id, error)
+            incoming.settle()
+            return
+        if incoming.reservation is not None:
+            incoming.reservation.arrived(len(data))
 
     def on_data_end(self) -> None:
         incoming, self.current = self.current, None
@@ -229,6 +272,7 @@ class Intake:
             identical = self.store.find_identical(self.prefix + offer.path, offer.size, digest)
         except StoreError as error:
             del self.files[offer.file_id]
+            incoming.settle()
             if not partial.release():  # its bytes may still resume on a later offer
                 log.info("%s: dropped the partial of an older version of %s", self.peer, offer.path)
             log.warning("%s: refused %r: %s", self.peer, offer.path, error)
@@ -284,17 +328,21 @@ class Intake:
         assert incoming.digest is not None  # told before this
         partial.expect(incoming.digest)
         incoming.partial, incoming.resumed_from = partial, partial.offset
+        if incoming.reservation is not None:
+            incoming.reservation.renew(offer.size - partial.offset)
         self._ready(incoming, partial)
 
     def _drop(self, incoming: _Incoming) -> None:
         """The file needs no bytes from this sender: it leaves, and so do any it held."""
         del self.files[incoming.offer.file_id]
+        incoming.settle()
         if incoming.partial is not None:
             incoming.partial.discard()
 
     def on_cancel(self, event: p.Cancel) -> None:
         """The sender withdrew the file: what it would send is not the file it offered."""
         incoming = self.files.pop(event.file_id)
+        incoming.settle()
         if incoming.partial is not None:
             # Even bytes held from an earlier connection: they belong to a version that is gone.
             incoming.partial.discard()
@@ -311,6 +359,7 @@ class Intake:
         """All of a file is in: answer a failed write, or seal it for the batch's commit."""
         if incoming.partial is None:
             assert incoming.failure is not None
+            incoming.settle()
             self._reply(incoming.failure)
             return
         try:
@@ -333,6 +382,7 @@ class Intake:
                 self._refuse(incoming, error)
                 continue
             outcome = p.Outcome[stored.outcome.name]
+            incoming.settle()
             self._reply(p.Ack(incoming.offer.file_id, outcome, stored.path))
             self._log_stored(incoming, stored.path, outcome)
             if self.after_store and outcome is not p.Outcome.DUPLICATE:
@@ -370,6 +420,7 @@ class Intake:
         return placed
 
     def _refuse(self, incoming: _Incoming, error: StoreError) -> None:
+        incoming.settle()
         log.error("%s: %s not stored: %s", self.peer, incoming.offer.path, error)
         self._reply(_nack(incoming.offer.file_id, error))
 
@@ -402,6 +453,7 @@ class Intake:
     def _release_partials(self) -> None:
         """Keep interrupted partials on disk: the sender resumes them next time."""
         for incoming in self.files.values():
+            incoming.settle()
             partial = incoming.partial
             if partial is not None and not partial.release():
                 # A newer version was offered meanwhile, on a connection its sender made
@@ -412,16 +464,26 @@ class Intake:
         self.files.clear()
 
 
+def _let_go(partial: PartialFile) -> None:
+    """A partial opened for an offer refused for room: bytes held resume once there is room;
+    an empty one is not worth a file."""
+    if partial.offset:
+        partial.release()
+    else:
+        partial.discard()
+
+
 def _refused(file_id: int, refusal: Refusal) -> p.Nack:
     """The NACK for an offer that admission turned down; the sender retries only NO_SPACE."""
     match refusal:
         case TooLarge(size, limit):
             message = f"{size} bytes exceeds max_file_size {limit}"
             return p.Nack(file_id, p.NackReason.TOO_LARGE, False, message)
-        case NoRoom(size, free, reserve):
+        case NoRoom(size, free, reserve, promised):
+            taken = f"{human_size(promised)} promised to files in flight, " if promised else ""
             message = (
                 f"{human_size(size)} do not fit: {human_size(free)} free, of which "
-                f"{human_size(reserve)} stay free (min_free_space)"
+                f"{taken}{human_size(reserve)} stay free (min_free_space)"
             )
             return p.Nack(file_id, p.NackReason.NO_SPACE, True, message)
 

@@ -3,7 +3,8 @@
 Each accepted connection is a `ConnectionHandler` (TLS, handshake, then the files).  What is
 this door's own: an address that keeps failing handshakes is closed at accept (the gate's
 brake), a connection over max_connections is told TOO_MANY_CONNECTIONS in words it can
-read, and a revoked or replaced key ends the connections open under it.
+read (at accept, or in place of WELCOME when the slots filled up during its handshake),
+and a revoked or replaced key ends the connections open under it.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class ProtocolDoor(Door[ConnectionHandler]):
         return not self.services.gate.brake.blocked(host)
 
     def serve(self, sock: socket.socket, host: str, peer: str) -> ConnectionHandler:
-        return ConnectionHandler(sock, host, peer, self.config, self.services)
+        return ConnectionHandler(sock, host, peer, self.config, self.services, self.settle)
 
     def turn_away(self, sock: socket.socket, host: str, peer: str, count: int) -> None:
         """Tell a connection over max_connections why it is closed, in words it can read.

@@ -31,7 +31,7 @@ from ..npy import MAX_NPY_HEADER, npy_expected_size
 from ..protocol.prototype import LENGTH, decode_length
 from ..sizes import human_size
 from ..store import Outcome, PartialFile, Store, StoreError
-from .admission import Limits, NoRoom, TooLarge, admit
+from .admission import Limits, NoRoom, Reservation, Reservations, TooLarge
 from .after_store import AfterStore, ReceivedFile, run_after_store
 from .doors import Door
 
@@ -73,12 +73,15 @@ class PrototypeDoor(Door["PrototypeConnection"]):
         stats: StatsSink,
         stopping: threading.Event,
         after_store: Sequence[AfterStore] = (),
+        reservations: Reservations | None = None,
     ) -> None:
         if config.legacy_listen is None:
             raise ValueError("legacy_listen is not set: the prototype door is off")
         super().__init__(config.legacy_listen, config, backlog=16, logger=log)
         self._store, self._stats, self._stopping = store, stats, stopping
         self._after_store = tuple(after_store)
+        # Shared with the scanxfer door, so that files in flight on both count together.
+        self._reservations = reservations if reservations is not None else Reservations()
         log.warning(
             "the prototype door at %s is open: UNAUTHENTICATED and UNENCRYPTED, accepting "
             "prototype senders from %s; turn it off (legacy_listen: null) once the senders "
@@ -100,7 +103,14 @@ class PrototypeDoor(Door["PrototypeConnection"]):
 
     def serve(self, sock: socket.socket, host: str, peer: str) -> PrototypeConnection:
         return PrototypeConnection(
-            sock, peer, self._store, self.config, self._stats, self._stopping, self._after_store
+            sock,
+            peer,
+            self._store,
+            self.config,
+            self._stats,
+            self._stopping,
+            self._after_store,
+            self._reservations,
         )
 
     def turn_away(self, sock: socket.socket, host: str, peer: str, count: int) -> None:
@@ -124,6 +134,10 @@ def _allowed(host: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv
 class PrototypeConnection:
     """One prototype sender's connection: length, payload, repeated until it closes."""
 
+    # No handshake on this wire (its peers are screened by address at accept): each
+    # connection holds a max_connections slot from the start.
+    settled = True
+
     def __init__(
         self,
         sock: socket.socket,
@@ -133,11 +147,14 @@ class PrototypeConnection:
         stats: StatsSink,
         stopping: threading.Event,
         after_store: Sequence[AfterStore] = (),
+        reservations: Reservations | None = None,
     ) -> None:
         self.sock, self.peer, self.store, self.config = sock, peer, store, config
         self.stats, self.stopping, self.after_store = stats, stopping, after_store
         self.limits = Limits.of(config)
         self.aborted = threading.Event()
+        self.reservations = reservations if reservations is not None else Reservations()
+        self.reservation: Reservation | None = None  # the free space its file was promised
         self.partial: PartialFile | None = None
         self.buffer = bytearray(RECV_BUFFER)
 
@@ -152,6 +169,7 @@ class PrototypeConnection:
         finally:
             if self.partial is not None:
                 self.partial.discard()
+            self._settle()
             self.sock.close()
 
     def abort(self) -> None:
@@ -214,12 +232,19 @@ class PrototypeConnection:
         return decode_length(header)
 
     def _receive(self, length: int) -> None:
-        self._check_room(length)
+        self.reservation = self._check_room(length)
         started = time.monotonic()
         name = f"scan_{time.time_ns() // 1_000_000}.npy"
         self.partial = self.store.open_partial(name, length, None)
         self._read_payload(self.partial, length)
         self._commit(length, started)
+        self._settle()
+
+    def _settle(self) -> None:
+        """The file is done with: what it was promised is free for other offers."""
+        if self.reservation is not None:
+            self.reservation.release()
+            self.reservation = None
 
     def _read_payload(self, partial: PartialFile, length: int) -> None:
         """Stream ``length`` bytes into ``partial`` through a fixed buffer, checking the header.
@@ -248,15 +273,17 @@ class PrototypeConnection:
                 if len(prefix) == needed:
                     _check_npy(prefix, length)
             partial.write(chunk)
+            if self.reservation is not None:
+                self.reservation.arrived(count)
             received += count
             if received - progress_mark >= PROGRESS_BYTES:
                 progress_mark = received
                 deadline = time.monotonic() + self.config.idle_timeout
 
-    def _check_room(self, length: int) -> None:
+    def _check_room(self, length: int) -> Reservation:
         """Refuse before reading a byte of payload: the length alone may be absurd."""
         try:
-            refusal = admit(length, self.limits, self.store.free_bytes)
+            refusal = self.reservations.admit(length, 0, self.limits, self.store.free_bytes)
         except OSError as error:
             raise _Ended(f"cannot check the free space: {error}; closing", logging.ERROR) from None
         match refusal:
@@ -266,13 +293,15 @@ class PrototypeConnection:
                     f"({human_size(limit)}); closing",
                     logging.ERROR,
                 )
-            case NoRoom(size, free, reserve):
+            case NoRoom(size, free, reserve, promised):
+                taken = f" ({human_size(promised)} of it promised to files in flight)"
                 raise _Ended(
                     f"refused a prototype file of {human_size(size)}: only {human_size(free)} "
-                    f"free and min_free_space is {human_size(reserve)}; free some space on "
-                    f"the receiver",
+                    f"free{taken if promised else ''} and min_free_space is "
+                    f"{human_size(reserve)}; free some space on the receiver",
                     logging.ERROR,
                 )
+        return refusal
 
     def _commit(self, length: int, started: float) -> None:
         partial, self.partial = self.partial, None

@@ -144,7 +144,12 @@ def open_doors(config: ReceiverConfig, services: Services) -> list[AnyDoor]:
         if config.legacy_listen is not None:
             doors.append(
                 PrototypeDoor(
-                    config, services.store, services.stats, services.stopping, services.after_store
+                    config,
+                    services.store,
+                    services.stats,
+                    services.stopping,
+                    services.after_store,
+                    services.reservations,
                 )
             )
     except BaseException:

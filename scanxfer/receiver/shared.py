@@ -11,6 +11,7 @@ from typing import Protocol
 
 from ..sizes import human_size
 from ..store import Store
+from .admission import Reservations
 from .after_store import AfterStore
 from .gate import Gate
 
@@ -93,6 +94,8 @@ class Services:
     stats: Stats
     gate: Gate
     registry: SenderRegistry = field(default_factory=SenderRegistry)
+    # The free space promised to files in flight, on every door (see admission).
+    reservations: Reservations = field(default_factory=Reservations)
     stopping: threading.Event = field(default_factory=threading.Event)
     # Called for each file newly stored, by every door (see after_store); none by default.
     after_store: tuple[AfterStore, ...] = ()

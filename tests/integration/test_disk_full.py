@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from scanxfer import protocol as p
+
 from .faultproxy import FaultProxy, Plan
 from .harness import (
     GIVE_UP_SECONDS,
@@ -27,6 +29,7 @@ from .harness import (
     wait_until,
     write_big_scan,
 )
+from .rawclient import RawSender
 
 MIB = 1 << 20
 
@@ -114,6 +117,40 @@ def test_a_disk_full_mid_file_is_refused_and_the_file_arrives_once_space_is_back
         # Nothing was restarted: the same two processes did it all.
         assert receiver.child.process.poll() is None and sender.process.poll() is None
         assert count_matches("listening on", receiver.log) == 1
+
+
+def test_three_scans_in_flight_never_take_free_space_below_min_free_space(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    # Each offer alone fits the 64 MiB disk with 16 MiB to spare; all three together do not.
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    settings = tmp_path / "receiver.yaml"
+    settings.write_text("min_free_space: 16MiB\nidle_timeout: 30s\n")
+    receiver = ReceiverProcess(small_disk, config=settings)
+    scans = {name: os.urandom(20 * MIB) for name in ("a.npy", "b.npy", "c.npy")}
+    with contextlib.ExitStack() as cleanup:
+        receiver.start()
+        cleanup.callback(receiver.stop)
+        clients = [RawSender(receiver.port, source=f"127.0.0.{n}") for n in (2, 3, 4)]
+        for client in clients:
+            cleanup.callback(client.close)
+        readies = []
+        for client, (name, payload) in zip(clients[:2], scans.items(), strict=False):
+            client.offer(name, payload)
+            readies.append(client.next_event())
+        assert all(isinstance(ready, p.Ready) for ready in readies), readies
+        clients[2].offer("c.npy", scans["c.npy"])
+        refusal = clients[2].next_event()
+        assert isinstance(refusal, p.Nack) and refusal.reason is p.NackReason.NO_SPACE, refusal
+        assert "40.0 MiB promised to files in flight" in refusal.message
+        for client, ready, payload in zip(clients, readies, scans.values(), strict=False):
+            assert isinstance(ready, p.Ready)
+            client.stream(ready, payload)
+        for client in clients[:2]:
+            answer = client.next_event()
+            assert isinstance(answer, p.Ack) and answer.outcome is p.Outcome.STORED, answer
+        assert receiver.stored_files() == ["a.npy", "b.npy"]
+        assert free_bytes(small_disk) >= 16 * MIB
 
 
 def partial_bytes(receiver: ReceiverProcess) -> int:

@@ -156,6 +156,57 @@ def test_connections_beyond_max_connections_are_turned_away_and_the_others_finis
     assert receiver.partials() == []
 
 
+def closed_by_receiver(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_idle_strangers_never_take_the_slots_of_a_paired_sender(
+    tmp_path: Path, start_receiver: StartReceiver
+) -> None:
+    # They would each hold their place for the whole handshake_timeout.
+    receiver = start_receiver(handshake_timeout="300s")
+    strangers = [connect(receiver.port, source="127.0.0.2") for _ in range(32)]
+    try:
+        # Past 4 in their handshake from one address, its oldest ones are dropped.
+        logged(
+            receiver,
+            "dropped the oldest connection from 127.0.0.2 that had not finished its handshake: "
+            "already 4 from its address were waiting for theirs (the handshake budget)",
+        )
+        assert all(closed_by_receiver(sock) for sock in strangers[:28])
+        scans = tmp_path / "scans"
+        scan = write_scan(scans / "a.npy", (8,), seed=7).read_bytes()
+        sender = send_once(sender_config(tmp_path / "sender.yaml", receiver.port, scans))
+        assert sender.process.returncode == 0, sender.log
+        assert (receiver.incoming / "a.npy").read_bytes() == scan
+        assert "TOO_MANY_CONNECTIONS" not in sender.log
+    finally:
+        for sock in strangers:
+            sock.close()
+
+
+def test_a_sender_that_proves_its_key_when_the_slots_are_full_is_told_so(
+    start_receiver: StartReceiver,
+) -> None:
+    receiver = start_receiver(max_connections="1")
+    late = RawSender(receiver.port, source="127.0.0.2", authenticate=False)  # in its handshake
+    first = RawSender(receiver.port)  # proves its key first and takes the one slot
+    answer = late.handshake()
+    assert isinstance(answer, p.Error), answer
+    assert answer.code is p.ErrorCode.TOO_MANY_CONNECTIONS
+    logged(
+        receiver,
+        f"{late.address}: refused after its handshake: max_connections (1) senders are "
+        "connected already",
+    )
+    assert isinstance(first.send_file("kept.npy", b"kept"), p.Ack)
+    late.close()
+    first.close()
+
+
 def test_offers_that_would_eat_into_min_free_space_wait_for_space(
     tmp_path: Path, start_receiver: StartReceiver
 ) -> None:

@@ -43,12 +43,14 @@ class Wire:
         store: Store,
         hooks: list[AfterStore],
         options: dict[str, bytes] | None = None,
+        services: Services | None = None,
     ) -> None:
         self.sender = p.Connection(p.Role.SENDER)
         self.receiver = p.Connection(p.Role.RECEIVER, config.window)
         self._handshake(config.window, options or {})
         self.outbox = bytearray()
-        services = Services(store, Stats(), Gate(config), after_store=tuple(hooks))
+        if services is None:  # several wires share one to stand for one receiver
+            services = Services(store, Stats(), Gate(config), after_store=tuple(hooks))
         self.stats = services.stats
         self.intake = Intake(
             "127.0.0.1:4000",

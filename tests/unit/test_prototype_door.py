@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from scanxfer.config import ReceiverConfig, load_receiver_config
+from scanxfer.receiver.admission import Limits, Reservation, Reservations
 from scanxfer.receiver.after_store import AfterStore, ReceivedFile
 from scanxfer.receiver.doors import RateLimitedWarning
 from scanxfer.receiver.prototype_door import PrototypeDoor, _allowed
@@ -33,6 +34,7 @@ DOOR_LOG = "scanxfer.receiver.prototype_door"
 # "Give up" bound for waits that normally end in milliseconds; never an assertion about speed.
 GIVE_UP_SECONDS = 30
 SCAN_NAME = re.compile(r"scan_\d{13}(~\d+)?\.npy")
+MIB = 1 << 20
 
 
 def npy_bytes(shape: tuple[int, ...] = (64, 64), seed: int = 1) -> bytes:
@@ -60,13 +62,17 @@ class DoorLoop:
     """A PrototypeDoor driven by a selector loop in a thread, as the receiver's main loop does."""
 
     def __init__(
-        self, config: ReceiverConfig, store: Store, hooks: list[AfterStore] | None = None
+        self,
+        config: ReceiverConfig,
+        store: Store,
+        hooks: list[AfterStore] | None = None,
+        reservations: Reservations | None = None,
     ) -> None:
         self.stats = Recorder()
         self.stopping = threading.Event()
         self.received: list[ReceivedFile] = []
         hooks = [self.after_store] if hooks is None else [*hooks, self.after_store]
-        self.door = PrototypeDoor(config, store, self.stats, self.stopping, hooks)
+        self.door = PrototypeDoor(config, store, self.stats, self.stopping, hooks, reservations)
         self.port: int = self.door.listener.getsockname()[1]
         self.store = store
         self._quit = threading.Event()
@@ -109,10 +115,16 @@ def write_config(tmp_path: Path, **settings: str) -> ReceiverConfig:
     return load_receiver_config(path)
 
 
-def open_door(tmp_path: Path, hooks: list[AfterStore] | None = None, **settings: str) -> DoorLoop:
+def open_door(
+    tmp_path: Path,
+    hooks: list[AfterStore] | None = None,
+    reservations: Reservations | None = None,
+    **settings: str,
+) -> DoorLoop:
     config = write_config(tmp_path, **settings)
     limits = StoreLimits(config.max_path_length, config.max_path_depth)
-    return DoorLoop(config, Store(config.incoming_dir, config.partial_dir, limits), hooks)
+    store = Store(config.incoming_dir, config.partial_dir, limits)
+    return DoorLoop(config, store, hooks, reservations)
 
 
 @pytest.fixture
@@ -276,6 +288,29 @@ def test_a_file_that_would_eat_into_min_free_space_is_refused(
         door.close()
     assert "min_free_space is 1000.0 TiB; free some space on the receiver" in caplog.text
     assert door.stored() == {}
+
+
+def test_files_in_flight_on_the_other_door_count_against_the_free_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    reservations = Reservations()  # shared with the scanxfer door, as in the receiver
+    door = open_door(tmp_path, reservations=reservations, min_free_space="1MiB")
+    monkeypatch.setattr(door.store, "free_bytes", lambda: 3 * MIB)
+    limits = Limits(max_file_size=3 * MIB, min_free_space=MIB)
+    held = reservations.admit(2 * MIB, 0, limits, door.store.free_bytes)
+    assert isinstance(held, Reservation)  # a file on the scanxfer door takes the room
+    data = npy_bytes()
+    try:
+        with caplog.at_level(logging.ERROR, DOOR_LOG):
+            deliver(door.port, framed(data))
+        assert "(2.0 MiB of it promised to files in flight)" in caplog.text
+        assert door.stored() == {}
+        held.release()
+        deliver(door.port, framed(data))
+    finally:
+        door.close()
+    assert list(door.stored().values()) == [data]
+    assert reservations.promised() == 0
 
 
 def test_a_trickle_is_cut_off(door: DoorLoop, caplog: pytest.LogCaptureFixture) -> None:

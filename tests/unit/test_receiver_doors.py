@@ -17,7 +17,7 @@ import pytest
 from scanxfer.config import Address, ReceiverConfig, load_receiver_config
 from scanxfer.errors import ExitCode
 from scanxfer.receiver import Services, Stats, serve
-from scanxfer.receiver.doors import Door
+from scanxfer.receiver.doors import HANDSHAKES_PER_ADDRESS, Door, HandshakeBudget
 from scanxfer.receiver.gate import Gate
 from scanxfer.receiver.protocol_door import ProtocolDoor
 from scanxfer.receiver.prototype_door import PrototypeDoor
@@ -35,11 +35,16 @@ def receiver_config(tmp_path: Path, **settings: str) -> ReceiverConfig:
 
 
 class HeldConnection:
-    """Sends one line, then holds the connection until told to stop."""
+    """Sends one line, then holds the connection until told to stop.
 
-    def __init__(self, sock: socket.socket) -> None:
+    `settled` False: still in its "handshake", until the test settles it through the door.
+    """
+
+    def __init__(self, sock: socket.socket, settled: bool = True) -> None:
         self.sock = sock
+        self.settled = settled
         self.stopped = threading.Event()
+        self.aborted = False
         self.reloaded: list[ReceiverConfig] = []
 
     def run(self) -> None:
@@ -52,6 +57,10 @@ class HeldConnection:
     def stop(self) -> None:
         self.stopped.set()
 
+    def abort(self) -> None:
+        self.aborted = True
+        self.stopped.set()
+
     def reconfigure(self, config: ReceiverConfig) -> None:
         self.reloaded.append(config)
 
@@ -60,16 +69,22 @@ class HeldDoor(Door[HeldConnection]):
     label = "test door"
     thread_prefix = "held"
 
-    def __init__(self, config: ReceiverConfig, refused: frozenset[str] = frozenset()) -> None:
-        super().__init__(Address("127.0.0.1", 0), config, 8, logging.getLogger("test"))
+    def __init__(
+        self,
+        config: ReceiverConfig,
+        refused: frozenset[str] = frozenset(),
+        handshakes: bool = False,
+    ) -> None:
+        super().__init__(Address("127.0.0.1", 0), config, 64, logging.getLogger("test"))
         self.refused = refused
+        self.handshakes = handshakes  # its connections start in a handshake
         self.turned_away: list[int] = []
 
     def screen(self, host: str, peer: str) -> bool:
         return host not in self.refused
 
     def serve(self, sock: socket.socket, host: str, peer: str) -> HeldConnection:
-        return HeldConnection(sock)
+        return HeldConnection(sock, settled=not self.handshakes)
 
     def turn_away(self, sock: socket.socket, host: str, peer: str, count: int) -> None:
         self.turned_away.append(count)
@@ -89,9 +104,11 @@ def door(config: ReceiverConfig) -> Iterator[HeldDoor]:
     opened.close()
 
 
-def knock(door: Door[HeldConnection]) -> socket.socket:
+def knock(door: Door[HeldConnection], source: str = "127.0.0.1") -> socket.socket:
     """Connect and let the door accept, as the server's loop does when the listener is readable."""
-    sock = socket.create_connection(("127.0.0.1", door.address.port), timeout=GIVE_UP_SECONDS)
+    sock = socket.create_connection(
+        ("127.0.0.1", door.address.port), timeout=GIVE_UP_SECONDS, source_address=(source, 0)
+    )
     door.accept()
     return sock
 
@@ -228,3 +245,83 @@ def test_a_state_dir_that_cannot_be_made_ends_the_start_with_unreachable(
     with caplog.at_level(logging.ERROR, "scanxfer.receiver"):
         assert serve(config) == ExitCode.UNREACHABLE
     assert f"cannot set up the TLS identity in {blocker / 'state'}: " in caplog.text
+
+
+@pytest.fixture
+def handshake_door(config: ReceiverConfig) -> Iterator[HeldDoor]:
+    opened = HeldDoor(config, handshakes=True)  # max_connections 2: 4 handshakes in all
+    yield opened
+    opened.close()
+
+
+def dropped(door: HeldDoor) -> list[bool]:
+    return [connection.aborted for connection in door.connections]
+
+
+def test_past_the_handshake_budget_of_an_address_its_oldest_handshake_is_dropped(
+    handshake_door: HeldDoor, caplog: pytest.LogCaptureFixture
+) -> None:
+    strangers = [knock(handshake_door, "127.0.0.2") for _ in range(HANDSHAKES_PER_ADDRESS)]
+    assert dropped(handshake_door) == [False] * HANDSHAKES_PER_ADDRESS
+    with caplog.at_level(logging.WARNING, "test"):
+        strangers.append(knock(handshake_door, "127.0.0.2"))
+    assert dropped(handshake_door) == [True] + [False] * HANDSHAKES_PER_ADDRESS
+    # Dropped is dropped: proving its key a moment later does not get it a slot.
+    assert not handshake_door.settle(handshake_door.connections[0])
+    assert "dropped the oldest connection from 127.0.0.2 that had not finished its handshake: " in (
+        caplog.text
+    )
+    assert "already 4 from its address were waiting for theirs (the handshake budget)" in (
+        caplog.text
+    )
+    # Another address still gets its chance, and it is the strangers that make room.
+    with knock(handshake_door, "127.0.0.1") as paired:
+        assert first_line(paired) == b"hello\n"
+    assert handshake_door.turned_away == []
+    for sock in strangers:
+        sock.close()
+
+
+def test_past_the_budget_in_all_the_oldest_handshake_anywhere_is_dropped(
+    handshake_door: HeldDoor,
+) -> None:
+    total = HandshakeBudget.of(handshake_door.config).total
+    strangers = [knock(handshake_door, f"127.0.0.{2 + n}") for n in range(total + 1)]
+    assert dropped(handshake_door) == [True] + [False] * total
+    for sock in strangers:
+        sock.close()
+
+
+def test_max_connections_counts_only_settled_connections_and_strangers_never_take_them(
+    handshake_door: HeldDoor,
+) -> None:
+    first = knock(handshake_door)
+    [one] = handshake_door.connections
+    assert handshake_door.settle(one)
+    # Idle strangers by the dozen: they drop one another, never a settled connection.
+    strangers = [knock(handshake_door, "127.0.0.2") for _ in range(32)]
+    assert handshake_door.turned_away == []
+    assert not one.aborted
+    # A paired sender still gets in, and takes the last slot once it has proven itself.
+    second = knock(handshake_door)
+    two = handshake_door.connections[-1]
+    assert handshake_door.settle(two)
+    assert not one.aborted and not two.aborted
+    assert handshake_door.settled_count() == 2
+    # Both slots taken: one at the door is turned away, told how many are settled.
+    with knock(handshake_door) as third:
+        assert first_line(third) == b"busy\n"
+    assert handshake_door.turned_away == [2]
+    for sock in [first, second, *strangers]:
+        sock.close()
+
+
+def test_a_connection_that_proves_itself_when_the_slots_are_full_is_refused_its_slot(
+    handshake_door: HeldDoor,
+) -> None:
+    socks = [knock(handshake_door) for _ in range(3)]  # all three let in to their handshake
+    verdicts = [handshake_door.settle(connection) for connection in handshake_door.connections]
+    assert verdicts == [True, True, False]
+    assert handshake_door.settled_count() == 2
+    for sock in socks:
+        sock.close()
