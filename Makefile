@@ -73,7 +73,9 @@ bench: venv
 # The Debian package: `sudo apt install ./scanxfer-receiver.deb`. Built in a copy, so
 # debhelper's files never land in the work tree; build/deb keeps the .changes, the source
 # package and the log for lintian. Build dependencies missing from this machine are
-# installed first (as root, or through sudo).
+# installed first (as root, or through sudo). First of all, debian/changelog and
+# scanxfer.__version__ must name the same version (debian/check_version.py; debian/rules
+# checks it again for a dpkg-buildpackage run by hand).
 DEB := scanxfer-receiver.deb
 DEB_INPUTS := pyproject.toml README.md \
 	$(shell find scanxfer config systemd debian -type f -not -path '*/__pycache__/*')
@@ -84,6 +86,7 @@ DEB_PATH := /usr/sbin:/usr/bin:/sbin:/bin
 deb: $(DEB)
 
 $(DEB): $(DEB_INPUTS)
+	@python3 debian/check_version.py
 	dpkg-checkbuilddeps >/dev/null 2>&1 || $(SUDO) env DEBIAN_FRONTEND=noninteractive \
 		apt-get build-dep -y -qq --no-install-recommends ./
 	mkdir -p build

@@ -14,8 +14,15 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
-from numpy.lib import format as npy_format
+from scanxfer.npy import NumpyMissing
+
+# The Debian package only recommends numpy (the receiver does not need it): without it this
+# command says what to install instead of failing with a traceback.
+try:
+    import numpy as np
+    from numpy.lib import format as npy_format
+except ImportError as missing:
+    raise NumpyMissing("simulate") from missing
 
 log = logging.getLogger("scanxfer.simulate")
 

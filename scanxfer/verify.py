@@ -12,10 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TextIO
 
-import numpy as np
-
 from scanxfer.errors import ExitCode
+from scanxfer.npy import NumpyMissing
 from scanxfer.watcher import scan
+
+# The Debian package only recommends numpy (the receiver does not need it): without it this
+# command says what to install instead of failing with a traceback.
+try:
+    import numpy as np
+except ImportError as missing:
+    raise NumpyMissing("verify") from missing
 
 _READ_SIZE = 1 << 20
 _ARRAY_BLOCK_BYTES = 16 << 20

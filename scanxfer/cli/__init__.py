@@ -310,8 +310,12 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def _dtype(text: str) -> str:
-    import numpy
-
+    try:
+        import numpy
+    except ImportError:
+        # argparse checks the default too; without numpy, `simulate` itself says what to
+        # install, in one line, instead of a traceback from here.
+        return text
     try:
         dtype = numpy.dtype(text)
     except TypeError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import subprocess
@@ -12,9 +13,17 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as npst
 from numpy.lib import format as npy_format
 
-from scanxfer.npy import NPY_MAGIC, _itemsize, npy_complete
+from scanxfer.npy import (
+    NPY_MAGIC,
+    _itemsize,
+    _NeedsNumpy,
+    _own_itemsize,
+    npy_complete,
+    npy_expected_size,
+)
 
 
 def save(path: Path, array: np.ndarray, version: tuple[int, int] | None = None) -> int:
@@ -134,6 +143,56 @@ def test_npy_complete_never_raises(
 def test_item_sizes_match_numpy(dtype: str) -> None:
     descr = np.lib.format.dtype_to_descr(np.dtype(dtype))
     assert _itemsize(descr) == np.dtype(dtype).itemsize
+
+
+@settings(max_examples=300)
+@given(npst.nested_dtypes(subtype_strategy=npst.scalar_dtypes() | npst.byte_string_dtypes()))
+def test_sizes_read_without_numpy_agree_with_numpy(dtype: np.dtype) -> None:
+    """What the receiver sizes itself (it has no numpy) is what numpy says, or left to numpy."""
+    try:
+        own = _own_itemsize(npy_format.dtype_to_descr(dtype), depth=0)
+    except _NeedsNumpy:
+        return
+    assert own == dtype.itemsize
+
+
+@pytest.mark.parametrize(
+    "descr",
+    [
+        [("x", "<i4"), ("y", "<f8", (2, 3)), ("", "|V4")],
+        [("a", [("b", [("c", "<U3")])])],
+        [("t", "<M8[10ms]"), ("n", "|S0")],
+    ],
+)
+def test_records_are_sized_like_numpy(descr: object) -> None:
+    assert _itemsize(descr) == npy_format.descr_to_dtype(descr).itemsize
+
+
+def test_hostile_nesting_is_refused_without_recursing_away() -> None:
+    descr: object = "<f4"
+    for _ in range(2000):
+        descr = [("a", descr)]
+    assert _itemsize(descr) is None
+
+
+@pytest.mark.parametrize(
+    "shape", ["(" + "9" * 4000 + ", " + "9" * 4000 + ")", "(2**62,)", "(3037000500, 3037000500)"]
+)
+def test_a_shape_no_file_can_hold_is_no_size(tmp_path: Path, shape: str) -> None:
+    """Not even a number: a size of 8000 digits could not be printed in a refusal."""
+    header = f"{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}"
+    raw = NPY_MAGIC + b"\x01\x00" + struct.pack("<H", len(header)) + header.encode()
+    assert npy_expected_size(io.BytesIO(raw)) is None
+
+
+def test_the_largest_size_a_file_can_have_is_still_a_size() -> None:
+    header = "{'descr': '|u1', 'fortran_order': False, 'shape': (9223372036854775000,), }"
+    raw = NPY_MAGIC + b"\x01\x00" + struct.pack("<H", len(header)) + header.encode()
+    assert npy_expected_size(io.BytesIO(raw)) == 9223372036854775000 + len(raw)
+
+
+def test_a_field_name_used_twice_is_not_a_dtype() -> None:
+    assert _itemsize([("a", "<f4"), ("a", "<i2")]) is None
 
 
 def test_object_and_invalid_dtypes_have_no_item_size() -> None:
