@@ -13,6 +13,11 @@ def human_size(size: float) -> str:
     return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
 
 
+def counted(count: int, noun: str) -> str:
+    """`count` and `noun`, plural unless there is exactly one: "1 connection", "2 files"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def rate(size: int, seconds: float) -> str:
     """Decimal MB/s, the unit network links are quoted in."""
     return f"{size / max(seconds, 1e-6) / 1e6:.1f} MB/s"

@@ -173,6 +173,11 @@ def _keys_add(args: argparse.Namespace) -> int:
     try:
         identity = tls.ensure_identity(config.state_dir, config.name) if config.tls else None
         secret = keys.KeyFile(keys.keys_path(config.state_dir)).add(args.name, replace=args.replace)
+    except keys.KeyExists as exc:
+        again = _same_receiver(args, f"scanxfer keys add {shlex.quote(args.name)} --replace")
+        raise keys.KeysError(
+            f"{exc}; to give it a new one (the old one stops working), run: {again}"
+        ) from None
     except OSError as exc:
         log.error("cannot change %s: %s", config.state_dir, exc)
         return ExitCode.FAILED
@@ -264,11 +269,24 @@ def _keys_revoke(args: argparse.Namespace) -> int:
     config = _receiver_config(args)
     from scanxfer import keys
 
-    keys.KeyFile(keys.keys_path(config.state_dir)).revoke(args.name)
+    revoked_before = keys.KeyFile(keys.keys_path(config.state_dir)).revoke(args.name)
+    if revoked_before is not None:
+        log.info(
+            "the key of %s was already revoked on %s; nothing to do", args.name, revoked_before
+        )
+        return ExitCode.OK
     log.info(
         "revoked the key of %s: the receiver refuses it and closes its open connection", args.name
     )
     return ExitCode.OK
+
+
+def _same_receiver(args: argparse.Namespace, command: str) -> str:
+    """`command` with the user's own -c and --state-dir, so a hint acts where they did."""
+    for option, value in (("-c", args.config), ("--state-dir", args.state_dir)):
+        if value is not None:
+            command += f" {option} {shlex.quote(str(value))}"
+    return command
 
 
 def _pair(args: argparse.Namespace) -> int:

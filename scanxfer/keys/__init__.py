@@ -51,6 +51,10 @@ class KeysError(ScanxferError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class KeyExists(KeysError):
+    """The sender has an active key already; the caller says how to replace it."""
+
+
 @dataclass(frozen=True)
 class KeyEntry:
     """One sender's record; kept after revocation, so the receiver can log why it refuses."""
@@ -105,15 +109,15 @@ class KeyFile:
         with self._locked() as entries:
             current = entries.get(name)
             if current is not None and current.active and not replace:
-                raise KeysError(
-                    f"sender {name!r} already has a key; to give it a new one (the old one "
-                    f"stops working), run: scanxfer keys add {name} --replace"
-                )
+                raise KeyExists(f"sender {name!r} already has a key")
             entries[name] = KeyEntry(name, verifier(decode_secret(secret)), _now(), None)
         return secret
 
-    def revoke(self, name: str) -> None:
-        """Make `name`'s key stop working from the next handshake; the record stays."""
+    def revoke(self, name: str) -> str | None:
+        """Make `name`'s key stop working from the next handshake; the record stays.
+
+        Returns when it had been revoked already (nothing changes then), else None.
+        """
         with self._locked() as entries:
             current = entries.get(name)
             if current is None:
@@ -123,8 +127,9 @@ class KeyFile:
                     f"see them with: scanxfer keys list"
                 )
             if not current.active:
-                raise KeysError(f"sender {name!r} was already revoked on {current.revoked}")
+                return current.revoked
             entries[name] = KeyEntry(name, current.verifier, current.created, _now())
+        return None
 
     def entries(self) -> list[KeyEntry]:
         """Every sender's record, by name; none when the file does not exist yet."""

@@ -47,7 +47,11 @@ def serve(
             StoreLimits(config.max_path_length, config.max_path_depth),
         )
     except (StoreSetupError, OSError) as error:
-        log.error("cannot use the storage directories: %s", error)
+        # A StoreSetupError's message already names what it could not use.
+        if isinstance(error, StoreSetupError):
+            log.error("%s", error)
+        else:
+            log.error("cannot use the storage directories: %s", error)
         return ExitCode.UNREACHABLE
     _clean_leftovers(store, config.partial_max_age)
     try:

@@ -16,6 +16,7 @@ from types import FrameType
 from typing import Any
 
 from ..config import ConfigError, ReceiverConfig
+from ..sizes import counted
 from ..systemd import Notifier
 from .doors import Door
 from .protocol_door import ProtocolDoor
@@ -126,8 +127,8 @@ class Server:
     def _shutdown(self) -> None:
         self.notifier.stopping()
         log.info(
-            "stopping: %d connections open; interrupted files stay resumable",
-            self._open_connections(),
+            "stopping: %s open; interrupted files stay resumable",
+            counted(self._open_connections(), "connection"),
         )
         # All told first, then waited for: the connections of every door end together.
         for door in self.doors:

@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..sizes import human_size
+from ..sizes import counted, human_size
 from ..store import Store
 from .admission import Reservations
 from .after_store import AfterStore
@@ -46,8 +46,8 @@ class Stats:
         with self.lock:
             last = f", last {self.last_file}" if self.last_file else ""
             return (
-                f"{self.files} files, {human_size(self.bytes)} received{last}; "
-                f"{self.connections} connections"
+                f"{counted(self.files, 'file')}, {human_size(self.bytes)} received{last}; "
+                f"{counted(self.connections, 'connection')}"
             )
 
 

@@ -162,7 +162,10 @@ def test_a_second_key_for_a_name_needs_replace(
     first, _ = _add(capsys, receiver, "lab-pc", "--address", "pi")
     status, out, err = _run(capsys, *receiver.args("keys", "add", "lab-pc", "--address", "pi"))
     assert (status, out) == (1, "")
-    assert "scanxfer keys add lab-pc --replace" in err
+    # The way out acts on the same receiver as the command that was refused.
+    expected = receiver.args("scanxfer keys add lab-pc --replace")[0]
+    options = f" -c {receiver.settings} --state-dir {receiver.state}"
+    assert f"run: {expected}{options}" in err
     second, _ = _add(capsys, receiver, "lab-pc", "--address", "pi", "--replace")
     assert second.secret != first.secret
     entry = Keyring(keys_path(receiver.state)).lookup("lab-pc")
@@ -186,6 +189,10 @@ def test_list_and_revoke(capsys: pytest.CaptureFixture[str], receiver: Receiver)
     _add(capsys, receiver, "lab-pc", "--address", "pi")
     _add(capsys, receiver, "beamline-7", "--address", "pi")
     assert _run(capsys, *receiver.args("keys", "revoke", "lab-pc"))[0] == 0
+    # Revoking again changes nothing and is no failure: the key is revoked, as asked.
+    again, _, err = _run(capsys, *receiver.args("keys", "revoke", "lab-pc"))
+    assert again == 0 and "the key of lab-pc was already revoked on " in err
+    assert "; nothing to do" in err
     status, out, _ = _run(capsys, *receiver.args("keys", "list"))
     assert status == 0
     lines = out.splitlines()
