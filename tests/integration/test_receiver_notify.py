@@ -54,7 +54,7 @@ def test_ready_status_reload_and_stopping_reach_systemd(
         scans = tmp_path / "scans"
         write_scan(scans / "a.npy", (16, 16), seed=1)
         assert send_once(sender_config(tmp_path / "s.yaml", receiver.port, scans)).wait() == 0
-        assert "last a.npy" in notify.wait_for("STATUS=1 files")
+        assert "last a.npy" in notify.wait_for("STATUS=1 file,")
         notify.messages.clear()
         receiver.child.process.send_signal(signal.SIGHUP)
         notify.wait_for("RELOADING=1")
