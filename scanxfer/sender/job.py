@@ -142,9 +142,14 @@ class BackgroundDigest:
             raise _Abandoned
 
     def result(self, alive: Callable[[], None]) -> bytes:
-        """The digest, once computed; `alive` is called while waiting and may raise (a stop),
-        which ends the hashing too: nobody will ask for it again."""
+        """The digest, once computed; `alive` is called at least once, then while waiting,
+        and may raise (a stop), which ends the hashing too: nobody will ask for it again.
+
+        At least once, so a stop asked for before this call is seen whether or not the
+        hash has already finished: the answer does not depend on a race with the thread.
+        """
         try:
+            alive()
             while self._thread.is_alive():
                 self._thread.join(timeout=0.2)
                 alive()

@@ -105,3 +105,17 @@ def test_a_stop_while_waiting_for_a_deferred_digest_is_raised(tmp_path: Path) ->
         hashing = BackgroundDigest(handle, "scan.npy")
         with pytest.raises(Stopped):
             hashing.result(Pulse(stop=stop))
+
+
+def test_a_stop_asked_before_the_digest_is_read_is_raised_even_when_the_hash_is_done(
+    tmp_path: Path,
+) -> None:
+    """The answer must not depend on whether the hash thread won the race."""
+    path = scan(tmp_path, 1 << 20)
+    stop = threading.Event()
+    with path.open("rb") as handle:
+        hashing = BackgroundDigest(handle, "scan.npy")
+        assert hashing.result(Pulse(stop=stop)) == xxhash.xxh3_128(path.read_bytes()).digest()
+        stop.set()
+        with pytest.raises(Stopped):
+            hashing.result(Pulse(stop=stop))
