@@ -19,6 +19,9 @@ class ExitCode(enum.IntEnum):
     # Rerunning the same command cannot help: the command line or a settings file is wrong.
     USAGE = 2
     UNREACHABLE = 3
+    # The receiver's folders: what is wrong is on this host's disk, and the message says how to
+    # fix it; a restart alone changes nothing.
+    STORAGE = 4
     # 128 + SIGINT, as shells report a command Ctrl-C stopped.
     INTERRUPTED = 130
 
@@ -33,6 +36,7 @@ _MEANINGS = {
     ExitCode.FAILED: "a transfer, a verification or a change of keys failed",
     ExitCode.USAGE: "usage or configuration error",
     ExitCode.UNREACHABLE: "receiver unreachable, or the service could not start",
+    ExitCode.STORAGE: "the receiver cannot store in its folders (the message says why)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
 

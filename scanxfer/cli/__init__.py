@@ -347,10 +347,12 @@ def sender_config(args: argparse.Namespace) -> SenderConfig:
 
 def _receive(args: argparse.Namespace) -> int:
     config = receiver_config(args)
-    if args.check:
-        log.info("settings are valid")
-        return ExitCode.OK
     from scanxfer import receiver
+
+    if args.check:
+        receiver.check_storage(config)
+        log.info("settings are valid, and files can be stored in %s", config.incoming_dir)
+        return ExitCode.OK
 
     # SIGHUP re-reads the same file with the same command-line overrides.
     return receiver.serve(config, reload=lambda: receiver_config(args))

@@ -25,7 +25,7 @@ __all__ = [
 # handlers (exit 0); the short commands let Ctrl-C through, and `main` reports 130.  `send`
 # is both: watching, SIGTERM or Ctrl-C is a clean stop (0); with --once, or at a second
 # Ctrl-C, it is an interruption (130).
-SERVICE_EXITS = (ExitCode.OK, ExitCode.USAGE, ExitCode.UNREACHABLE)
+SERVICE_EXITS = (ExitCode.OK, ExitCode.USAGE, ExitCode.UNREACHABLE, ExitCode.STORAGE)
 SENDER_EXITS = (
     ExitCode.OK,
     ExitCode.FAILED,

@@ -115,7 +115,7 @@ class ReceiverConfig:
     name: str = field(metadata=_spec(parse_name, nullable=True))
     state_dir: Path = field(metadata=_spec(parse_path))
     incoming_dir: Path = field(metadata=_spec(parse_path, nullable=True))
-    partial_dir: Path = field(metadata=_spec(parse_path, nullable=True))
+    partial_dir: Path | None = field(metadata=_spec(parse_path, nullable=True))
     max_file_size: int = field(metadata=_spec(in_range(parse_size, 1, None, " bytes")))
     max_path_length: int = field(metadata=_spec(in_range(parse_int, 1, 4096, " bytes")))
     max_path_depth: int = field(metadata=_spec(in_range(parse_int, 1, 256)))
@@ -192,17 +192,9 @@ def default_sender_config_path() -> Path:
 def _finish_receiver(values: dict[str, Any], where: Mapping[str, str]) -> ReceiverConfig:
     if values["name"] is None:
         values["name"] = socket.gethostname()
-    for key, default_name in (("incoming_dir", "incoming"), ("partial_dir", "partial")):
-        if values[key] is None:
-            values[key] = values["state_dir"] / default_name
-    incoming = Path(os.path.abspath(values["incoming_dir"]))
-    partial = Path(os.path.abspath(values["partial_dir"]))
-    if partial.is_relative_to(incoming):
-        raise ConfigError(
-            f"partial_dir {partial} (from {where['partial_dir']}) lies inside incoming_dir "
-            f"{incoming} (from {where['incoming_dir']}), so unfinished files would look "
-            f"delivered; set partial_dir beside it, e.g. {incoming.parent / 'partial'}"
-        )
+    if values["incoming_dir"] is None:
+        values["incoming_dir"] = values["state_dir"] / "incoming"
+    # partial_dir stays None, the store's default: a hidden folder inside incoming_dir.
     if values["legacy_listen"] is not None and not values["legacy_allow"]:
         raise ConfigError(
             f"{where['legacy_listen']}: key 'legacy_listen' opens the unauthenticated door "

@@ -15,16 +15,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from ..atomic import state_owner
 from ..config import ReceiverConfig
 from ..errors import ExitCode
-from ..store import LeftoverPartial, Store, StoreLimits, StoreSetupError
+from ..sizes import counted
+from ..store import Folders, LeftoverPartial, Store, StoreLimits, StoreSetupError, adopt_partials
+from ..store import setup as store_setup
 from ..tls import TLSSetupError
 from .after_store import AfterStore, ReceivedFile
 from .gate import Gate
 from .server import Server
 from .shared import Services, Stats
 
-__all__ = ["AfterStore", "ReceivedFile", "Server", "Services", "Stats", "serve"]
+__all__ = [
+    "AfterStore",
+    "ReceivedFile",
+    "Server",
+    "Services",
+    "Stats",
+    "check_storage",
+    "serve",
+]
 
 log = logging.getLogger("scanxfer.receiver")
 
@@ -41,18 +52,10 @@ def serve(
     `after_store` is called for each file newly stored, on every door (see `after_store`).
     """
     try:
-        store = Store(
-            config.incoming_dir,
-            config.partial_dir,
-            StoreLimits(config.max_path_length, config.max_path_depth),
-        )
-    except (StoreSetupError, OSError) as error:
-        # A StoreSetupError's message already names what it could not use.
-        if isinstance(error, StoreSetupError):
-            log.error("%s", error)
-        else:
-            log.error("cannot use the storage directories: %s", error)
-        return ExitCode.UNREACHABLE
+        store = _open_store(config)
+    except StoreSetupError as error:
+        log.error("%s", error)
+        return error.exit_code
     _clean_leftovers(store, config.partial_max_age)
     try:
         gate = Gate(config)
@@ -76,6 +79,44 @@ def serve(
         return ExitCode.UNREACHABLE
     server.serve_forever()
     return ExitCode.OK
+
+
+def check_storage(config: ReceiverConfig) -> None:
+    """What `receive --check` and a reload ask: could the receiver store files as set?
+
+    Makes nothing, so a check changes no folder; raises StoreSetupError saying what is wrong.
+    """
+    folders = Folders.of(config.incoming_dir, config.partial_dir, config.state_dir)
+    try:
+        owner = state_owner(config.state_dir)
+    except FileNotFoundError:
+        owner = None  # a state folder still to be made: it will be ours
+    if owner is None:
+        store_setup.check(folders, config.min_free_space)
+    else:
+        store_setup.check_as(owner, folders, config.min_free_space)
+
+
+def _open_store(config: ReceiverConfig) -> Store:
+    """The store, its folders made and checked (see store.setup); raises StoreSetupError."""
+    if config.partial_dir is None:
+        folders = Folders.of(config.incoming_dir, None, config.state_dir)
+        moved, dropped = adopt_partials(config.state_dir / "partial", folders)
+        if moved or dropped:
+            log.info(
+                "moved %s from %s to %s, the partial folder's new default place%s",
+                counted(moved, "unfinished file"),
+                config.state_dir / "partial",
+                folders.partial,
+                f"; dropped {dropped} that could not move (they are sent again)" if dropped else "",
+            )
+    return Store(
+        config.incoming_dir,
+        config.partial_dir,
+        StoreLimits(config.max_path_length, config.max_path_depth),
+        own=config.state_dir,
+        min_free_space=config.min_free_space,
+    )
 
 
 def _listening_on(config: ReceiverConfig) -> str:

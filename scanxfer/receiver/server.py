@@ -17,6 +17,8 @@ from typing import Any
 
 from ..config import ConfigError, ReceiverConfig
 from ..sizes import counted
+from ..store import StoreSetupError
+from ..store.setup import check as check_folders
 from ..systemd import Notifier
 from .doors import Door
 from .protocol_door import ProtocolDoor
@@ -119,7 +121,15 @@ class Server:
             for door in self.doors:
                 door.update(config)
             log.info("settings reloaded")
+            self._check_storage()
         self.notifier.ready()
+
+    def _check_storage(self) -> None:
+        """Say so at once if the folders went bad (a disk unplugged, a chown): not per file."""
+        try:
+            check_folders(self.services.store.folders, self.config.min_free_space)
+        except StoreSetupError as error:
+            log.error("%s", error)
 
     def _open_connections(self) -> int:
         return sum(len(door.connections) for door in self.doors)

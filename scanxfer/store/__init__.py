@@ -50,7 +50,7 @@ from .errors import (
     StoreSetupError,
     io_error,
 )
-from .names import StoreLimits, check_name, clash_entries, free_name
+from .names import PARTIAL_FOLDER, StoreLimits, check_name, clash_entries, free_name
 from .partial import (
     LeftoverPartial,
     PartialFile,
@@ -59,11 +59,14 @@ from .partial import (
     remove_partial,
     scan_partials,
 )
+from .setup import Folders, adopt_partials, describe_error, prepare
 
 __all__ = [
+    "PARTIAL_FOLDER",
     "BadName",
     "Busy",
     "DigestMismatch",
+    "Folders",
     "LeftoverPartial",
     "NoSpace",
     "Outcome",
@@ -74,6 +77,7 @@ __all__ = [
     "StoreLimits",
     "StoreSetupError",
     "StoredFile",
+    "adopt_partials",
 ]
 
 _DIGEST_CACHE_SIZE = 4096
@@ -101,36 +105,35 @@ class Store:
     `place_partial`, nothing else.
     """
 
-    def __init__(self, incoming_dir: Path, partial_dir: Path, limits: StoreLimits) -> None:
-        self.incoming_dir = Path(incoming_dir)
-        self.partial_dir = Path(partial_dir)
+    def __init__(
+        self,
+        incoming_dir: Path,
+        partial_dir: Path | None,
+        limits: StoreLimits,
+        *,
+        own: Path = Path("/"),
+        min_free_space: int = 0,
+    ) -> None:
+        """Make and check the folders (see `setup.prepare`); raises StoreSetupError.
+
+        `partial_dir` None is the default, a hidden folder inside `incoming_dir`; missing
+        parents are made only under `own`; `min_free_space` must be free to start at all.
+        """
+        self.folders = Folders.of(incoming_dir, partial_dir, own)
+        self.incoming_dir = self.folders.incoming
+        self.partial_dir = self.folders.partial
         self.limits = limits
         self._lock = threading.Lock()
         self.opened = itertools.count()  # numbers the partials in the order they are opened
         self._digests: dict[tuple[str, int, int, int], bytes] = {}
+        prepare(self.folders, min_free_space)
         try:
-            self.incoming_dir.mkdir(parents=True, exist_ok=True)
-            self.partial_dir.mkdir(parents=True, exist_ok=True)
             leftovers = scan_partials(self.partial_dir)
-            # Resolved, so that a symlink cannot hide the nesting.
-            nested = self.partial_dir.resolve().is_relative_to(self.incoming_dir.resolve())
-            same_fs = self.incoming_dir.stat().st_dev == self.partial_dir.stat().st_dev
         except OSError as exc:
             raise StoreSetupError(
-                f"cannot use the storage directories: {exc}; fix the path or its permissions"
+                f"cannot read the partial folder {self.partial_dir}: "
+                f"{describe_error(exc, self.partial_dir)}"
             ) from exc
-        if nested:
-            raise StoreSetupError(
-                f"partial_dir {str(partial_dir)!r} lies inside incoming_dir {str(incoming_dir)!r}, "
-                "so a sender could offer a path that lands in the partial area; "
-                "set partial_dir to a directory outside incoming_dir, on the same filesystem"
-            )
-        if not same_fs:
-            raise StoreSetupError(
-                f"partial_dir {str(partial_dir)!r} is not on the same filesystem as incoming_dir "
-                f"{str(incoming_dir)!r}, so files cannot be moved into place atomically; "
-                "set partial_dir to a directory on the incoming_dir filesystem"
-            )
         # Shared with every PartialFile: which keys are in use, which idle ones each path has.
         self.claims = Claims((key, left.path) for key, left in leftovers if left.path)
 

@@ -15,6 +15,9 @@ from pathlib import PurePosixPath
 from .errors import BadName
 
 NAME_MAX = 255
+# The partial folder when none is set: inside the incoming folder, so on its filesystem and
+# inside any sandbox exception made for it (see setup).  No offered path may use the name.
+PARTIAL_FOLDER = ".scanxfer-partial"
 _CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
@@ -55,6 +58,8 @@ def _name_problem(relpath: str, limits: StoreLimits) -> str | None:
         return "it has an empty component ('//' or a trailing '/')"
     if "." in parts or ".." in parts:
         return "it has a '.' or '..' component"
+    if PARTIAL_FOLDER in parts:
+        return f"the name {PARTIAL_FOLDER} is kept for the receiver's unfinished files"
     if any(len(part.encode("utf-8")) > NAME_MAX for part in parts):
         return f"a component is longer than {NAME_MAX} UTF-8 bytes"
     return None

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from scanxfer.keys import KEYS_FILE_NAME, KeyFile
+from scanxfer.store import PARTIAL_FOLDER
 from scanxfer.tls import ensure_identity
 from scanxfer.verify import verify_trees
 
@@ -93,13 +94,13 @@ class ReceiverProcess:
         return self.child.log if self.child else ""
 
     def partials(self) -> list[Path]:
-        return sorted((self.state / "partial").glob("*.part"))
+        return sorted((self.incoming / PARTIAL_FOLDER).glob("*.part"))
 
     def stored_files(self) -> list[str]:
         return sorted(
             path.relative_to(self.incoming).as_posix()
             for path in self.incoming.rglob("*")
-            if path.is_file()
+            if path.is_file() and PARTIAL_FOLDER not in path.relative_to(self.incoming).parts
         )
 
     def stop(self, sig: int = 15) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from scanxfer import protocol as p
+from scanxfer.store import PARTIAL_FOLDER
 from scanxfer.store.partial import SIDECAR_MIN_SIZE
 
 from .attack import logged
@@ -21,7 +22,7 @@ CANCEL = {p.CANCEL_OPTION: p.CANCEL_ON}
 
 def partial_area(receiver: ReceiverProcess) -> list[str]:
     """Everything in the receiver's partial directory: bytes and sidecars alike."""
-    return sorted(os.listdir(receiver.state / "partial"))
+    return sorted(os.listdir(receiver.incoming / PARTIAL_FOLDER))
 
 
 def prefix(client: RawSender) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from scanxfer import protocol as p
+from scanxfer.store import PARTIAL_FOLDER
 
 from .faultproxy import FaultProxy, Plan
 from .harness import (
@@ -103,7 +104,7 @@ def test_a_disk_full_mid_file_is_refused_and_the_file_arrives_once_space_is_back
         assert receiver.child is not None
         receiver.child.wait_for(r"cannot store volume\.npy: no space left", GIVE_UP_SECONDS)
         receiver.child.wait_for(r"refused 'volume\.npy': .* do not fit", GIVE_UP_SECONDS)
-        assert list((receiver.state / "partial").iterdir()) == []
+        assert list((receiver.incoming / PARTIAL_FOLDER).iterdir()) == []
         assert list(small_disk.rglob("*.part")) == []
         assert receiver.stored_files() == []
         assert scan.read_bytes() == original  # after_send: delete, yet the sender keeps it
@@ -113,7 +114,7 @@ def test_a_disk_full_mid_file_is_refused_and_the_file_arrives_once_space_is_back
         wait_for_files(receiver, ["volume.npy"], sender)
         assert (receiver.incoming / "volume.npy").read_bytes() == original
         wait_until(lambda: not scan.exists(), "the delivered scan deleted", sender)
-        assert list((receiver.state / "partial").iterdir()) == []
+        assert list((receiver.incoming / PARTIAL_FOLDER).iterdir()) == []
         # Nothing was restarted: the same two processes did it all.
         assert receiver.child.process.poll() is None and sender.process.poll() is None
         assert count_matches("listening on", receiver.log) == 1

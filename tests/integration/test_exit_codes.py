@@ -73,6 +73,22 @@ def receiver_that_cannot_store(tmp_path: Path) -> int:
     )
 
 
+def receiver_whose_port_is_taken(tmp_path: Path) -> int:
+    """A service that cannot start: another program listens on its port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        return run(
+            tmp_path,
+            "receive",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--state-dir",
+            str(tmp_path / "state"),
+        )
+
+
 def simulate_stopped_by_ctrl_c(tmp_path: Path) -> int:
     scans = tmp_path / "scans"
     child = subprocess.Popen(
@@ -105,7 +121,8 @@ SCENARIOS: dict[ExitCode, Callable[[Path], int]] = {
     ExitCode.OK: identical_files_verify,
     ExitCode.FAILED: different_files_verify,
     ExitCode.USAGE: send_to_a_malformed_address,
-    ExitCode.UNREACHABLE: receiver_that_cannot_store,
+    ExitCode.UNREACHABLE: receiver_whose_port_is_taken,
+    ExitCode.STORAGE: receiver_that_cannot_store,
     ExitCode.INTERRUPTED: simulate_stopped_by_ctrl_c,
 }
 

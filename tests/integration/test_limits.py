@@ -17,6 +17,7 @@ import pytest
 
 from scanxfer import protocol as p
 from scanxfer.keys import KeyFile, keys_path
+from scanxfer.store import PARTIAL_FOLDER
 from scanxfer.store.partial import partial_key
 from scanxfer.tls import client_context
 
@@ -94,7 +95,7 @@ def test_a_slowloris_is_cut_off_while_a_good_sender_is_served(
         assert frames_in(answer) == [p.Error(p.ErrorCode.TIMEOUT, "timed out")]
     if stage == "payload":  # kept for a resume, as after any lost connection
         key = partial_key("slow.npy", len(SLOW_PAYLOAD), digest(SLOW_PAYLOAD))
-        kept = receiver.state / "partial" / f"{key}.part"
+        kept = receiver.incoming / PARTIAL_FOLDER / f"{key}.part"
         assert kept.stat().st_size <= sent
         kept.unlink()
         kept.with_suffix(".meta").unlink()

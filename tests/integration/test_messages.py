@@ -21,6 +21,8 @@ def test_a_storage_folder_that_cannot_be_made_is_named_once(tmp_path: Path) -> N
         text=True,
         timeout=60,
     )
-    assert result.returncode == 3
-    assert result.stderr.count("cannot use the storage directories") == 1, result.stderr
+    assert result.returncode == 4
+    blocked = f"cannot store into {tmp_path / 'a-file' / 'incoming'}: "
+    assert result.stderr.count(blocked) == 1, result.stderr
+    assert f"{blocked}{tmp_path / 'a-file'} is not a folder" in result.stderr
     assert "Traceback" not in result.stderr

@@ -26,13 +26,14 @@ RESERVE = 16 * KIB
 
 
 class SmallDisk:
-    """A disk of `capacity` bytes holding the files under `roots`: the store's free space."""
+    """A disk of `capacity` bytes holding the files under `root`: the store's free space."""
 
-    def __init__(self, roots: list[Path], capacity: int) -> None:
-        self.roots, self.capacity = roots, capacity
+    def __init__(self, root: Path, capacity: int) -> None:
+        self.root, self.capacity = root, capacity
 
     def free(self) -> int:
-        files = [path for root in self.roots for path in root.rglob("*") if path.is_file()]
+        # The partial folder lies inside the incoming one: its files are counted here too.
+        files = [path for path in self.root.rglob("*") if path.is_file()]
         return self.capacity - sum(path.stat().st_size for path in files)
 
 
@@ -43,7 +44,7 @@ class Receiver:
         self.config = receiver_config(tmp_path, min_free_space=str(RESERVE))
         limits = StoreLimits(self.config.max_path_length, self.config.max_path_depth)
         self.store = Store(self.config.incoming_dir, self.config.partial_dir, limits)
-        self.disk = SmallDisk([self.store.incoming_dir, self.store.partial_dir], capacity)
+        self.disk = SmallDisk(self.store.incoming_dir, capacity)
         monkeypatch.setattr(self.store, "free_bytes", self.disk.free)
         self.services = Services(self.store, Stats(), Gate(self.config))
 

@@ -154,7 +154,7 @@ def test_receive_options_override_settings(tmp_path: Path) -> None:
     settings = receiver_config(args)
     assert settings.listen == Address("0.0.0.0", 6000)
     assert settings.incoming_dir == Path("in")
-    assert settings.partial_dir == tmp_path / "partial"
+    assert settings.partial_dir is None  # the store's default, inside incoming_dir
 
 
 def test_send_options_override_settings(tmp_path: Path) -> None:

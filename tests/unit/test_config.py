@@ -87,7 +87,7 @@ def test_receiver_defaults() -> None:
         name=socket.gethostname(),
         state_dir=Path("/var/lib/scanxfer"),
         incoming_dir=Path("/var/lib/scanxfer/incoming"),
-        partial_dir=Path("/var/lib/scanxfer/partial"),
+        partial_dir=None,
         max_file_size=64 * 2**30,
         max_path_length=1024,
         max_path_depth=16,
@@ -165,13 +165,13 @@ def test_file_overrides_defaults_and_command_line_overrides_file(tmp_path: Path)
     assert settings.listen == Address("0.0.0.0", 6000)
     assert settings.name == socket.gethostname()  # None means "option not given"
     assert settings.incoming_dir == Path("/srv/scanxfer/incoming")
-    assert settings.partial_dir == Path("/srv/scanxfer/partial")
+    assert settings.partial_dir is None  # the store keeps it inside incoming_dir
 
 
 def test_command_line_state_dir_moves_derived_dirs(tmp_path: Path) -> None:
     settings = load_receiver_config(None, {"state_dir": tmp_path, "incoming_dir": tmp_path / "in"})
     assert settings.incoming_dir == tmp_path / "in"
-    assert settings.partial_dir == tmp_path / "partial"
+    assert settings.partial_dir is None
 
 
 def test_receiver_reads_system_file_when_no_path_given(_no_system_file: Path) -> None:
@@ -309,12 +309,6 @@ def test_retry_initial_longer_than_retry_max(tmp_path: Path) -> None:
     message = _error(load_sender_config, path, {"retry_max": "1m"})
     assert message.startswith(f"{path}, line 1: key 'retry_initial': 120s is longer than")
     assert "retry_max (60s, from command line)" in message
-
-
-def test_partial_dir_inside_incoming_dir(tmp_path: Path) -> None:
-    overrides = {"incoming_dir": tmp_path, "partial_dir": tmp_path / "part"}
-    message = _error(load_receiver_config, None, overrides)
-    assert f"partial_dir {tmp_path / 'part'} (from command line) lies inside" in message
 
 
 def test_yaml_syntax_error_gives_the_line(tmp_path: Path) -> None:

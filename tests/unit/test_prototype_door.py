@@ -27,7 +27,7 @@ from scanxfer.receiver.admission import Limits, Reservation, Reservations
 from scanxfer.receiver.after_store import AfterStore, ReceivedFile
 from scanxfer.receiver.doors import RateLimitedWarning
 from scanxfer.receiver.prototype_door import PrototypeDoor, _allowed
-from scanxfer.store import Outcome, Store, StoreLimits
+from scanxfer.store import PARTIAL_FOLDER, Outcome, Store, StoreLimits
 
 DOOR_LOG = "scanxfer.receiver.prototype_door"
 
@@ -96,7 +96,11 @@ class DoorLoop:
 
     def stored(self) -> dict[str, bytes]:
         incoming = self.store.incoming_dir
-        return {path.name: path.read_bytes() for path in incoming.iterdir()}
+        return {
+            path.name: path.read_bytes()
+            for path in incoming.iterdir()
+            if path.name != PARTIAL_FOLDER
+        }
 
     def partials(self) -> list[str]:
         return os.listdir(self.store.partial_dir)

@@ -23,6 +23,7 @@ import xxhash
 
 from scanxfer.errors import ExitCode, ScanxferError
 from scanxfer.store import (
+    PARTIAL_FOLDER,
     BadName,
     Busy,
     DigestMismatch,
@@ -668,8 +669,15 @@ def shm_dir() -> Iterator[Path]:
 def test_partial_dir_on_another_filesystem(tmp_path: Path, shm_dir: Path) -> None:
     if not Path("/dev/shm").is_dir() or os.stat("/dev/shm").st_dev == tmp_path.stat().st_dev:
         pytest.skip("needs /dev/shm on a different filesystem from tmp_path")
-    with pytest.raises(StoreSetupError, match="set partial_dir"):
+    with pytest.raises(StoreSetupError) as refused:
         Store(tmp_path / "incoming", shm_dir, LIMITS)
+    assert str(refused.value) == (
+        f"cannot store files: a file in partial_dir {shm_dir} cannot be moved into "
+        f"{tmp_path / 'incoming'} (Invalid cross-device link: another filesystem, or another "
+        "mount of the service's sandbox); leave partial_dir unset, so unfinished files are "
+        f"kept in {tmp_path / 'incoming' / PARTIAL_FOLDER}"
+    )
+    assert refused.value.exit_code is ExitCode.STORAGE
 
 
 @pytest.mark.parametrize("partial", ["incoming", "incoming/partial", "link/partial"])
@@ -678,11 +686,11 @@ def test_partial_dir_inside_incoming_is_refused(
 ) -> None:
     incoming.mkdir()
     (tmp_path / "link").symlink_to(incoming)
-    with pytest.raises(StoreSetupError, match="outside incoming_dir") as refused:
+    with pytest.raises(StoreSetupError, match="leave partial_dir unset") as refused:
         Store(incoming, tmp_path / partial, LIMITS)
     # The receiver could not start; it exits as the README's table says for that.
     assert isinstance(refused.value, ScanxferError)
-    assert refused.value.exit_code is ExitCode.UNREACHABLE
+    assert refused.value.exit_code is ExitCode.STORAGE
 
 
 def test_a_failure_with_one_file_is_a_failed_transfer(store: Store) -> None:
