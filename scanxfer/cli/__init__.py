@@ -350,8 +350,8 @@ def _receive(args: argparse.Namespace) -> int:
     from scanxfer import receiver
 
     if args.check:
-        receiver.check_storage(config)
-        log.info("settings are valid, and files can be stored in %s", config.incoming_dir)
+        folders = receiver.check_storage(config)
+        log.info("settings are valid, and files can be stored in %s", folders.incoming)
         return ExitCode.OK
 
     # SIGHUP re-reads the same file with the same command-line overrides.

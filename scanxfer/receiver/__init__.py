@@ -81,10 +81,11 @@ def serve(
     return ExitCode.OK
 
 
-def check_storage(config: ReceiverConfig) -> None:
+def check_storage(config: ReceiverConfig) -> Folders:
     """What `receive --check` and a reload ask: could the receiver store files as set?
 
     Makes nothing, so a check changes no folder; raises StoreSetupError saying what is wrong.
+    Returns the folders checked, their paths absolute.
     """
     folders = Folders.of(config.incoming_dir, config.partial_dir, config.state_dir)
     try:
@@ -95,6 +96,7 @@ def check_storage(config: ReceiverConfig) -> None:
         store_setup.check(folders, config.min_free_space)
     else:
         store_setup.check_as(owner, folders, config.min_free_space)
+    return folders
 
 
 def _open_store(config: ReceiverConfig) -> Store:

@@ -44,7 +44,11 @@ def test_commands_that_need_numpy_say_what_to_install(tmp_path: Path, args: list
 def test_receive_check_runs_without_numpy(tmp_path: Path) -> None:
     args = ["--listen", "127.0.0.1:0", "--dir", "in", "--state-dir", "state"]
     result = run_without_numpy(without_numpy.scanxfer_argv("receive", "--check", *args), tmp_path)
-    assert (result.returncode, result.stderr) == (0, "scanxfer: settings are valid\n")
+    stored_in = (tmp_path / "in").resolve()
+    assert (result.returncode, result.stderr) == (
+        0,
+        f"scanxfer: settings are valid, and files can be stored in {stored_in}\n",
+    )
 
 
 def test_every_module_the_receiver_runs_imports_without_numpy() -> None:
