@@ -26,8 +26,11 @@ Keys left out keep their defaults.
 .I /var/lib/scanxfer/incoming
 Where the receiver service stores completed files, under the sender's relative path.
 .TP
-.I /var/lib/scanxfer/partial
+.I /var/lib/scanxfer/incoming/.scanxfer\-partial
 Files still arriving; an interrupted transfer resumes from here.
+It lies inside the incoming folder, so on its disk
+.RB ( "scanxfer store\-in"
+moves both).
 .TP
 .I /var/lib/scanxfer/keys.json
 The senders' keys, kept as verifiers only: a copy of this file lets nobody send.

@@ -1,4 +1,5 @@
-"""The `scanxfer` command: receive, send, status, simulate, verify, install-user-unit, keys, pair.
+"""The `scanxfer` command: receive, send, status, simulate, verify, install-user-unit, keys, pair,
+store-in.
 
 Each subcommand imports its module only when it runs, so a module that fails to import
 breaks only its own subcommand, and `scanxfer --help` stays fast.
@@ -26,6 +27,7 @@ from scanxfer.errors import ScanxferError, describe_exit_codes
 from scanxfer.systemd import setup_logging
 
 from . import keys as keys_commands
+from . import storage as storage_commands
 from .common import (
     REPORT_EXITS,
     SENDER_EXITS,
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify(commands)
     _add_install_user_unit(commands)
     keys_commands.add_commands(commands)
+    storage_commands.add_commands(commands)
     return parser
 
 

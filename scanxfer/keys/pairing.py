@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,12 +19,12 @@ from urllib.parse import parse_qs, urlsplit
 
 from scanxfer import atomic
 from scanxfer.config import Address, ConfigError, load_sender_config, parse_address
+from scanxfer.config.edit import set_top_level_keys
 from scanxfer.config.values import parse_fingerprint
 from scanxfer.keys import check_sender_name
 from scanxfer.protocol.auth import decode_secret
 
 SCHEME = "scanxfer"
-_TOP_LEVEL_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)[ \t]*:(?:[ \t]|\r?\n|$)")
 _NEW_FILE_HEADER = (
     "# Your sender settings, written by `scanxfer pair` from the defaults below: only\n"
     "# receiver, name, key, fingerprint and tls were changed. Edit the rest freely.\n"
@@ -115,37 +114,8 @@ def write_sender_config(path: Path, pairing: Pairing) -> None:
             f"{path}: cannot read it ({exc}); fix or remove it, then pair again"
         ) from None
     path.parent.mkdir(parents=True, exist_ok=True)
-    updated = _set_top_level_keys(text, _yaml_values(pairing))
+    updated = set_top_level_keys(text, _yaml_values(pairing), by="scanxfer pair")
     atomic.write(path, updated.encode("utf-8"), mode=0o600, check=lambda temp: _check(temp, path))
-
-
-def _set_top_level_keys(text: str, values: dict[str, str]) -> str:
-    """`text` with each top-level `key: ...` line of `values` replaced, missing ones appended.
-
-    `values` are YAML text already.  Indented lines after a replaced key belong to its old
-    value (a list or a folded string) and go with it; comments stay wherever they are.
-    """
-    out: list[str] = []
-    seen: set[str] = set()
-    replacing = False
-    for line in text.splitlines(keepends=True):
-        stripped = line.strip()
-        if replacing and line[:1] in (" ", "\t") and stripped and not stripped.startswith("#"):
-            continue
-        match = _TOP_LEVEL_KEY.match(line)
-        replacing = match is not None and match[1] in values
-        if match is not None and replacing:
-            out.append(f"{match[1]}: {values[match[1]]}\n")
-            seen.add(match[1])
-        else:
-            out.append(line)
-    missing = [key for key in values if key not in seen]
-    if missing:
-        if out and not out[-1].endswith("\n"):
-            out.append("\n")
-        out.append("\n# Set by `scanxfer pair`.\n")
-        out.extend(f"{key}: {values[key]}\n" for key in missing)
-    return "".join(out)
 
 
 def _yaml_values(pairing: Pairing) -> dict[str, str]:

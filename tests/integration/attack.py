@@ -25,10 +25,10 @@ StartReceiver = Callable[..., ReceiverProcess]
 LOG_SECONDS = 30
 
 
-def logged(receiver: ReceiverProcess, text: str) -> None:
-    """Wait for `text` in the receiver's log (it arrives through a pipe, a moment later)."""
+def logged(receiver: ReceiverProcess, text: str, times: int = 1) -> None:
+    """Wait for `text` `times` in the receiver's log (it arrives through a pipe, a moment later)."""
     deadline = time.monotonic() + LOG_SECONDS
-    while text not in receiver.log:
+    while receiver.log.count(text) < times:
         if time.monotonic() > deadline:
             # The good sender's lines would bury the ones that matter.
             lines = [line for line in receiver.log.splitlines() if "received good/" not in line]

@@ -211,7 +211,16 @@ def test_a_sender_that_proves_its_key_when_the_slots_are_full_is_told_so(
 def test_offers_that_would_eat_into_min_free_space_wait_for_space(
     tmp_path: Path, start_receiver: StartReceiver
 ) -> None:
-    receiver = start_receiver(min_free_space="100TiB")
+    # A receiver refuses to start below its reserve (test_storage_checks): here the reserve
+    # is raised while it runs, as a disk filling up would do.
+    receiver = start_receiver(min_free_space="0")
+    assert receiver.config is not None and receiver.child is not None
+    settings = receiver.config.read_text().replace("min_free_space: 0", "min_free_space: 100TiB")
+    receiver.config.write_text(settings)
+    receiver.child.process.send_signal(signal.SIGHUP)
+    logged(receiver, "settings reloaded")
+    # The reload says at once that files will not fit, not only at the next offer.
+    logged(receiver, "less than min_free_space (100.0 TiB); free some space there")
     client = RawSender(receiver.port)
     answer = client.send_file("a.npy", b"payload")  # streams only if the receiver asks
     assert isinstance(answer, p.Nack) and answer.reason is p.NackReason.NO_SPACE, answer
@@ -227,11 +236,9 @@ def test_offers_that_would_eat_into_min_free_space_wait_for_space(
     assert "receiver has no space for b.npy" in refused.log
     assert receiver.stored_files() == [] and receiver.partials() == []
     # Space made (here: the reserve lowered) and the same receiver takes the file.
-    assert receiver.config is not None and receiver.child is not None
-    settings = receiver.config.read_text().replace("min_free_space: 100TiB", "min_free_space: 0")
-    receiver.config.write_text(settings)
+    receiver.config.write_text(settings.replace("min_free_space: 100TiB", "min_free_space: 0"))
     receiver.child.process.send_signal(signal.SIGHUP)
-    logged(receiver, "settings reloaded")
+    logged(receiver, "settings reloaded", times=2)
     delivered = send_once(config)
     assert delivered.process.returncode == 0, delivered.log
     assert_identical(scans, receiver.incoming)
