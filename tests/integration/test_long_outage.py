@@ -44,8 +44,14 @@ def test_5000_connection_failures_in_a_row_then_the_receiver_comes_up(tmp_path: 
 
 def test_5000_no_space_refusals_in_a_row_then_room_is_made(tmp_path: Path) -> None:
     settings = tmp_path / "receiver.yaml"
-    settings.write_text(f"min_free_space: {2**60}\n")  # more than any disk: all refused
+    settings.write_text("min_free_space: 0\n")
     receiver = ReceiverProcess(tmp_path / "pi", config=settings).start()
+    # More than any disk, set while running (below it the receiver would not start): all
+    # offers refused.
+    settings.write_text(f"min_free_space: {2**60}\n")
+    assert receiver.child is not None
+    receiver.child.process.send_signal(signal.SIGHUP)
+    receiver.child.wait_for("settings reloaded", 60)
     scans = tmp_path / "scans"
     names = [write_scan(scans / f"s{index}.npy", (16, 16), index).name for index in range(5)]
     sender = start_sender(

@@ -15,6 +15,7 @@ from pathlib import Path
 import xxhash
 
 from scanxfer import protocol as p
+from scanxfer.store import PARTIAL_FOLDER
 
 from .faultproxy import FaultProxy, Plan
 from .harness import (
@@ -101,7 +102,7 @@ def test_a_file_whose_bytes_all_arrived_before_the_cut_is_stored_without_them(
 def whole_partial(receiver: ReceiverProcess, size: int) -> bool:
     """The receiver let go of a partial that holds `size` bytes (its sidecar is written)."""
     sizes = [path.stat().st_size for path in receiver.partials()]
-    return sizes == [size] and any(receiver.state.glob("partial/*.meta"))
+    return sizes == [size] and any((receiver.incoming / PARTIAL_FOLDER).glob("*.meta"))
 
 
 def test_a_sender_killed_mid_file_resumes_from_the_receivers_offset(
