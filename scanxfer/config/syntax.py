@@ -149,10 +149,7 @@ def _stray_colon(error: yaml.MarkedYAMLError, text: str) -> SyntaxProblem | None
         return None
     line = text.splitlines()[mark.line]
     if line[: len(line) - len(line.lstrip())] and line.find(":") == mark.column:
-        what = (
-            "this line is indented more than the key above it; start each key in the "
-            "same column"
-        )
+        what = "this line is indented more than the key above it; start each key in the same column"
     else:
         what = "a second ': ' on this line; put the value in quotes if it contains ': '"
     return SyntaxProblem(_line(mark), what)
@@ -180,8 +177,7 @@ def _unclosed_flow(error: yaml.MarkedYAMLError, _text: str) -> SyntaxProblem | N
         )
     return SyntaxProblem(
         _line(failed),
-        f"inside '{pair[0]}...{pair[1]}', separate the items with ',' and close with "
-        f"'{pair[1]}'",
+        f"inside '{pair[0]}...{pair[1]}', separate the items with ',' and close with '{pair[1]}'",
     )
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import scanxfer
+
+from ..procs import start_scanxfer
+from .harness import install_credentials, unused_port
 
 REPO = Path(scanxfer.__file__).parents[1]
 
@@ -44,3 +48,31 @@ def test_receive_check_names_the_line_a_quote_was_left_open_on(tmp_path: Path) -
         f"is not closed on that line, so the value runs on to the next ' on line 43; end the "
         f"value with ' on line 40\n"
     )
+
+
+def test_a_restart_only_setting_set_back_needs_no_restart(tmp_path: Path) -> None:
+    """Each reload is compared with the address in use, not with the reload before it."""
+    port = unused_port()
+    settings = tmp_path / "receiver.yaml"
+    settings.write_text(f"listen: 127.0.0.1:{port}\n")
+    install_credentials(tmp_path / "state")
+    child = start_scanxfer(
+        "receiver", "receive", "-c", str(settings), "--dir", str(tmp_path / "incoming"),
+        "--state-dir", str(tmp_path / "state"),
+    )  # fmt: skip
+    try:
+        child.wait_for("listening on", 30)
+        for reloads, listen in enumerate([port + 1, port, port, port + 2, port + 1], start=1):
+            settings.write_text(f"listen: 127.0.0.1:{listen}\n")
+            child.process.send_signal(signal.SIGHUP)
+            child.wait_for("settings reloaded", 30, count=reloads)
+    finally:
+        assert child.stop() == 0
+    about_listen = [line for line in child.log.splitlines() if "listen " in line]
+    restart = "restart the receiver to apply it"
+    assert about_listen == [
+        f"scanxfer: warning: listen changed to 127.0.0.1:{port + 1}; {restart}",
+        f"scanxfer: listen is back to 127.0.0.1:{port}, the value in use; no restart needed",
+        f"scanxfer: warning: listen changed to 127.0.0.1:{port + 2}; {restart}",
+        f"scanxfer: warning: listen changed to 127.0.0.1:{port + 1}; {restart}",
+    ], child.log
