@@ -20,6 +20,7 @@ from ..errors import ExitCode
 from ..store import LeftoverPartial, Store, StoreLimits, StoreSetupError
 from ..tls import TLSSetupError
 from .after_store import AfterStore, ReceivedFile
+from .doors import CannotListen
 from .gate import Gate
 from .server import Server
 from .shared import Services, Stats
@@ -67,20 +68,11 @@ def serve(
     try:
         services = Services(store, Stats(), gate, after_store=tuple(after_store))
         server = Server(config, services, reload)
-    except OSError as error:
-        log.error(
-            "cannot listen on %s: %s (is another receiver running?)",
-            _listening_on(config),
-            error,
-        )
+    except CannotListen as error:
+        log.error("%s", error)
         return ExitCode.UNREACHABLE
     server.serve_forever()
     return ExitCode.OK
-
-
-def _listening_on(config: ReceiverConfig) -> str:
-    legacy = f" or {config.legacy_listen}" if config.legacy_listen else ""
-    return f"{config.listen}{legacy}"
 
 
 def _clean_leftovers(store: Store, max_age: float) -> None:

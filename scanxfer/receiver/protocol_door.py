@@ -30,6 +30,7 @@ class ProtocolDoor(Door[ConnectionHandler]):
     """The receiver's own door, at `listen`."""
 
     label = "scanxfer door"
+    setting = "listen"
     thread_prefix = "conn"
 
     def __init__(self, config: ReceiverConfig, services: Services) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,37 @@ def test_a_restart_only_setting_set_back_needs_no_restart(tmp_path: Path) -> Non
         f"scanxfer: warning: listen changed to 127.0.0.1:{port + 2}; {restart}",
         f"scanxfer: warning: listen changed to 127.0.0.1:{port + 1}; {restart}",
     ], child.log
+
+
+def _receive(tmp_path: Path, listen: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "scanxfer", "receive", "--listen", listen, "--dir",
+         str(tmp_path / "incoming"), "--state-dir", str(tmp_path / "state")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+
+
+def test_a_port_in_use_asks_whether_another_receiver_runs(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = _receive(tmp_path, f"127.0.0.1:{port}")
+    assert result.returncode == 3
+    assert result.stderr.splitlines()[-1] == (
+        f"scanxfer: error: cannot listen on 127.0.0.1:{port}: the port is in use by another "
+        f"program (is another receiver running? 'ss -ltnp' shows which program has it); stop "
+        f"it, or choose another port in 'listen'"
+    )
+
+
+def test_an_address_this_host_lacks_is_named(tmp_path: Path) -> None:
+    # 192.0.2.0/24 is reserved for documentation (RFC 5737): no interface here has it.
+    result = _receive(tmp_path, "192.0.2.1:5000")
+    assert result.returncode == 3
+    assert result.stderr.splitlines()[-1] == (
+        "scanxfer: error: cannot listen on 192.0.2.1:5000: no network interface of this machine "
+        "has the address 192.0.2.1; fix 'listen' in the settings, e.g. ':5000' for all addresses"
+    )
+    assert "another receiver" not in result.stderr
