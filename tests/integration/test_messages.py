@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -79,15 +80,19 @@ def test_a_restart_only_setting_set_back_needs_no_restart(tmp_path: Path) -> Non
     ], child.log
 
 
-def _receive(tmp_path: Path, listen: str) -> subprocess.CompletedProcess[str]:
+def _scanxfer(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "scanxfer", "receive", "--listen", listen, "--dir",
-         str(tmp_path / "incoming"), "--state-dir", str(tmp_path / "state")],
+        [sys.executable, "-m", "scanxfer", *argv],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
-    )  # fmt: skip
+    )
+
+
+def _receive(tmp_path: Path, listen: str) -> subprocess.CompletedProcess[str]:
+    incoming, state = str(tmp_path / "incoming"), str(tmp_path / "state")
+    return _scanxfer("receive", "--listen", listen, "--dir", incoming, "--state-dir", state)
 
 
 def test_a_port_in_use_asks_whether_another_receiver_runs(tmp_path: Path) -> None:
@@ -111,3 +116,27 @@ def test_an_address_this_host_lacks_is_named(tmp_path: Path) -> None:
         "has the address 192.0.2.1; fix 'listen' in the settings, e.g. ':5000' for all addresses"
     )
     assert "another receiver" not in result.stderr
+
+
+def test_the_replace_hint_acts_on_the_same_state_dir(tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    assert _scanxfer("keys", "add", "lab-pc", "--state-dir", state).returncode == 0
+    again = _scanxfer("keys", "add", "lab-pc", "--state-dir", state)
+    assert again.returncode == 1
+    assert again.stderr == (
+        "scanxfer: error: sender 'lab-pc' already has a key; to give it a new one (the old one "
+        f"stops working), run: scanxfer keys add lab-pc --replace --state-dir {state}\n"
+    )
+
+
+def test_revoking_a_revoked_key_is_nothing_to_do(tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    assert _scanxfer("keys", "add", "lab-pc", "--state-dir", state).returncode == 0
+    assert _scanxfer("keys", "revoke", "lab-pc", "--state-dir", state).returncode == 0
+    again = _scanxfer("keys", "revoke", "lab-pc", "--state-dir", state)
+    assert again.returncode == 0
+    assert re.fullmatch(
+        r"scanxfer: the key of lab-pc was already revoked on "
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ; nothing to do\n",
+        again.stderr,
+    ), again.stderr
