@@ -148,7 +148,9 @@ def _stray_colon(error: yaml.MarkedYAMLError, text: str) -> SyntaxProblem | None
     if error.problem != "mapping values are not allowed here" or mark is None:
         return None
     line = text.splitlines()[mark.line]
-    if line[: len(line) - len(line.lstrip())] and line.find(":") == mark.column:
+    # Its first ':' on an indented line: the key itself sits too deep (YAML took it for the
+    # rest of the value above).  Any other ':' is one too many in a value.
+    if line[:1].isspace() and line.find(":") == mark.column:
         what = "this line is indented more than the key above it; start each key in the same column"
     else:
         what = "a second ': ' on this line; put the value in quotes if it contains ': '"
