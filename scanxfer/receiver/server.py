@@ -100,6 +100,21 @@ class Server:
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGHUP, request_reload)
 
+    def _tell_restart_only(self, config: ReceiverConfig) -> None:
+        """Say what a change of a RESTART_ONLY setting means, once per change.
+
+        Compared with the value in effect, not with the previous reload's: a value set back
+        to the one in use needs no restart any more.
+        """
+        for key in RESTART_ONLY:
+            new, before = getattr(config, key), getattr(self.config, key)
+            if new == before:
+                continue
+            if new == getattr(self.in_effect, key):
+                log.info("%s is back to %s, the value in use; no restart needed", key, new)
+            else:
+                log.warning("%s changed to %s; restart the receiver to apply it", key, new)
+
     def _reload(self) -> None:
         """Apply new settings to new connections; the ones open keep theirs."""
         self.reload_requested.clear()
@@ -117,21 +132,6 @@ class Server:
                 door.update(config)
             log.info("settings reloaded")
         self.notifier.ready()
-
-    def _tell_restart_only(self, config: ReceiverConfig) -> None:
-        """Say what a change of a RESTART_ONLY setting means, once per change.
-
-        Compared with the value in effect, not with the previous reload's: a value set back
-        to the one in use needs no restart any more.
-        """
-        for key in RESTART_ONLY:
-            new, before = getattr(config, key), getattr(self.config, key)
-            if new == before:
-                continue
-            if new == getattr(self.in_effect, key):
-                log.info("%s is back to %s, the value in use; no restart needed", key, new)
-            else:
-                log.warning("%s changed to %s; restart the receiver to apply it", key, new)
 
     def _open_connections(self) -> int:
         return sum(len(door.connections) for door in self.doors)
