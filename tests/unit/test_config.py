@@ -335,6 +335,19 @@ _BREAKS = {
         "this list item is indented differently from the items above it; start each '- ' in "
         "the same column",
     ),
+    "a key indented between two levels": (
+        ["name:", "    first: pi", "  second: lab"],
+        "this line is indented differently from the lines above it; start each key in the "
+        "same column",
+    ),
+    "a list item where a key belongs": (
+        ["- 10.0.0.0/8"],
+        "a list item ('- ') where a 'key: value' line belongs; indent it under its key",
+    ),
+    "a value starting with *": (
+        ["name: *pi"],
+        "a value cannot start with '*' (YAML reads it as an alias); put the value in quotes",
+    ),
     "a double quote never closed": (
         ['name: "pi-lab'],
         'the quote opened on line 40 is never closed; end the value with " on that line',
