@@ -27,6 +27,7 @@ import yaml
 
 from .. import xdg
 from ..errors import ExitCode, ScanxferError
+from .syntax import explain
 from .values import (
     Address,
     Parser,
@@ -288,13 +289,9 @@ def _parse_yaml(text: str, label: str) -> _Layer:
         lines = _key_lines(node, label)
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        at = f", line {mark.line + 1}" if mark is not None else ""
-        problem = exc.problem or exc.context or "cannot parse"
-        raise ConfigError(
-            f"{label}{at}: YAML syntax error: {problem}; check the indentation, and quote "
-            f"values that contain ': ' or ' #'"
-        ) from None
+        problem = explain(exc, text)
+        at = "" if problem.line is None else f", line {problem.line}"
+        raise ConfigError(f"{label}{at}: YAML syntax error: {problem.text}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{label}: not valid YAML: {exc}") from None
     finally:

@@ -23,6 +23,7 @@ from ..store import Folders, LeftoverPartial, Store, StoreLimits, StoreSetupErro
 from ..store import setup as store_setup
 from ..tls import TLSSetupError
 from .after_store import AfterStore, ReceivedFile
+from .doors import CannotListen
 from .gate import Gate
 from .server import Server
 from .shared import Services, Stats
@@ -70,12 +71,8 @@ def serve(
     try:
         services = Services(store, Stats(), gate, after_store=tuple(after_store))
         server = Server(config, services, reload)
-    except OSError as error:
-        log.error(
-            "cannot listen on %s: %s (is another receiver running?)",
-            _listening_on(config),
-            error,
-        )
+    except CannotListen as error:
+        log.error("%s", error)
         return ExitCode.UNREACHABLE
     server.serve_forever()
     return ExitCode.OK
@@ -119,11 +116,6 @@ def _open_store(config: ReceiverConfig) -> Store:
         own=config.state_dir,
         min_free_space=config.min_free_space,
     )
-
-
-def _listening_on(config: ReceiverConfig) -> str:
-    legacy = f" or {config.legacy_listen}" if config.legacy_listen else ""
-    return f"{config.listen}{legacy}"
 
 
 def _clean_leftovers(store: Store, max_age: float) -> None:

@@ -25,6 +25,7 @@ connection settles through `Door.settle`, which tells it when the slots are full
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import socket
@@ -112,13 +113,15 @@ class Door(ABC, Generic[C]):
 
     # What the door is called in log lines, and the prefix of its connections' thread names.
     label: ClassVar[str]
+    # The setting that names its address, for the message when it cannot be listened on.
+    setting: ClassVar[str]
     thread_prefix: ClassVar[str]
 
     def __init__(
         self, address: Address, config: ReceiverConfig, backlog: int, logger: logging.Logger
     ) -> None:
         self.config = config
-        self.listener = listen(address, backlog)
+        self.listener = listen(address, backlog, self.setting)
         # Non-blocking: a peer gone between the select and the accept must not hang the loop.
         self.listener.setblocking(False)
         self.address = Address(*self.listener.getsockname()[:2])  # the real port, if 0 was asked
@@ -256,9 +259,46 @@ class Door(ABC, Generic[C]):
         """Close `sock`, already `count` settled connections (max_connections) being served."""
 
 
-def listen(address: Address, backlog: int) -> socket.socket:
+class CannotListen(OSError):
+    """A door's address cannot be listened on; str() says why in the user's terms."""
+
+    def __init__(self, address: Address, setting: str, error: OSError) -> None:
+        super().__init__(error.errno, error.strerror)
+        self.message = why_not_listening(address, setting, error)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def listen(address: Address, backlog: int, setting: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-    return socket.create_server((address.host, address.port), family=family, backlog=backlog)
+    try:
+        return socket.create_server((address.host, address.port), family=family, backlog=backlog)
+    except OSError as error:
+        raise CannotListen(address, setting, error) from error
+
+
+def why_not_listening(address: Address, setting: str, error: OSError) -> str:
+    """What a failed bind means and what to change: only EADDRINUSE means another program
+    (perhaps another receiver) has the port."""
+    cannot = f"cannot listen on {address}"
+    if error.errno == errno.EADDRINUSE:
+        return (
+            f"{cannot}: the port is in use by another program (is another receiver running? "
+            f"'ss -ltnp' shows which program has it); stop it, or choose another port in "
+            f"'{setting}'"
+        )
+    if error.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"{cannot}: no network interface of this machine has the address {address.host}; "
+            f"fix '{setting}' in the settings, e.g. ':{address.port}' for all addresses"
+        )
+    if error.errno == errno.EACCES and 0 < address.port < 1024:
+        return (
+            f"{cannot}: ports below 1024 are privileged, and this user may not listen on "
+            f"them; choose a port from 1024 up in '{setting}', e.g. ':5000'"
+        )
+    return f"{cannot}: {error.strerror or error}; check '{setting}' in the settings"
 
 
 class RateLimitedWarning:

@@ -53,6 +53,8 @@ class ConnectionHandler:
         self.settled = False
         self.conn = p.Connection(p.Role.RECEIVER, window=config.window)
         self.aborted = threading.Event()
+        # Why the key it proved stopped counting (revoked, replaced), once an OFFER found so.
+        self.retired: str | None = None
         self.outbox = bytearray()
         self.hello: p.Hello | None = None
         self.nonce = auth.new_nonce()
@@ -152,6 +154,10 @@ class ConnectionHandler:
             finished = self._handle_events()
             if self.intake is not None:
                 self.intake.acknowledge_placed()
+            if self.retired is not None:
+                # What a handshake with that key is told now; the reason is in the log only.
+                self._send_error(p.ErrorCode.AUTH_FAILED, "authentication failed")
+                return
             if self.outbox:
                 self.sock.sendall(self.outbox)
                 self.outbox.clear()
@@ -187,6 +193,8 @@ class ConnectionHandler:
 
     def _on_event(self, event: p.Event) -> bool:
         """Handle one frame; True when the connection is over."""
+        if isinstance(event, p.Offer) and self._key_retired(event):
+            return True
         if self.intake is not None and self.intake.on_event(event):
             return False  # a file's frame: the intake's business
         match event:
@@ -200,6 +208,27 @@ class ConnectionHandler:
                 log.warning("%s: sender reported %s: %s", self.peer, event.code.name, event.message)
                 return True
         return False
+
+    def _key_retired(self, offer: p.Offer) -> bool:
+        """Whether the key this connection proved was revoked or replaced since.
+
+        Asked at every OFFER, so that nothing offered after `keys revoke` has returned is
+        stored: the door's check ends a connection only at its next tick, within a second.
+        Cheap: the keyring stats keys.json and reads it only when it changed.
+        """
+        assert self.name is not None and self.key is not None  # OFFER comes after WELCOME
+        keyring = self.services.gate.keyring
+        keyring.refresh()
+        reason = keyring.retired(self.name, self.key)
+        if reason is not None:
+            log.warning(
+                "%s: %s; refused its offer of %r and closing the connection",
+                self.peer,
+                reason,
+                offer.path,
+            )
+            self.retired = reason
+        return reason is not None
 
     def _refused(self, reason: str) -> None:
         if self.aborted.is_set():

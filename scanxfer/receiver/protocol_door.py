@@ -30,6 +30,7 @@ class ProtocolDoor(Door[ConnectionHandler]):
     """The receiver's own door, at `listen`."""
 
     label = "scanxfer door"
+    setting = "listen"
     thread_prefix = "conn"
 
     def __init__(self, config: ReceiverConfig, services: Services) -> None:
@@ -89,6 +90,8 @@ class ProtocolDoor(Door[ConnectionHandler]):
         for handler in self.connections:
             if handler.name is None or handler.key is None or handler.aborted.is_set():
                 continue
+            if handler.retired is not None:
+                continue  # its own check at an OFFER found it, and is closing it
             reason = keyring.retired(handler.name, handler.key)
             if reason is not None:
                 log.warning("%s: %s; closing the connection", handler.peer, reason)

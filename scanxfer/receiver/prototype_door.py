@@ -64,6 +64,7 @@ class PrototypeDoor(Door["PrototypeConnection"]):
     """The listening socket for prototype senders, at ``legacy_listen``."""
 
     label = "prototype door"
+    setting = "legacy_listen"
     thread_prefix = "prototype"
 
     def __init__(

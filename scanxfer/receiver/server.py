@@ -44,6 +44,9 @@ class Server:
         reload: Callable[[], ReceiverConfig] | None,
     ) -> None:
         self.config, self.services, self.reload = config, services, reload
+        # What the sockets, the store and the certificate were set up with: a RESTART_ONLY
+        # setting is pending only while it differs from this.
+        self.in_effect = config
         self.reload_requested = threading.Event()
         self.notifier = Notifier()
         self.doors = open_doors(config, services)
@@ -99,6 +102,21 @@ class Server:
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGHUP, request_reload)
 
+    def _tell_restart_only(self, config: ReceiverConfig) -> None:
+        """Say what a change of a RESTART_ONLY setting means, once per change.
+
+        Compared with the value in effect, not with the previous reload's: a value set back
+        to the one in use needs no restart any more.
+        """
+        for key in RESTART_ONLY:
+            new, before = getattr(config, key), getattr(self.config, key)
+            if new == before:
+                continue
+            if new == getattr(self.in_effect, key):
+                log.info("%s is back to %s, the value in use; no restart needed", key, new)
+            else:
+                log.warning("%s changed to %s; restart the receiver to apply it", key, new)
+
     def _reload(self) -> None:
         """Apply new settings to new connections; the ones open keep theirs."""
         self.reload_requested.clear()
@@ -110,13 +128,7 @@ class Server:
         except ConfigError as error:
             log.error("reload failed, keeping the previous settings: %s", error)
         else:
-            for key in RESTART_ONLY:
-                if getattr(config, key) != getattr(self.config, key):
-                    log.warning(
-                        "%s changed to %s; restart the receiver to apply it",
-                        key,
-                        getattr(config, key),
-                    )
+            self._tell_restart_only(config)
             self.config = config
             for door in self.doors:
                 door.update(config)

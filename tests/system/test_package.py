@@ -56,6 +56,46 @@ def test_the_deb_carries_units_conffile_sysusers_and_man_page(deb: Path) -> None
     assert (ROOT / "config/receiver.yaml").read_bytes() in packaged_defaults
 
 
+# What the receiver imports at run time, each from the Debian archive (see debian/control).
+RUNTIME_MODULES = ("python3-sdnotify", "python3-watchdog", "python3-xxhash", "python3-yaml")
+
+
+def _relations(deb: Path) -> dict[str, set[str]]:
+    """The package names in Depends and Recommends of the built .deb, versions and '|' set
+    aside (asked for two fields, `dpkg-deb -f` prints each as 'Field: value')."""
+    shown = subprocess.run(
+        ["dpkg-deb", "-f", str(deb), "Depends", "Recommends"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    values: dict[str, str] = {}
+    field = ""
+    for line in shown.splitlines():
+        if line.startswith((" ", "\t")):  # a folded field goes on
+            values[field] += line
+        else:
+            field, _, value = line.partition(":")
+            values[field] = value
+    return {
+        field: {
+            re.split(r"[\s(:\[]", alternative.strip(), maxsplit=1)[0]
+            for alternative in re.split(r"[,|]", value)
+            if alternative.strip()
+        }
+        for field, value in values.items()
+    }
+
+
+def test_numpy_is_recommended_and_the_runtime_modules_are_depended_on(deb: Path) -> None:
+    relations = _relations(deb)
+    depends, recommends = relations["Depends"], relations.get("Recommends", set())
+    # The service never imports numpy; only `verify` and `simulate` want it.
+    assert "python3-numpy" in recommends, recommends
+    assert not [name for name in depends if "numpy" in name], depends
+    assert set(RUNTIME_MODULES) <= depends, depends
+
+
 def test_hardening_keys_are_sorted() -> None:
     for unit in (ROOT / "systemd").glob("*.service"):
         section = unit.read_text().split("# Hardening, sorted", 1)[1].split("\n\n", 1)[0]

@@ -317,6 +317,111 @@ def test_yaml_syntax_error_gives_the_line(tmp_path: Path) -> None:
     assert message.startswith(f"{path}, line 2: YAML syntax error: ")
 
 
+# Each break goes on line 40 of the commented defaults, with keys, comments and (for the quotes)
+# more quotes after it, so a message naming where PyYAML gave up instead would be caught.
+_BREAKS = {
+    "indented more than the key above": (
+        ["max_connections: 8", "  window: 8"],
+        "this line is indented more than the key above it; start each key in the same column",
+    ),
+    "list item indented less than the one above": (
+        ["legacy_allow:", "  - 10.0.0.0/8", " - 192.168.0.0/16"],
+        "this list item is indented differently from the items above it; start each '- ' in "
+        "the same column",
+    ),
+    "a key indented between two levels": (
+        ["name:", "    first: pi", "  second: lab"],
+        "this line is indented differently from the lines above it; start each key in the "
+        "same column",
+    ),
+    "a list item where a key belongs": (
+        ["- 10.0.0.0/8"],
+        "a list item ('- ') where a 'key: value' line belongs; indent it under its key",
+    ),
+    "a value starting with *": (
+        ["name: *pi"],
+        "a value cannot start with '*' (YAML reads it as an alias); put the value in quotes",
+    ),
+    "a double quote never closed": (
+        ['name: "pi-lab'],
+        'the quote opened on line 40 is never closed; end the value with " on that line',
+    ),
+    "a single quote closed by an apostrophe in a comment": (
+        ["name: 'pi-lab"],
+        "the quote opened on line 40 is not closed on that line, so the value runs on to the "
+        "next ' on line 43; end the value with ' on line 40",
+    ),
+    "a tab for indentation": (
+        ["\twindow: 8"],
+        "a tab, which YAML does not accept for indentation or between a key and its value; "
+        "use spaces instead",
+    ),
+    "no colon": (
+        ["window 8"],
+        "this line has no ': ' after its key; write 'key: value', with a space after the ':'",
+    ),
+    "no space after the colon": (
+        ["window:8"],
+        "this line has no ': ' after its key; write 'key: value', with a space after the ':'",
+    ),
+    "a second colon": (
+        ["listen: 0.0.0.0: 5000"],
+        "a second ': ' on this line; put the value in quotes if it contains ': '",
+    ),
+    "text after a quoted value": (
+        ["name: 'Bob's Pi'"],
+        "text after a complete value on this line; if it belongs to the value, put the whole "
+        "value in quotes (inside '...', write a ' as '')",
+    ),
+    "an unclosed bracket": (
+        ["legacy_allow: [10.0.0.0/8, 192.168.0.0/16"],
+        "the '[' opened on line 40 is still open on line 44; close it with ']' (or add the "
+        "missing ',')",
+    ),
+    "a bracket closed by a brace": (
+        ["legacy_allow: [10.0.0.0/8, 192.168.0.0/16}"],
+        "inside '[...]', separate the items with ',' and close with ']'",
+    ),
+    "a value starting with @": (
+        ["name: @pi"],
+        "a value cannot start with '@'; put the value in quotes",
+    ),
+    "a backslash escape in double quotes": (
+        ['incoming_dir: "D:\\scans"'],
+        "in a value in double quotes a backslash starts an escape such as \\n; write \\\\ for "
+        "a backslash, or use single quotes",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_BREAKS))
+def test_yaml_syntax_error_names_the_line_of_the_break(tmp_path: Path, kind: str) -> None:
+    broken, expected = _BREAKS[kind]
+    lines = _defaults_text("receiver.yaml").splitlines(keepends=True)
+    at = 40 - len(broken)  # the last broken line is line 40
+    text = "".join(lines[:at]) + "".join(f"{line}\n" for line in broken) + "".join(lines[at:])
+    path = _write(tmp_path, text)
+    assert _error(load_receiver_config, path) == f"{path}, line 40: YAML syntax error: {expected}"
+
+
+@pytest.mark.parametrize("bracket", ["[", "{"])
+def test_a_bracket_never_closed(tmp_path: Path, bracket: str) -> None:
+    path = _write(tmp_path, f"window: 8\nlegacy_allow: {bracket}10.0.0.0/8\n# the end\n")
+    closing = "]" if bracket == "[" else "}"
+    assert _error(load_receiver_config, path) == (
+        f"{path}, line 2: YAML syntax error: the '{bracket}' opened on line 2 is never closed; "
+        f"close it with '{closing}' on that line"
+    )
+
+
+def test_a_second_document(tmp_path: Path) -> None:
+    path = _write(tmp_path, "window: 8\n---\nwindow: 9\n")
+    assert _error(load_receiver_config, path) == (
+        f"{path}, line 2: YAML syntax error: a second YAML document ('---'); a settings file "
+        f"holds one, so remove the '---'"
+    )
+
+
 def test_duplicate_key(tmp_path: Path) -> None:
     path = _write(tmp_path, "window: 8\n\nwindow: 9\n")
     assert _error(load_receiver_config, path) == (

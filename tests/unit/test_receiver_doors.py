@@ -6,7 +6,9 @@ word from the test, shows what the base does for any door.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -17,7 +19,12 @@ import pytest
 from scanxfer.config import Address, ReceiverConfig, load_receiver_config
 from scanxfer.errors import ExitCode
 from scanxfer.receiver import Services, Stats, serve
-from scanxfer.receiver.doors import HANDSHAKES_PER_ADDRESS, Door, HandshakeBudget
+from scanxfer.receiver.doors import (
+    HANDSHAKES_PER_ADDRESS,
+    Door,
+    HandshakeBudget,
+    why_not_listening,
+)
 from scanxfer.receiver.gate import Gate
 from scanxfer.receiver.protocol_door import ProtocolDoor
 from scanxfer.receiver.prototype_door import PrototypeDoor
@@ -67,6 +74,7 @@ class HeldConnection:
 
 class HeldDoor(Door[HeldConnection]):
     label = "test door"
+    setting = "listen"
     thread_prefix = "held"
 
     def __init__(
@@ -228,6 +236,39 @@ def test_no_listener_is_left_open_when_a_later_door_cannot_listen(tmp_path: Path
     # The scanxfer door's port was given back: it can be listened on again at once.
     socket.create_server(("127.0.0.1", free_port)).close()
     assert caught.value.errno is not None
+
+
+def _os_error(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+def test_a_privileged_port_is_named_as_such() -> None:
+    # Tested here rather than with a real bind: the CI runs as root, which may take any port.
+    message = why_not_listening(Address("0.0.0.0", 80), "listen", _os_error(errno.EACCES))
+    assert message == (
+        "cannot listen on 0.0.0.0:80: ports below 1024 are privileged, and this user may not "
+        "listen on them; choose a port from 1024 up in 'listen', e.g. ':5000'"
+    )
+
+
+def test_only_a_port_in_use_suggests_another_receiver() -> None:
+    address = Address("192.0.2.1", 5001)
+    in_use = why_not_listening(address, "legacy_listen", _os_error(errno.EADDRINUSE))
+    assert in_use == (
+        "cannot listen on 192.0.2.1:5001: the port is in use by another program (is another "
+        "receiver running? 'ss -ltnp' shows which program has it); stop it, or choose another "
+        "port in 'legacy_listen'"
+    )
+    not_here = why_not_listening(address, "legacy_listen", _os_error(errno.EADDRNOTAVAIL))
+    assert not_here == (
+        "cannot listen on 192.0.2.1:5001: no network interface of this machine has the address "
+        "192.0.2.1; fix 'legacy_listen' in the settings, e.g. ':5001' for all addresses"
+    )
+    # EACCES on a high port is not about privileged ports (a security module, say).
+    other = why_not_listening(address, "listen", _os_error(errno.EACCES))
+    assert other == (
+        "cannot listen on 192.0.2.1:5001: Permission denied; check 'listen' in the settings"
+    )
 
 
 def test_a_state_dir_that_cannot_be_made_ends_the_start_with_unreachable(
