@@ -49,7 +49,7 @@ def test_receive_check_names_the_line_a_quote_was_left_open_on(tmp_path: Path) -
     assert result.returncode == 2
     assert result.stderr == (
         f"scanxfer: error: {settings}, line 40: YAML syntax error: the quote opened on line 40 "
-        f"is not closed on that line, so the value runs on to the next ' on line 43; end the "
+        f"is not closed on that line, so the value runs on to the next ' on line 44; end the "
         f"value with ' on line 40\n"
     )
 

@@ -349,7 +349,7 @@ _BREAKS = {
     "a single quote closed by an apostrophe in a comment": (
         ["name: 'pi-lab"],
         "the quote opened on line 40 is not closed on that line, so the value runs on to the "
-        "next ' on line 43; end the value with ' on line 40",
+        "next ' on line 44; end the value with ' on line 40",
     ),
     "a tab for indentation": (
         ["\twindow: 8"],
@@ -375,7 +375,7 @@ _BREAKS = {
     ),
     "an unclosed bracket": (
         ["legacy_allow: [10.0.0.0/8, 192.168.0.0/16"],
-        "the '[' opened on line 40 is still open on line 44; close it with ']' (or add the "
+        "the '[' opened on line 40 is still open on line 45; close it with ']' (or add the "
         "missing ',')",
     ),
     "a bracket closed by a brace": (
