@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import shlex
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -166,7 +167,8 @@ def _receiver_config(args: argparse.Namespace) -> ReceiverConfig:
 
 def _keys_add(args: argparse.Namespace) -> int:
     config = _receiver_config(args)
-    address, source = _pairing_address(args.address, config.listen)
+    chosen = _pairing_address(args.address, *_bound_address(config))
+    address = chosen.address
     from scanxfer import keys, tls
     from scanxfer.keys.pairing import Pairing, format_pairing
 
@@ -196,16 +198,22 @@ def _keys_add(args: argparse.Namespace) -> int:
         "issued a key for %s; the receiver accepts it from now on.\n"
         "on the sender, run:\n  scanxfer pair '%s'\n"
         "the line holds the key: pass it on privately.\n"
-        "address in the line: %s (%s); if senders reach this receiver another way, issue "
-        "the key again with --address HOST[:PORT] --replace",
+        "address in the line: %s (%s)%s\n"
+        "if senders reach this receiver another way, issue the key again with "
+        "--address HOST[:PORT] --replace",
         args.name,
         line,
         address,
-        source,
+        chosen.source,
+        _others(chosen.others),
     )
     if identity is None:
         log.warning("tls is false in the receiver's settings: files cross the network unencrypted")
     return ExitCode.OK
+
+
+def _others(addresses: tuple[str, ...]) -> str:
+    return f"\nthis host's other addresses: {', '.join(addresses)}" if addresses else ""
 
 
 def _keys_list(args: argparse.Namespace) -> int:
@@ -330,55 +338,81 @@ def _pair(args: argparse.Namespace) -> int:
 # --- the address in the pairing line ----------------------------------------------------------
 
 
-def _pairing_address(option: str | None, listen: Address) -> tuple[Address, str]:
+@dataclass(frozen=True)
+class _Chosen:
+    """The address for the pairing line, where its parts came from, and the host's others."""
+
+    address: Address
+    source: str
+    others: tuple[str, ...] = ()
+
+
+def _bound_address(config: ReceiverConfig) -> tuple[Address, str]:
+    """The address the receiver listens on, and whose it is ("in the settings", say).
+
+    A receiver running for this state directory knows the port it really bound (--listen
+    on the command line, or port 0); the settings are only what it would bind next time.
+    """
+    from scanxfer.keys.listening import running_receiver
+
+    running = running_receiver(config.state_dir)
+    if running is None:
+        return config.listen, "in the receiver's settings"
+    return running.address, f"of the running receiver (pid {running.pid})"
+
+
+def _pairing_address(option: str | None, listen: Address, whose: str) -> _Chosen:
     """The address senders should dial, and where it came from (for the user to check).
 
     Worked out from this host's own configuration only: no packet is sent to find it.
     """
-    host, port, source = "", listen.port, "--address"
+    host, port, port_source = "", listen.port, f"the listen port {whose}"
     if option is not None:
-        host, port = _address_option(option, listen.port)
-    if not host:
-        host, source = _local_host(listen)
+        host, given_port = _address_option(option)
+        if given_port is not None:
+            port, port_source = given_port, "--address"
     if port == 0:
         raise UsageError(
-            "the receiver's settings listen on port 0 (any free port), which senders cannot "
-            "know; give the port: --address HOST:PORT"
+            f"the receiver listens on port 0 (any free port) {whose}, which senders cannot "
+            f"know; give the port: --address HOST:PORT"
         )
-    return Address(host, port), source
+    if host:
+        return _Chosen(Address(host, port), f"host: --address; port: {port_source}")
+    host, host_source, others = _local_host(listen, whose)
+    return _Chosen(Address(host, port), f"host: {host_source}; port: {port_source}", others)
 
 
-def _address_option(text: str, listen_port: int) -> tuple[str, int]:
+def _address_option(text: str) -> tuple[str, int | None]:
     """(host, port) from --address HOST, HOST:PORT, [IPv6]:PORT, [IPv6], IPv6 or :PORT.
 
-    A missing port is the listen port; a missing host ('' returned) is worked out later.
+    A missing port is None (the listen port); a missing host ('') is worked out later.
     """
     text = text.strip()
     try:
         if text.startswith("[") and text.endswith("]"):
-            return str(ipaddress.IPv6Address(text[1:-1])), listen_port
+            return str(ipaddress.IPv6Address(text[1:-1])), None
         if text.startswith("[") or text.count(":") == 1 or text.isdigit():
             address = parse_address(text, default_host="")
             return address.host, address.port
         if ":" in text:
-            return str(ipaddress.IPv6Address(text)), listen_port
-        return parse_address(f"{text}:{listen_port or 1}", default_host="").host, listen_port
+            return str(ipaddress.IPv6Address(text)), None
+        return parse_address(f"{text}:1", default_host="").host, None
     except ValueError as exc:
         raise UsageError(f"--address {text!r}: {exc}") from None
 
 
-def _local_host(listen: Address) -> tuple[str, str]:
+def _local_host(listen: Address, whose: str) -> tuple[str, str, tuple[str, ...]]:
+    """(host, where it came from, this host's other addresses) for a receiver on `listen`."""
     if not _is_wildcard(listen.host):
-        return listen.host, "the listen address in the receiver's settings"
-    hostname = socket.gethostname()
-    try:
-        found = socket.getaddrinfo(hostname, None, socket.AF_INET)
-    except OSError:
-        found = []
-    for *_, sockaddr in found:
-        if not ipaddress.ip_address(sockaddr[0]).is_loopback:
-            return str(sockaddr[0]), f"an address of this host, {hostname}"
-    return hostname, "this host's name, as it has no other IPv4 address than loopback"
+        return listen.host, f"the listen address {whose}", ()
+    from scanxfer.hostaddr import read_host_addresses
+
+    found = read_host_addresses()
+    if listen.host == "0.0.0.0":  # IPv4 only; "::" takes IPv6 and IPv4 alike
+        found = found.of_version(4)
+    if found.primary is None:
+        return socket.gethostname(), "this host's name, as it has no address but loopback", ()
+    return found.primary, "this host's primary address (interfaces and routes)", found.others
 
 
 def _is_wildcard(host: str) -> bool:

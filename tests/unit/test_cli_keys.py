@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import shutil
 import socket
@@ -17,8 +16,10 @@ import pytest
 
 from scanxfer import config
 from scanxfer.cli import main
-from scanxfer.config import default_sender_config_path, load_sender_config
+from scanxfer.config import Address, default_sender_config_path, load_sender_config
+from scanxfer.hostaddr import read_host_addresses
 from scanxfer.keys import Keyring, keys_path
+from scanxfer.keys.listening import recorded
 from scanxfer.keys.pairing import Pairing, parse_pairing
 from scanxfer.keys.seen import SeenLog, seen_path
 from scanxfer.protocol.auth import decode_secret, verifier
@@ -74,7 +75,8 @@ def test_keys_add_prints_one_line_holding_key_address_and_fingerprint(
     assert entry is not None and entry.verifier == verifier(decode_secret(pairing.secret))
     line = f"scanxfer://lab-pc:{pairing.secret}@192.0.2.7:5000/?fingerprint={pairing.fingerprint}"
     assert f"scanxfer pair '{line}'" in err
-    assert "192.0.2.7:5000 (--address)" in err
+    port = "the listen port in the receiver's settings"
+    assert f"192.0.2.7:5000 (host: --address; port: {port})" in err
 
 
 @pytest.mark.parametrize(
@@ -114,25 +116,33 @@ def test_a_specific_listen_address_is_the_default(
     assert "listen address" in err
 
 
-def _own_addresses() -> set[str]:
-    hostname = socket.gethostname()
-    try:
-        found = socket.getaddrinfo(hostname, None, socket.AF_INET)
-    except OSError:
-        found = []
-    return {hostname} | {
-        str(info[4][0]) for info in found if not ipaddress.ip_address(info[4][0]).is_loopback
-    }
-
-
 @pytest.mark.parametrize(("option", "port"), [(None, 5000), (":6001", 6001), ("6002", 6002)])
-def test_on_a_wildcard_listen_address_this_hosts_own_address_is_used(
+def test_on_a_wildcard_listen_address_this_hosts_primary_address_is_used(
     capsys: pytest.CaptureFixture[str], receiver: Receiver, option: str | None, port: int
 ) -> None:
-    pairing, _ = _add(capsys, receiver, "lab-pc", *(["--address", option] if option else []))
-    assert pairing.host in _own_addresses()
-    assert pairing.host != "0.0.0.0" and not pairing.host.startswith("127.")
+    found = read_host_addresses().of_version(4)
+    pairing, err = _add(capsys, receiver, "lab-pc", *(["--address", option] if option else []))
+    assert pairing.host == (found.primary or socket.gethostname())
     assert pairing.port == port
+    if found.primary is not None:
+        assert "host: this host's primary address (interfaces and routes)" in err
+    if found.others:
+        assert f"this host's other addresses: {', '.join(found.others)}\n" in err
+
+
+def test_the_port_of_a_running_receiver_wins_over_the_settings(
+    capsys: pytest.CaptureFixture[str], receiver: Receiver
+) -> None:
+    receiver.state.mkdir()
+    # This process stands in for the receiver: the record is believed while its pid runs.
+    with recorded(receiver.state, Address("127.0.0.1", 6123)):
+        pairing, err = _add(capsys, receiver, "lab-pc")
+    assert (pairing.host, pairing.port) == ("127.0.0.1", 6123)
+    whose = f"of the running receiver (pid {os.getpid()})"
+    source = f"host: the listen address {whose}; port: the listen port {whose}"
+    assert f"127.0.0.1:6123 ({source})" in err
+    pairing, _ = _add(capsys, receiver, "lab-pc", "--replace", "--address", "pi")
+    assert pairing.port == 5000  # the receiver stopped: back to the settings
 
 
 def test_listening_on_port_0_needs_the_port_given(
