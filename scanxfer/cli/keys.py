@@ -1,8 +1,9 @@
-"""`scanxfer keys add|list|revoke` (on the receiver) and `scanxfer pair` (on the sender).
+"""`scanxfer keys add|list|revoke`, on the receiver.
 
 Pairing takes two commands and one copied line: `sudo scanxfer keys add lab-pc` on the Pi
 issues a key and prints a line holding it, the receiver's address and its certificate's
-fingerprint; `scanxfer pair LINE` on the instrument PC writes all of it into sender.yaml.
+fingerprint; `scanxfer pair LINE` on the instrument PC (`cli.pair`) checks it against the
+receiver and writes all of it into sender.yaml.
 
 Kept apart from scanxfer.cli, which registers these commands by calling add_commands().
 """
@@ -22,9 +23,7 @@ from scanxfer.config import (
     RECEIVER_CONFIG_PATH,
     Address,
     ReceiverConfig,
-    default_sender_config_path,
     load_receiver_config,
-    load_sender_config,
     parse_address,
 )
 
@@ -38,12 +37,7 @@ log = logging.getLogger(__name__)
 
 
 def add_commands(commands: Any) -> None:
-    """Register `keys` (with add, list, revoke) and `pair` on the top-level subparsers."""
-    _add_keys(commands)
-    _add_pair(commands)
-
-
-def _add_keys(commands: Any) -> None:
+    """Register `keys` (with add, list, revoke) on the top-level subparsers."""
     keys = commands.add_parser(
         "keys",
         formatter_class=Formatter,
@@ -127,25 +121,6 @@ def _add_receiver_options(sub: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="DIR",
         help="the receiver's state directory, if not the settings' state_dir",
-    )
-
-
-def _add_pair(commands: Any) -> None:
-    sub = command(
-        commands,
-        "pair",
-        _pair,
-        TOOL_EXITS,
-        help="set this sender up from a line printed by `scanxfer keys add`",
-        description="Write the receiver's address, this sender's name and key, and the "
-        "receiver's certificate fingerprint from LINE into the sender's settings file. Other "
-        "settings and comments in the file are kept.",
-        epilog="The settings go to ~/.config/scanxfer/sender.yaml unless -c FILE is given.\n\n"
-        "example:\n  scanxfer pair 'scanxfer://lab-pc:KEY@192.168.1.50:5000/?fingerprint=...'",
-    )
-    sub.add_argument("line", metavar="LINE", help="the whole line `scanxfer keys add` printed")
-    sub.add_argument(
-        "-c", "--config", type=Path, metavar="FILE", help="sender settings file to write"
     )
 
 
@@ -295,44 +270,6 @@ def _same_receiver(args: argparse.Namespace, command: str) -> str:
         if value is not None:
             command += f" {option} {shlex.quote(str(value))}"
     return command
-
-
-def _pair(args: argparse.Namespace) -> int:
-    from scanxfer import tls
-    from scanxfer.keys import pairing
-
-    try:
-        paired = pairing.parse_pairing(args.line)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    path = args.config or default_sender_config_path()
-    try:
-        pairing.write_sender_config(path, paired)
-    except OSError as exc:
-        log.error("cannot write %s: %s; check the path and its permissions", path, exc)
-        return ExitCode.FAILED
-    config = load_sender_config(path)
-    security = (
-        f"over TLS, trusting only the certificate {tls.format_fingerprint(paired.fingerprint)}"
-        if paired.fingerprint is not None
-        else "without TLS (the receiver has tls: false)"
-    )
-    send = "scanxfer send --once" + (f" -c {shlex.quote(str(path))}" if args.config else "")
-    log.info(
-        "wrote %s: this sender is %s and delivers to %s %s.\n"
-        "it sends the files in %s; edit watch_dir there to change that.\n"
-        "next, test it with: %s\n"
-        "then run it as a service: scanxfer install-user-unit, then "
-        "systemctl --user enable --now scanxfer-sender "
-        "(if the service already runs: systemctl --user restart scanxfer-sender)",
-        path,
-        paired.name,
-        paired.address,
-        security,
-        config.watch_dir,
-        send,
-    )
-    return ExitCode.OK
 
 
 # --- the address in the pairing line ----------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -22,7 +23,7 @@ from scanxfer.keys import Keyring, keys_path
 from scanxfer.keys.listening import recorded
 from scanxfer.keys.pairing import Pairing, parse_pairing
 from scanxfer.keys.seen import SeenLog, seen_path
-from scanxfer.protocol.auth import decode_secret, verifier
+from scanxfer.protocol.auth import decode_secret, new_secret, verifier
 from scanxfer.tls import format_fingerprint, load_identity
 
 NOBODY = 65534
@@ -279,7 +280,7 @@ def test_pair_writes_what_keys_add_printed(
     status, line, _ = _run(capsys, *receiver.args("keys", "add", "lab-pc", "--address", "pi"))
     assert status == 0
     settings = tmp_path / "sender settings.yaml"
-    status, out, err = _run(capsys, "pair", line.strip(), "-c", str(settings))
+    status, out, err = _run(capsys, "pair", line.strip(), "-c", str(settings), "--no-check")
     assert (status, out) == (0, "")
     sender = load_sender_config(settings)
     assert (str(sender.receiver), sender.name, sender.tls) == ("pi:5000", "lab-pc", True)
@@ -288,6 +289,7 @@ def test_pair_writes_what_keys_add_printed(
     assert entry is not None and sender.key is not None
     assert entry.verifier == verifier(decode_secret(sender.key))
     assert f"wrote {settings}" in err
+    assert "not checked (--no-check): the receiver was not contacted.\n" in err
     assert f"scanxfer send --once -c '{settings}'" in err
     assert "scanxfer install-user-unit" in err
 
@@ -296,7 +298,7 @@ def test_pair_writes_the_users_settings_by_default(
     capsys: pytest.CaptureFixture[str], receiver: Receiver
 ) -> None:
     pairing, _ = _add(capsys, receiver, "lab-pc", "--address", "pi")
-    status, _, err = _run(capsys, "pair", f"'{_line(pairing)}'")
+    status, _, err = _run(capsys, "pair", f"'{_line(pairing)}'", "--no-check")
     assert status == 0
     assert load_sender_config(default_sender_config_path()).key == pairing.secret
     assert "test it with: scanxfer send --once\n" in err
@@ -316,6 +318,77 @@ def test_pair_refuses_a_bad_line_and_writes_nothing(
     assert (status, out) == (2, "")
     assert "not a pairing line" in err and "copy the whole line" in err
     assert not settings.exists()
+
+
+def _pair(capsys: pytest.CaptureFixture[str], pairing: Pairing, *options: str) -> tuple[int, str]:
+    status, out, err = _run(capsys, "pair", _line(pairing), "--no-check", *options)
+    assert out == ""
+    return status, err
+
+
+PAIRED = Pairing("192.0.2.7", 5000, "lab-pc", new_secret(), "ab" * 32, True)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        dataclasses.replace(PAIRED, fingerprint="cd" * 32),
+        dataclasses.replace(PAIRED, fingerprint=None, tls=False),
+    ],
+    ids=["another certificate", "without tls"],
+)
+def test_pairing_with_another_receiver_needs_replace(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, other: Pairing
+) -> None:
+    settings = str(tmp_path / "sender.yaml")
+    assert _pair(capsys, PAIRED, "-c", settings)[0] == 0
+    before = Path(settings).read_bytes()
+    status, err = _pair(capsys, other, "-c", settings)
+    assert status == 2
+    assert (
+        f"{settings} is paired with receiver 192.0.2.7:5000 (certificate "
+        f"{format_fingerprint(PAIRED.fingerprint or '')}) as lab-pc; the line is for "
+        f"{_described(other)}. To pair with that one instead, run the same command with "
+        f"--replace" in err
+    )
+    assert Path(settings).read_bytes() == before
+    assert _pair(capsys, other, "-c", settings, "--replace")[0] == 0
+    assert load_sender_config(Path(settings)).key == other.secret
+
+
+def _described(pairing: Pairing) -> str:
+    if pairing.fingerprint is None:
+        return f"receiver {pairing.address} (without TLS)"
+    return f"receiver {pairing.address} (certificate {format_fingerprint(pairing.fingerprint)})"
+
+
+@pytest.mark.parametrize(
+    "same",
+    [
+        dataclasses.replace(PAIRED, secret=new_secret()),  # keys add --replace
+        dataclasses.replace(PAIRED, host="pi.lab.example", port=6000),  # the Pi moved
+    ],
+    ids=["a new key", "a new address"],
+)
+def test_pairing_again_with_the_same_receiver_needs_no_replace(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, same: Pairing
+) -> None:
+    settings = tmp_path / "sender.yaml"
+    assert _pair(capsys, PAIRED, "-c", str(settings))[0] == 0
+    assert _pair(capsys, same, "-c", str(settings))[0] == 0
+    config = load_sender_config(settings)
+    assert (config.key, config.receiver) == (same.secret, same.address)
+
+
+def test_without_tls_another_address_is_another_receiver(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    settings = str(tmp_path / "sender.yaml")
+    plain = dataclasses.replace(PAIRED, fingerprint=None, tls=False)
+    assert _pair(capsys, plain, "-c", settings)[0] == 0
+    assert _pair(capsys, dataclasses.replace(plain, secret=new_secret()), "-c", settings)[0] == 0
+    status, err = _pair(capsys, dataclasses.replace(plain, port=5001), "-c", settings)
+    assert status == 2 and "--replace" in err
 
 
 # --- who may run it ---------------------------------------------------------------------------
