@@ -184,6 +184,9 @@ def _keys_add(args: argparse.Namespace) -> int:
     )
     if identity is None:
         log.warning("tls is false in the receiver's settings: files cross the network unencrypted")
+    else:
+        shown = tls.format_fingerprint(identity.fingerprint)
+        log.info("certificate fingerprint (SHA-256) in the line: %s", shown)
     return ExitCode.OK
 
 

@@ -78,6 +78,8 @@ def test_keys_add_prints_one_line_holding_key_address_and_fingerprint(
     assert f"scanxfer pair '{line}'" in err
     port = "the listen port in the receiver's settings"
     assert f"192.0.2.7:5000 (host: --address; port: {port})" in err
+    shown = format_fingerprint(pairing.fingerprint)
+    assert f"certificate fingerprint (SHA-256) in the line: {shown}\n" in err
 
 
 @pytest.mark.parametrize(
