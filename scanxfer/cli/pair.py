@@ -145,7 +145,7 @@ def _check(args: argparse.Namespace, path: Path, paired: Pairing) -> int | None:
         "tls": paired.tls,
     }
     config = load_sender_config(path if path.exists() else None, overrides)
-    unchanged = f"{path} was left unchanged"
+    unchanged = f"nothing was written to {path}"
     again = f"sudo scanxfer keys add {shlex.quote(paired.name)} --replace"
     try:
         check_pairing(config)
