@@ -63,9 +63,12 @@ def add_commands(commands: Any) -> None:
         description="Issue a key for the sender NAME and print, on standard output, the "
         "line to give to `scanxfer pair` on that sender. The line holds the key: pass it on "
         "privately. Makes the receiver's TLS certificate first if there is none yet.",
-        epilog="The address in the line is --address if given, else the listen address of "
-        "the settings if it is not 0.0.0.0, else this host's first non-loopback IPv4 "
-        "address, else its host name.\n\n"
+        epilog="The address in the line is --address if given; what that leaves out is "
+        "worked out. The port is the one the receiver running for this state directory "
+        "listens on (else the listen port of the settings); the host is the listen address "
+        "if that is not 0.0.0.0 or ::, else "
+        "this host's primary address from its interfaces and routes (the one its default "
+        "route leaves by; its other addresses are listed), else its host name.\n\n"
         "example:\n  sudo scanxfer keys add lab-pc --address pi.lab.example:5000",
     )
     add.add_argument("name", type=_sender_name, metavar="NAME", help="the sender, e.g. lab-pc")
