@@ -176,7 +176,7 @@ def _keys_add(args: argparse.Namespace) -> int:
         "issued a key for %s; the receiver accepts it from now on.\n"
         "on the sender, run:\n  scanxfer pair '%s'\n"
         "the line holds the key: pass it on privately.\n"
-        "address in the line: %s (%s)%s\n"
+        "address in the line: %s (%s)%s%s\n"
         "if senders reach this receiver another way, issue the key again with "
         "--address HOST[:PORT] --replace",
         args.name,
@@ -184,13 +184,17 @@ def _keys_add(args: argparse.Namespace) -> int:
         address,
         chosen.source,
         _others(chosen.others),
+        "" if identity is None else _fingerprint_line(identity.fingerprint),
     )
     if identity is None:
         log.warning("tls is false in the receiver's settings: files cross the network unencrypted")
-    else:
-        shown = tls.format_fingerprint(identity.fingerprint)
-        log.info("certificate fingerprint (SHA-256) in the line: %s", shown)
     return ExitCode.OK
+
+
+def _fingerprint_line(fingerprint: str) -> str:
+    from scanxfer import tls
+
+    return f"\ncertificate fingerprint (SHA-256) in the line: {tls.format_fingerprint(fingerprint)}"
 
 
 def _others(addresses: tuple[str, ...]) -> str:

@@ -234,6 +234,7 @@ def booted(
     the archives it will install then come from `packages` (see `fetch_packages`).
     """
     tree = base_tree(arch)
+    workdir.mkdir(parents=True, exist_ok=True)
     name = f"scanxfer-{arch}-{os.getpid()}" + ("-veth" if veth else "")
     container = Container(tree, name, workdir / "console.log", veth)
     try:
