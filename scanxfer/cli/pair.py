@@ -77,10 +77,9 @@ def _pair(args: argparse.Namespace) -> int:
     current = load_sender_config(path) if path.exists() else None
     if not args.replace and (other := _paired_elsewhere(current, paired)):
         raise UsageError(
-            f"{path} is paired with {other} as {current.name if current else ''}; the line is "
-            f"for {_receiver(paired)}. To pair with that one instead, run the same command "
-            f"with --replace (the sender then delivers to it every scan in the watch folder "
-            f"that it has not had)"
+            f"{path} is paired with {other}; the line is for {_receiver(paired)}. To pair "
+            f"with that one instead, run the same command with --replace (the sender then "
+            f"delivers to it every scan in the watch folder that it has not had)"
         )
     if not args.no_check and (failure := _check(args, path, paired)) is not None:
         return failure
@@ -94,7 +93,7 @@ def _pair(args: argparse.Namespace) -> int:
 
 
 def _paired_elsewhere(current: SenderConfig | None, paired: Pairing) -> str | None:
-    """The receiver `current` is paired with, described, if it is not the line's; else None.
+    """The receiver `current` is paired with and as whom, if it is not the line's; else None.
 
     With TLS a receiver is its certificate, whatever address reaches it (a Pi that moved is
     the same receiver); without, it is its address.  A new key for the same receiver (after
@@ -111,7 +110,7 @@ def _paired_elsewhere(current: SenderConfig | None, paired: Pairing) -> str | No
     if same:
         return None
     fingerprint = current.fingerprint if current.tls else None
-    return _described(str(current.receiver), fingerprint)
+    return f"{_described(str(current.receiver), fingerprint)} as {current.name}"
 
 
 def _receiver(paired: Pairing) -> str:
@@ -127,8 +126,8 @@ def _described(address: str, fingerprint: str | None) -> str:
 
 
 def _check(args: argparse.Namespace, path: Path, paired: Pairing) -> int | None:
-    """One handshake with the line's receiver; None if it let this sender in, else the exit
-    status, the reason and what to do having been logged."""
+    """One handshake with the line's receiver: None if it let this sender in, else the exit
+    status (the reason and what to do are logged)."""
     from scanxfer.sender.session import check_pairing
     from scanxfer.sender.transport import (
         AuthenticationFailed,
