@@ -260,3 +260,16 @@ def test_no_check_writes_the_line_without_contacting_the_receiver(tmp_path: Path
     assert "not checked (--no-check): the receiver was not contacted.\n" in result.stderr
     assert f'receiver: "127.0.0.1:{port}"\n' in sender.read_text()
     assert_no_part_of(paired.secret, result)
+
+
+def test_a_line_without_tls_is_checked_over_plain_tcp(
+    tmp_path: Path, start_receiver: StartReceiver
+) -> None:
+    receiver = start_receiver(tls="false")
+    paired = line_of(receiver)
+    assert (paired.tls, paired.port) == (False, receiver.port)
+    sender = settings(tmp_path)
+    result = pair(sender, format_pairing(paired))
+    assert result.returncode == 0, result.stderr
+    assert "checked: the receiver let this sender in with this key.\n" in result.stderr
+    logged(receiver, "sender 'lab-pc' connected")
