@@ -27,6 +27,7 @@ from scanxfer.errors import ScanxferError, describe_exit_codes
 from scanxfer.systemd import setup_logging
 
 from . import keys as keys_commands
+from . import pair as pair_command
 from . import storage as storage_commands
 from .common import (
     REPORT_EXITS,
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify(commands)
     _add_install_user_unit(commands)
     keys_commands.add_commands(commands)
+    pair_command.add_command(commands)
     storage_commands.add_commands(commands)
     return parser
 

@@ -1,8 +1,9 @@
-"""`scanxfer keys add|list|revoke` (on the receiver) and `scanxfer pair` (on the sender).
+"""`scanxfer keys add|list|revoke`, on the receiver.
 
 Pairing takes two commands and one copied line: `sudo scanxfer keys add lab-pc` on the Pi
 issues a key and prints a line holding it, the receiver's address and its certificate's
-fingerprint; `scanxfer pair LINE` on the instrument PC writes all of it into sender.yaml.
+fingerprint; `scanxfer pair LINE` on the instrument PC (`cli.pair`) checks it against the
+receiver and writes all of it into sender.yaml.
 
 Kept apart from scanxfer.cli, which registers these commands by calling add_commands().
 """
@@ -14,6 +15,7 @@ import ipaddress
 import logging
 import shlex
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,9 +23,7 @@ from scanxfer.config import (
     RECEIVER_CONFIG_PATH,
     Address,
     ReceiverConfig,
-    default_sender_config_path,
     load_receiver_config,
-    load_sender_config,
     parse_address,
 )
 
@@ -37,12 +37,7 @@ log = logging.getLogger(__name__)
 
 
 def add_commands(commands: Any) -> None:
-    """Register `keys` (with add, list, revoke) and `pair` on the top-level subparsers."""
-    _add_keys(commands)
-    _add_pair(commands)
-
-
-def _add_keys(commands: Any) -> None:
+    """Register `keys` (with add, list, revoke) on the top-level subparsers."""
     keys = commands.add_parser(
         "keys",
         formatter_class=Formatter,
@@ -68,9 +63,12 @@ def _add_keys(commands: Any) -> None:
         description="Issue a key for the sender NAME and print, on standard output, the "
         "line to give to `scanxfer pair` on that sender. The line holds the key: pass it on "
         "privately. Makes the receiver's TLS certificate first if there is none yet.",
-        epilog="The address in the line is --address if given, else the listen address of "
-        "the settings if it is not 0.0.0.0, else this host's first non-loopback IPv4 "
-        "address, else its host name.\n\n"
+        epilog="The address in the line is --address if given; what that leaves out is "
+        "worked out. The port is the one the receiver running for this state directory "
+        "listens on (else the listen port of the settings); the host is the listen address "
+        "if that is not 0.0.0.0 or ::, else "
+        "this host's primary address from its interfaces and routes (the one its default "
+        "route leaves by; its other addresses are listed), else its host name.\n\n"
         "example:\n  sudo scanxfer keys add lab-pc --address pi.lab.example:5000",
     )
     add.add_argument("name", type=_sender_name, metavar="NAME", help="the sender, e.g. lab-pc")
@@ -129,25 +127,6 @@ def _add_receiver_options(sub: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_pair(commands: Any) -> None:
-    sub = command(
-        commands,
-        "pair",
-        _pair,
-        TOOL_EXITS,
-        help="set this sender up from a line printed by `scanxfer keys add`",
-        description="Write the receiver's address, this sender's name and key, and the "
-        "receiver's certificate fingerprint from LINE into the sender's settings file. Other "
-        "settings and comments in the file are kept.",
-        epilog="The settings go to ~/.config/scanxfer/sender.yaml unless -c FILE is given.\n\n"
-        "example:\n  scanxfer pair 'scanxfer://lab-pc:KEY@192.168.1.50:5000/?fingerprint=...'",
-    )
-    sub.add_argument("line", metavar="LINE", help="the whole line `scanxfer keys add` printed")
-    sub.add_argument(
-        "-c", "--config", type=Path, metavar="FILE", help="sender settings file to write"
-    )
-
-
 def _sender_name(text: str) -> str:
     from scanxfer.keys import check_sender_name
 
@@ -166,7 +145,8 @@ def _receiver_config(args: argparse.Namespace) -> ReceiverConfig:
 
 def _keys_add(args: argparse.Namespace) -> int:
     config = _receiver_config(args)
-    address, source = _pairing_address(args.address, config.listen)
+    chosen = _pairing_address(args.address, *_bound_address(config))
+    address = chosen.address
     from scanxfer import keys, tls
     from scanxfer.keys.pairing import Pairing, format_pairing
 
@@ -196,16 +176,29 @@ def _keys_add(args: argparse.Namespace) -> int:
         "issued a key for %s; the receiver accepts it from now on.\n"
         "on the sender, run:\n  scanxfer pair '%s'\n"
         "the line holds the key: pass it on privately.\n"
-        "address in the line: %s (%s); if senders reach this receiver another way, issue "
-        "the key again with --address HOST[:PORT] --replace",
+        "address in the line: %s (%s)%s%s\n"
+        "if senders reach this receiver another way, issue the key again with "
+        "--address HOST[:PORT] --replace",
         args.name,
         line,
         address,
-        source,
+        chosen.source,
+        _others(chosen.others),
+        "" if identity is None else _fingerprint_line(identity.fingerprint),
     )
     if identity is None:
         log.warning("tls is false in the receiver's settings: files cross the network unencrypted")
     return ExitCode.OK
+
+
+def _fingerprint_line(fingerprint: str) -> str:
+    from scanxfer import tls
+
+    return f"\ncertificate fingerprint (SHA-256) in the line: {tls.format_fingerprint(fingerprint)}"
+
+
+def _others(addresses: tuple[str, ...]) -> str:
+    return f"\nthis host's other addresses: {', '.join(addresses)}" if addresses else ""
 
 
 def _keys_list(args: argparse.Namespace) -> int:
@@ -289,96 +282,84 @@ def _same_receiver(args: argparse.Namespace, command: str) -> str:
     return command
 
 
-def _pair(args: argparse.Namespace) -> int:
-    from scanxfer import tls
-    from scanxfer.keys import pairing
-
-    try:
-        paired = pairing.parse_pairing(args.line)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    path = args.config or default_sender_config_path()
-    try:
-        pairing.write_sender_config(path, paired)
-    except OSError as exc:
-        log.error("cannot write %s: %s; check the path and its permissions", path, exc)
-        return ExitCode.FAILED
-    config = load_sender_config(path)
-    security = (
-        f"over TLS, trusting only the certificate {tls.format_fingerprint(paired.fingerprint)}"
-        if paired.fingerprint is not None
-        else "without TLS (the receiver has tls: false)"
-    )
-    send = "scanxfer send --once" + (f" -c {shlex.quote(str(path))}" if args.config else "")
-    log.info(
-        "wrote %s: this sender is %s and delivers to %s %s.\n"
-        "it sends the files in %s; edit watch_dir there to change that.\n"
-        "next, test it with: %s\n"
-        "then run it as a service: scanxfer install-user-unit, then "
-        "systemctl --user enable --now scanxfer-sender "
-        "(if the service already runs: systemctl --user restart scanxfer-sender)",
-        path,
-        paired.name,
-        paired.address,
-        security,
-        config.watch_dir,
-        send,
-    )
-    return ExitCode.OK
-
-
 # --- the address in the pairing line ----------------------------------------------------------
 
 
-def _pairing_address(option: str | None, listen: Address) -> tuple[Address, str]:
+@dataclass(frozen=True)
+class _Chosen:
+    """The address for the pairing line, where its parts came from, and the host's others."""
+
+    address: Address
+    source: str
+    others: tuple[str, ...] = ()
+
+
+def _bound_address(config: ReceiverConfig) -> tuple[Address, str]:
+    """The address the receiver listens on, and whose it is ("in the settings", say).
+
+    A receiver running for this state directory knows the port it really bound (--listen
+    on the command line, or port 0); the settings are only what it would bind next time.
+    """
+    from scanxfer.keys.listening import running_receiver
+
+    running = running_receiver(config.state_dir)
+    if running is None:
+        return config.listen, "in the receiver's settings"
+    return running.address, f"of the running receiver (pid {running.pid})"
+
+
+def _pairing_address(option: str | None, listen: Address, whose: str) -> _Chosen:
     """The address senders should dial, and where it came from (for the user to check).
 
     Worked out from this host's own configuration only: no packet is sent to find it.
     """
-    host, port, source = "", listen.port, "--address"
+    host, port, port_source = "", listen.port, f"the listen port {whose}"
     if option is not None:
-        host, port = _address_option(option, listen.port)
-    if not host:
-        host, source = _local_host(listen)
+        host, given_port = _address_option(option)
+        if given_port is not None:
+            port, port_source = given_port, "--address"
     if port == 0:
         raise UsageError(
-            "the receiver's settings listen on port 0 (any free port), which senders cannot "
-            "know; give the port: --address HOST:PORT"
+            f"the receiver listens on port 0 (any free port) {whose}, which senders cannot "
+            f"know; give the port: --address HOST:PORT"
         )
-    return Address(host, port), source
+    if host:
+        return _Chosen(Address(host, port), f"host: --address; port: {port_source}")
+    host, host_source, others = _local_host(listen, whose)
+    return _Chosen(Address(host, port), f"host: {host_source}; port: {port_source}", others)
 
 
-def _address_option(text: str, listen_port: int) -> tuple[str, int]:
+def _address_option(text: str) -> tuple[str, int | None]:
     """(host, port) from --address HOST, HOST:PORT, [IPv6]:PORT, [IPv6], IPv6 or :PORT.
 
-    A missing port is the listen port; a missing host ('' returned) is worked out later.
+    A missing port is None (the listen port); a missing host ('') is worked out later.
     """
     text = text.strip()
     try:
         if text.startswith("[") and text.endswith("]"):
-            return str(ipaddress.IPv6Address(text[1:-1])), listen_port
+            return str(ipaddress.IPv6Address(text[1:-1])), None
         if text.startswith("[") or text.count(":") == 1 or text.isdigit():
             address = parse_address(text, default_host="")
             return address.host, address.port
         if ":" in text:
-            return str(ipaddress.IPv6Address(text)), listen_port
-        return parse_address(f"{text}:{listen_port or 1}", default_host="").host, listen_port
+            return str(ipaddress.IPv6Address(text)), None
+        return parse_address(f"{text}:1", default_host="").host, None
     except ValueError as exc:
         raise UsageError(f"--address {text!r}: {exc}") from None
 
 
-def _local_host(listen: Address) -> tuple[str, str]:
+def _local_host(listen: Address, whose: str) -> tuple[str, str, tuple[str, ...]]:
+    """(host, where it came from, this host's other addresses) for a receiver on `listen`."""
     if not _is_wildcard(listen.host):
-        return listen.host, "the listen address in the receiver's settings"
-    hostname = socket.gethostname()
-    try:
-        found = socket.getaddrinfo(hostname, None, socket.AF_INET)
-    except OSError:
-        found = []
-    for *_, sockaddr in found:
-        if not ipaddress.ip_address(sockaddr[0]).is_loopback:
-            return str(sockaddr[0]), f"an address of this host, {hostname}"
-    return hostname, "this host's name, as it has no other IPv4 address than loopback"
+        return listen.host, f"the listen address {whose}", ()
+    from scanxfer.hostaddr import read_host_addresses
+
+    found = read_host_addresses()
+    if listen.host == "0.0.0.0":  # IPv4 only; "::" takes IPv6 and IPv4 alike
+        found = found.of_version(4)
+    if found.primary is None:
+        return socket.gethostname(), "this host's name, as it has no address but loopback", ()
+    return found.primary, "this host's primary address (interfaces and routes)", found.others
 
 
 def _is_wildcard(host: str) -> bool:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from scanxfer import atomic
@@ -25,6 +27,7 @@ from scanxfer.keys import check_sender_name
 from scanxfer.protocol.auth import decode_secret
 
 SCHEME = "scanxfer"
+T = TypeVar("T")
 _NEW_FILE_HEADER = (
     "# Your sender settings, written by `scanxfer pair` from the defaults below: only\n"
     "# receiver, name, key, fingerprint and tls were changed. Edit the rest freely.\n"
@@ -61,37 +64,68 @@ def parse_pairing(text: str) -> Pairing:
     """The pairing in `text`; ValueError saying what is wrong with it otherwise.
 
     Surrounding quotes are dropped: the receiver prints the line inside a quoted command,
-    and half the people copying it take the quotes along.
+    and half the people copying it take the quotes along.  No message quotes the line or a
+    part of it: a line cut or changed in the wrong place puts the key where a name, a port
+    or a fingerprint should be, and an error message ends up in logs and bug reports.
     """
     line = text.strip().strip("'\"").strip()
     if not line.startswith(f"{SCHEME}://"):
         raise _not_pairing(f"it does not start with {SCHEME}://")
     try:
         parts = urlsplit(line)
-        port = parts.port
-    except ValueError as exc:
-        raise _not_pairing(str(exc)) from None
-    if parts.username is None or parts.password is None:
+    except ValueError:
+        raise _not_pairing("its receiver address (after the '@') is not HOST:PORT") from None
+    if "@" not in parts.netloc or parts.username is None or parts.password is None:
         raise _not_pairing("it has no NAME:KEY@ before the receiver's address")
-    if parts.hostname is None or port is None:
-        raise _not_pairing("it has no HOST:PORT after the '@'")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if parts.hostname is None or not port:
+        raise _not_pairing("it has no HOST:PORT after the '@' (a port from 1 to 65535)")
     if parts.path not in ("", "/") or parts.fragment:
         raise _not_pairing("it has text after the address that is not ?fingerprint= or ?tls=")
-    try:
-        name = check_sender_name(parts.username)
-        decode_secret(parts.password)
-        address = parse_address(str(Address(parts.hostname, port)), default_host="")
-        fingerprint = _fingerprint(parts.query)
-    except ValueError as exc:
-        raise _not_pairing(str(exc)) from None
+    fingerprint = _checked(_fingerprint, parts.query)
     return Pairing(
-        host=address.host,
-        port=address.port,
-        name=name,
-        secret=parts.password,
+        host=_checked(_host, parts.hostname, port),
+        port=port,
+        name=_checked(check_sender_name, parts.username, reason=_BAD_NAME),
+        secret=_checked(_secret, parts.password),
         fingerprint=fingerprint,
         tls=fingerprint is not None,
     )
+
+
+_BAD_NAME = (
+    "the sender's name (before the ':') must be 1 to 64 letters, digits, '.', '_' or '-', "
+    "starting with a letter or digit"
+)
+
+
+def _checked(check: Callable[..., T], *values: Any, reason: str | None = None) -> T:
+    """check(*values), with a ValueError turned into a pairing-line error (`reason`, or its own
+    message when that is known to quote nothing of the line)."""
+    try:
+        return check(*values)
+    except ValueError as exc:
+        raise _not_pairing(reason or str(exc)) from None
+
+
+def _host(hostname: str, port: int) -> str:
+    try:
+        return parse_address(str(Address(hostname, port)), default_host="").host
+    except ValueError:
+        raise ValueError(
+            "its receiver address (after the '@') is not a host name or IP address"
+        ) from None
+
+
+def _secret(text: str) -> str:
+    try:
+        decode_secret(text)
+    except ValueError as exc:  # decode_secret's messages quote nothing of the key
+        raise ValueError(f"its key (between ':' and '@') is wrong: {exc}") from None
+    return text
 
 
 def write_sender_config(path: Path, pairing: Pairing) -> None:
@@ -140,6 +174,7 @@ def _check(temporary: Path, path: Path) -> None:
 
 def _fingerprint(query: str) -> str | None:
     """The fingerprint from `?fingerprint=HEX`, or None from `?tls=off`."""
+    must = "it must end in ?fingerprint=<64 hex digits> or ?tls=off"
     try:
         fields = parse_qs(query, keep_blank_values=True, strict_parsing=True)
     except ValueError:
@@ -147,8 +182,11 @@ def _fingerprint(query: str) -> str | None:
     if fields == {"tls": ["off"]}:
         return None
     if fields.keys() == {"fingerprint"} and len(fields["fingerprint"]) == 1:
-        return parse_fingerprint(fields["fingerprint"][0])
-    raise ValueError("it must end in ?fingerprint=<64 hex digits> or ?tls=off")
+        try:
+            return parse_fingerprint(fields["fingerprint"][0])
+        except ValueError:
+            raise ValueError(f"{must}: its fingerprint is not 64 hex digits") from None
+    raise ValueError(must)
 
 
 def _not_pairing(reason: str) -> ValueError:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import struct
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ SECRET_SIZE = 32
 SECRET_TEXT_LENGTH = 43  # base64url of 32 bytes, without padding
 _TRANSCRIPT_LABEL = b"scanxfer handshake v1\0"
 _U16 = struct.Struct(">H")
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -56,15 +58,21 @@ def encode_secret(raw: bytes) -> str:
 
 
 def decode_secret(text: str) -> bytes:
-    """The 32 secret bytes of `text`; ValueError if it is not a scanxfer secret."""
-    if len(text) != SECRET_TEXT_LENGTH or not text.isascii():
-        raise ValueError(f"a key is {SECRET_TEXT_LENGTH} characters of base64url")
-    try:
-        raw = base64.urlsafe_b64decode(text + "=")
-    except ValueError:
-        raise ValueError("a key is base64url text (letters, digits, '-' and '_')") from None
+    """The 32 secret bytes of `text`; ValueError if it is not a scanxfer secret.
+
+    The messages never quote `text`, nor any part of it: it is, or nearly is, a secret.
+    """
+    if len(text) != SECRET_TEXT_LENGTH:
+        raise ValueError(
+            f"a key is {SECRET_TEXT_LENGTH} characters of base64url, this one has {len(text)}"
+        )
+    if not _BASE64URL.fullmatch(text):
+        raise ValueError("a key is base64url text (letters, digits, '-' and '_') only")
+    raw = base64.urlsafe_b64decode(text + "=")
     if encode_secret(raw) != text:
-        raise ValueError("a key is base64url text (letters, digits, '-' and '_')")
+        # 43 characters carry 258 bits for 256: the last one ends in two zero bits, so 48 of
+        # its 64 values are no key's.
+        raise ValueError("its last character cannot end a key: a character was changed")
     return raw
 
 

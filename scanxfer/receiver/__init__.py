@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from ..atomic import state_owner
 from ..config import ReceiverConfig
 from ..errors import ExitCode
+from ..keys.listening import recorded
 from ..sizes import counted
 from ..store import Folders, LeftoverPartial, Store, StoreLimits, StoreSetupError, adopt_partials
 from ..store import setup as store_setup
@@ -74,7 +75,9 @@ def serve(
     except CannotListen as error:
         log.error("%s", error)
         return ExitCode.UNREACHABLE
-    server.serve_forever()
+    # For `scanxfer keys add`: the port really bound, which --listen or port 0 may change.
+    with recorded(config.state_dir, server.doors[0].address):
+        server.serve_forever()
     return ExitCode.OK
 
 

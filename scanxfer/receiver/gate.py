@@ -23,7 +23,7 @@ from ..config import ReceiverConfig
 from ..keys import Keyring, keys_path
 from ..keys.seen import SeenLog, seen_path
 from ..protocol import auth
-from ..tls import ensure_identity, server_context
+from ..tls import ensure_identity, format_fingerprint, server_context
 
 log = logging.getLogger("scanxfer.receiver")
 
@@ -84,7 +84,10 @@ class Gate:
             self.context = server_context(identity)
             self.channel = bytes.fromhex(identity.fingerprint)
             self.fingerprint = identity.fingerprint
-            log.info("TLS 1.3 with certificate fingerprint (SHA-256) %s", identity.fingerprint)
+            log.info(
+                "TLS 1.3 with certificate fingerprint (SHA-256) %s",
+                format_fingerprint(identity.fingerprint),
+            )
         else:
             log.warning("tls is false: files and names cross the network unencrypted")
         if not self.keyring.active_names():

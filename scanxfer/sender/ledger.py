@@ -72,6 +72,10 @@ _KEPT_COLUMNS = (
     "stored_path, versions, ctime_ns, inode, delivered_digest"
 )
 
+# A receiver pinned by its certificate is known as "sha256:<64 hex digits>".
+SHA256_IDENTITY = "sha256"
+
+
 def receiver_identity(config: SenderConfig, transport: str = "scanxfer") -> str:
     """Who the receiver is, as the journal keys it.
 
@@ -81,7 +85,7 @@ def receiver_identity(config: SenderConfig, transport: str = "scanxfer") -> str:
     transport (a prototype receiver is another program, even at the same address).
     """
     if transport == "scanxfer" and config.tls and config.fingerprint:
-        return f"sha256:{config.fingerprint}"
+        return f"{SHA256_IDENTITY}:{config.fingerprint}"
     return f"{transport}://{config.receiver}"
 
 

@@ -22,12 +22,14 @@ from collections import deque
 from .. import protocol as p
 from ..config import SenderConfig
 from ..protocol import auth
-from ..tls import client_context, peer_fingerprint, pin_matches
+from ..tls import client_context, format_fingerprint, peer_fingerprint, pin_matches
 from .job import BackgroundDigest, FileChanged, FileJob, file_digest
 from .transport import (
     Answer,
     AuthenticationFailed,
+    CertificateMismatch,
     ConnectionLost,
+    KeyRefused,
     Pulse,
     TransportKind,
     Withdrawn,
@@ -302,9 +304,10 @@ class Session:
             case p.Welcome():
                 self._check_welcome(event)
             case p.Error() if event.code is p.ErrorCode.AUTH_FAILED:
-                raise AuthenticationFailed(
+                raise KeyRefused(
                     f"{where(self.config)} refused this sender's key ({event.message}): was "
-                    f"it revoked, or the sender renamed? Pair it again: {PAIR_HINT}"
+                    f"it revoked, or the sender renamed? Pair it again: {PAIR_HINT}",
+                    event.message,
                 )
             case p.Ready():
                 self.ready.append(event)
@@ -325,6 +328,15 @@ def open_session(config: SenderConfig, alive: Pulse) -> Session:
     session = Session(config, INSTANCE, alive)
     log.info("connected to %s", where(config))
     return session
+
+
+def check_pairing(config: SenderConfig) -> None:
+    """Connect, complete the handshake and say goodbye: proof that `config` gets in.
+
+    `scanxfer pair` calls it before it writes anything.  Raises ConnectionLost (nothing
+    answered, or not scanxfer), CertificateMismatch or KeyRefused (AuthenticationFailed).
+    """
+    Session(config, INSTANCE).close()
 
 
 SCANXFER = TransportKind(
@@ -360,9 +372,11 @@ def _connect(config: SenderConfig, pulse: Pulse) -> tuple[socket.socket, bytes]:
     actual = peer_fingerprint(secured)
     if not pin_matches(actual, config.fingerprint):
         secured.close()
-        raise AuthenticationFailed(
-            f"{where(config)} presented certificate {actual}, not the pinned "
-            f"{config.fingerprint}: someone may be in the middle, or the receiver was "
-            f"reinstalled; if so, pair again: {PAIR_HINT}"
+        raise CertificateMismatch(
+            f"{where(config)} presented certificate {format_fingerprint(actual)}, not the "
+            f"pinned {format_fingerprint(config.fingerprint)}: someone may be in the middle, "
+            f"or the receiver was reinstalled; if so, pair again: {PAIR_HINT}",
+            actual,
+            config.fingerprint,
         )
     return secured, bytes.fromhex(actual)

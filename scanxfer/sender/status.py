@@ -21,9 +21,10 @@ from typing import Any, TextIO
 from ..config import SenderConfig
 from ..errors import ExitCode
 from ..sizes import human_size
+from ..tls import format_fingerprint
 from ..watcher import Condition, assess, scan
 from . import status_file
-from .ledger import Destination, Entry, Ledger, State
+from .ledger import SHA256_IDENTITY, Destination, Entry, Ledger, State
 from .status_file import local_time
 
 SCHEMA_VERSION = 1
@@ -139,13 +140,21 @@ def print_status(config: SenderConfig, as_json: bool, out: TextIO) -> int:
     return ExitCode.OK
 
 
+def _identity(receiver_identity: str) -> str:
+    """The journal's name of the receiver, with a fingerprint shown as everywhere else."""
+    kind, _, fingerprint = receiver_identity.partition(":")
+    if kind == SHA256_IDENTITY:
+        return f"certificate {format_fingerprint(fingerprint)}"
+    return receiver_identity
+
+
 def _human_lines(data: dict[str, Any]) -> list[str]:
     backlog, last, rate = data["backlog"], data["last_delivered"], data["rate"]
     oldest = backlog["oldest_age_seconds"]
     waiting = f", oldest waiting {_age(oldest)} (since {backlog['oldest_since']})" if oldest else ""
     lines = [
         f"watching {data['watch_dir']}, delivering to {data['receiver']} "
-        f"({data['receiver_identity']})",
+        f"({_identity(data['receiver_identity'])})",
         *_running_lines(data),
         f"backlog: {backlog['files']} files ({human_size(backlog['bytes'])}){waiting}",
         f"delivered: {data['delivered']} files; stored in the last {rate['window_seconds']} s: "

@@ -39,6 +39,22 @@ class AuthenticationFailed(ConnectionLost):
     """The receiver and this sender do not recognise each other; retrying will not fix it."""
 
 
+class CertificateMismatch(AuthenticationFailed):
+    """The receiver presented another certificate than the pinned one (fingerprints: hex)."""
+
+    def __init__(self, message: str, presented: str, pinned: str) -> None:
+        super().__init__(message)
+        self.presented, self.pinned = presented, pinned
+
+
+class KeyRefused(AuthenticationFailed):
+    """The receiver does not accept this sender's name and key; `reason` is what it said."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class Stopped(ConnectionLost):
     """A stop was asked for (SIGINT, SIGTERM) in the middle of a file.
 

@@ -16,7 +16,7 @@ import pytest
 from scanxfer import protocol as p
 from scanxfer.keys import KeyFile, keys_path
 from scanxfer.protocol.auth import new_secret
-from scanxfer.tls import load_identity
+from scanxfer.tls import format_fingerprint, load_identity
 
 from .attack import (
     LOG_SECONDS,
@@ -167,9 +167,8 @@ def test_a_receiver_with_another_certificate_gets_nothing_from_the_sender(
         assert proxy.link(1).closed.wait(GIVE_UP_SECONDS)
         sender = send_once(sender_config(tmp_path / "fooled.yaml", proxy.port, scans))
         assert sender.process.returncode == 3, sender.log
-        assert f"presented certificate {fake}, not the pinned {credentials().fingerprint}" in (
-            sender.log
-        )
+        presented, pinned = format_fingerprint(fake), format_fingerprint(credentials().fingerprint)
+        assert f"presented certificate {presented}, not the pinned {pinned}" in sender.log
         assert proxy.connections == 2  # no retry: only a person can fix this
         assert proxy.link(2).closed.wait(GIVE_UP_SECONDS)
         # Not one byte beyond the TLS handshake: no HELLO, no name, no proof.

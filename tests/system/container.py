@@ -1,9 +1,12 @@
 """A booted Debian bookworm with a real systemd, in a systemd-nspawn container.
 
 The container shares the host's network, so a sender on the host reaches a receiver inside it
-on 127.0.0.1. Its root is a debootstrapped tree cached under /var/cache/scanxfer-test and
-mounted read-only with a tmpfs overlay (--volatile=overlay): every boot starts from the same
-clean system, nothing a test does reaches the cache, and no copy of the tree is needed.
+on 127.0.0.1; or, booted with `veth=True`, it has a network of its own: a veth link to the
+host (`--network-veth`) with an address at each end, as a Pi has on a LAN, and no way out to
+the internet (packages for it are fetched beforehand, by `fetch_packages`). Its root is a
+debootstrapped tree cached under /var/cache/scanxfer-test and mounted read-only with a tmpfs
+overlay (--volatile=overlay): every boot starts from the same clean system, nothing a test
+does reaches the cache, and no copy of the tree is needed.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -84,15 +89,27 @@ def base_tree(arch: str) -> Path:
         return tree
 
 
+@dataclass(frozen=True)
+class VethLink:
+    """The two ends of a container's own network: host0 inside, ve-... on the host."""
+
+    host_address: str  # on the host's end, the container's default gateway
+    container_address: str  # on host0, the container's only address but loopback
+    prefix: int = 24
+
+
 class Container:
     """One booted container; `sh()` runs a shell command inside it as root."""
 
-    def __init__(self, tree: Path, name: str, console_log: Path) -> None:
-        self.tree, self.name, self.console_log = tree, name, console_log
+    def __init__(
+        self, tree: Path, name: str, console_log: Path, veth: VethLink | None = None
+    ) -> None:
+        self.tree, self.name, self.console_log, self.veth = tree, name, console_log, veth
         self._nspawn: subprocess.Popen[bytes] | None = None
         self.init_pid = 0
 
     def boot(self, timeout: float) -> None:
+        network = ["--network-veth"] if self.veth else []
         with open(self.console_log, "wb") as console:
             self._nspawn = subprocess.Popen(
                 [
@@ -103,6 +120,7 @@ class Container:
                     f"--machine={self.name}",
                     "--register=no",
                     "--keep-unit",
+                    *network,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=console,
@@ -110,9 +128,30 @@ class Container:
                 start_new_session=True,
             )
         self.init_pid = wait_for(self._find_init, timeout, f"{self.name}: systemd to start")
+        if self.veth:
+            self._link(self.veth)
         state = wait_for(self._booted, timeout, f"{self.name}: boot to finish")
         if state not in ("running", "degraded"):
             raise ContainerError(f"{self.name} booted into state {state!r}")
+
+    def _link(self, veth: VethLink) -> None:
+        """Address both ends of the veth pair and route the container through the host's.
+
+        Done from the host with its own `ip` (a minimal Debian has none) in the container's
+        network namespace: nspawn names the host's end after the machine, shortened past
+        15 characters, so it is found as host0's peer instead.
+        """
+        inside = ["nsenter", f"--target={self.init_pid}", "--net", "ip"]
+        shown = _run([*inside, "-o", "link", "show", "host0"])
+        peer = re.search(r"host0@if(\d+)", shown)
+        if peer is None:
+            raise ContainerError(f"{self.name}: no veth peer in {shown!r}")
+        outside = socket.if_indextoname(int(peer[1]))
+        _run(["ip", "addr", "add", f"{veth.host_address}/{veth.prefix}", "dev", outside])
+        _run(["ip", "link", "set", outside, "up"])
+        _run([*inside, "addr", "add", f"{veth.container_address}/{veth.prefix}", "dev", "host0"])
+        _run([*inside, "link", "set", "host0", "up"])
+        _run([*inside, "route", "add", "default", "via", veth.host_address])
 
     def _find_init(self) -> int | None:
         assert self._nspawn is not None
@@ -181,16 +220,69 @@ class Container:
 
 
 @contextlib.contextmanager
-def booted(arch: str, workdir: Path, boot_timeout: float = 180) -> Iterator[Container]:
-    """A container of `arch` for the duration of the block, with fresh package lists."""
+def booted(
+    arch: str,
+    workdir: Path,
+    boot_timeout: float = 180,
+    *,
+    veth: VethLink | None = None,
+    packages: Path | None = None,
+) -> Iterator[Container]:
+    """A container of `arch` for the duration of the block, with fresh package lists.
+
+    With `veth` it has a network of its own, which reaches the host only: apt's lists and
+    the archives it will install then come from `packages` (see `fetch_packages`).
+    """
     tree = base_tree(arch)
-    container = Container(tree, f"scanxfer-{arch}-{os.getpid()}", workdir / "console.log")
+    workdir.mkdir(parents=True, exist_ok=True)
+    name = f"scanxfer-{arch}-{os.getpid()}" + ("-veth" if veth else "")
+    container = Container(tree, name, workdir / "console.log", veth)
     try:
         container.boot(boot_timeout)
-        container.sh("apt-get update -q")
+        if packages is None:
+            container.sh("apt-get update -q")
+        else:
+            for part in ("lists", "archives"):
+                shutil.copytree(packages / part, container.path(APT_DIRS[part]), dirs_exist_ok=True)
         yield container
     finally:
         container.shutdown()
+
+
+# Where apt keeps its package lists and downloaded archives, inside a container.
+APT_DIRS = {"lists": "/var/lib/apt/lists", "archives": "/var/cache/apt/archives"}
+
+
+def fetch_packages(arch: str, workdir: Path, debs: Sequence[Path]) -> Path:
+    """apt's lists and every archive that installing `debs` needs, fetched in a container on
+    the host's network: a directory that `booted(packages=...)` installs from offline."""
+    fetched = workdir / "packages"
+    with booted(arch, workdir) as container:
+        for deb in debs:
+            shutil.copyfile(deb, container.path(f"/root/{deb.name}"))
+        names = " ".join(f"./{deb.name}" for deb in debs)
+        container.sh(f"cd /root && apt-get install -y -q --download-only {names}")
+        for part, inside in APT_DIRS.items():
+            shutil.copytree(container.path(inside), fetched / part, ignore=_apt_locks)
+    return fetched
+
+
+def _apt_locks(directory: str, names: list[str]) -> list[str]:
+    return [name for name in names if name == "lock"]
+
+
+def veth_link() -> VethLink:
+    """Addresses for one container's own link, in a /24 of 10.77.0.0/16 chosen by this
+    process, so two test runs side by side do not share one."""
+    subnet = 10 + os.getpid() % 240
+    return VethLink(f"10.77.{subnet}.1", f"10.77.{subnet}.2")
+
+
+def _run(argv: list[str]) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    if result.returncode != 0:
+        raise ContainerError(f"`{' '.join(argv)}` exited {result.returncode}: {result.stderr}")
+    return result.stdout
 
 
 def wait_for(probe: Callable[[], T | None], timeout: float, what: str) -> T:

@@ -75,8 +75,9 @@ class Receiver:
         self.container.sh(f"scanxfer pair {shlex.quote(self.issue_key(name))}", user=user)
 
 
-def install(container: Container, deb: Path, port: int) -> Receiver:
-    """`apt install ./scanxfer-receiver.deb`, point it at loopback, `systemctl enable --now`.
+def install(container: Container, deb: Path, port: int, host: str = "127.0.0.1") -> Receiver:
+    """`apt install ./scanxfer-receiver.deb`, point it at `host` (loopback unless the container
+    has a network of its own), `systemctl enable --now`.
 
     The package starts its service during the install, as Debian packages do. Here that would
     listen on every interface of the network the container shares with the host before the
@@ -91,7 +92,7 @@ def install(container: Container, deb: Path, port: int) -> Receiver:
         output = container.sh("cd /root && apt install -y ./scanxfer-receiver.deb").stdout
     finally:
         policy.unlink()
-    set_conffile_key(container, "listen", f'"127.0.0.1:{port}"')
+    set_conffile_key(container, "listen", json.dumps(f"{host}:{port}"))
     container.sh(f"systemctl enable --now {UNIT}")
     return Receiver(container, port, output)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ipaddress
+import dataclasses
 import os
 import shutil
 import socket
@@ -17,11 +17,13 @@ import pytest
 
 from scanxfer import config
 from scanxfer.cli import main
-from scanxfer.config import default_sender_config_path, load_sender_config
+from scanxfer.config import Address, default_sender_config_path, load_sender_config
+from scanxfer.hostaddr import read_host_addresses
 from scanxfer.keys import Keyring, keys_path
+from scanxfer.keys.listening import recorded
 from scanxfer.keys.pairing import Pairing, parse_pairing
 from scanxfer.keys.seen import SeenLog, seen_path
-from scanxfer.protocol.auth import decode_secret, verifier
+from scanxfer.protocol.auth import decode_secret, new_secret, verifier
 from scanxfer.tls import format_fingerprint, load_identity
 
 NOBODY = 65534
@@ -74,7 +76,10 @@ def test_keys_add_prints_one_line_holding_key_address_and_fingerprint(
     assert entry is not None and entry.verifier == verifier(decode_secret(pairing.secret))
     line = f"scanxfer://lab-pc:{pairing.secret}@192.0.2.7:5000/?fingerprint={pairing.fingerprint}"
     assert f"scanxfer pair '{line}'" in err
-    assert "192.0.2.7:5000 (--address)" in err
+    port = "the listen port in the receiver's settings"
+    assert f"192.0.2.7:5000 (host: --address; port: {port})" in err
+    shown = format_fingerprint(pairing.fingerprint)
+    assert f"certificate fingerprint (SHA-256) in the line: {shown}\n" in err
 
 
 @pytest.mark.parametrize(
@@ -114,25 +119,33 @@ def test_a_specific_listen_address_is_the_default(
     assert "listen address" in err
 
 
-def _own_addresses() -> set[str]:
-    hostname = socket.gethostname()
-    try:
-        found = socket.getaddrinfo(hostname, None, socket.AF_INET)
-    except OSError:
-        found = []
-    return {hostname} | {
-        str(info[4][0]) for info in found if not ipaddress.ip_address(info[4][0]).is_loopback
-    }
-
-
 @pytest.mark.parametrize(("option", "port"), [(None, 5000), (":6001", 6001), ("6002", 6002)])
-def test_on_a_wildcard_listen_address_this_hosts_own_address_is_used(
+def test_on_a_wildcard_listen_address_this_hosts_primary_address_is_used(
     capsys: pytest.CaptureFixture[str], receiver: Receiver, option: str | None, port: int
 ) -> None:
-    pairing, _ = _add(capsys, receiver, "lab-pc", *(["--address", option] if option else []))
-    assert pairing.host in _own_addresses()
-    assert pairing.host != "0.0.0.0" and not pairing.host.startswith("127.")
+    found = read_host_addresses().of_version(4)
+    pairing, err = _add(capsys, receiver, "lab-pc", *(["--address", option] if option else []))
+    assert pairing.host == (found.primary or socket.gethostname())
     assert pairing.port == port
+    if found.primary is not None:
+        assert "host: this host's primary address (interfaces and routes)" in err
+    if found.others:
+        assert f"this host's other addresses: {', '.join(found.others)}\n" in err
+
+
+def test_the_port_of_a_running_receiver_wins_over_the_settings(
+    capsys: pytest.CaptureFixture[str], receiver: Receiver
+) -> None:
+    receiver.state.mkdir()
+    # This process stands in for the receiver: the record is believed while its pid runs.
+    with recorded(receiver.state, Address("127.0.0.1", 6123)):
+        pairing, err = _add(capsys, receiver, "lab-pc")
+    assert (pairing.host, pairing.port) == ("127.0.0.1", 6123)
+    whose = f"of the running receiver (pid {os.getpid()})"
+    source = f"host: the listen address {whose}; port: the listen port {whose}"
+    assert f"127.0.0.1:6123 ({source})" in err
+    pairing, _ = _add(capsys, receiver, "lab-pc", "--replace", "--address", "pi")
+    assert pairing.port == 5000  # the receiver stopped: back to the settings
 
 
 def test_listening_on_port_0_needs_the_port_given(
@@ -269,7 +282,7 @@ def test_pair_writes_what_keys_add_printed(
     status, line, _ = _run(capsys, *receiver.args("keys", "add", "lab-pc", "--address", "pi"))
     assert status == 0
     settings = tmp_path / "sender settings.yaml"
-    status, out, err = _run(capsys, "pair", line.strip(), "-c", str(settings))
+    status, out, err = _run(capsys, "pair", line.strip(), "-c", str(settings), "--no-check")
     assert (status, out) == (0, "")
     sender = load_sender_config(settings)
     assert (str(sender.receiver), sender.name, sender.tls) == ("pi:5000", "lab-pc", True)
@@ -278,6 +291,7 @@ def test_pair_writes_what_keys_add_printed(
     assert entry is not None and sender.key is not None
     assert entry.verifier == verifier(decode_secret(sender.key))
     assert f"wrote {settings}" in err
+    assert "not checked (--no-check): the receiver was not contacted.\n" in err
     assert f"scanxfer send --once -c '{settings}'" in err
     assert "scanxfer install-user-unit" in err
 
@@ -286,7 +300,7 @@ def test_pair_writes_the_users_settings_by_default(
     capsys: pytest.CaptureFixture[str], receiver: Receiver
 ) -> None:
     pairing, _ = _add(capsys, receiver, "lab-pc", "--address", "pi")
-    status, _, err = _run(capsys, "pair", f"'{_line(pairing)}'")
+    status, _, err = _run(capsys, "pair", f"'{_line(pairing)}'", "--no-check")
     assert status == 0
     assert load_sender_config(default_sender_config_path()).key == pairing.secret
     assert "test it with: scanxfer send --once\n" in err
@@ -306,6 +320,77 @@ def test_pair_refuses_a_bad_line_and_writes_nothing(
     assert (status, out) == (2, "")
     assert "not a pairing line" in err and "copy the whole line" in err
     assert not settings.exists()
+
+
+def _pair(capsys: pytest.CaptureFixture[str], pairing: Pairing, *options: str) -> tuple[int, str]:
+    status, out, err = _run(capsys, "pair", _line(pairing), "--no-check", *options)
+    assert out == ""
+    return status, err
+
+
+PAIRED = Pairing("192.0.2.7", 5000, "lab-pc", new_secret(), "ab" * 32, True)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        dataclasses.replace(PAIRED, fingerprint="cd" * 32),
+        dataclasses.replace(PAIRED, fingerprint=None, tls=False),
+    ],
+    ids=["another certificate", "without tls"],
+)
+def test_pairing_with_another_receiver_needs_replace(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, other: Pairing
+) -> None:
+    settings = str(tmp_path / "sender.yaml")
+    assert _pair(capsys, PAIRED, "-c", settings)[0] == 0
+    before = Path(settings).read_bytes()
+    status, err = _pair(capsys, other, "-c", settings)
+    assert status == 2
+    assert (
+        f"{settings} is paired with receiver 192.0.2.7:5000 (certificate "
+        f"{format_fingerprint(PAIRED.fingerprint or '')}) as lab-pc; the line is for "
+        f"{_described(other)}. To pair with that one instead, run the same command with "
+        f"--replace" in err
+    )
+    assert Path(settings).read_bytes() == before
+    assert _pair(capsys, other, "-c", settings, "--replace")[0] == 0
+    assert load_sender_config(Path(settings)).key == other.secret
+
+
+def _described(pairing: Pairing) -> str:
+    if pairing.fingerprint is None:
+        return f"receiver {pairing.address} (without TLS)"
+    return f"receiver {pairing.address} (certificate {format_fingerprint(pairing.fingerprint)})"
+
+
+@pytest.mark.parametrize(
+    "same",
+    [
+        dataclasses.replace(PAIRED, secret=new_secret()),  # keys add --replace
+        dataclasses.replace(PAIRED, host="pi.lab.example", port=6000),  # the Pi moved
+    ],
+    ids=["a new key", "a new address"],
+)
+def test_pairing_again_with_the_same_receiver_needs_no_replace(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, same: Pairing
+) -> None:
+    settings = tmp_path / "sender.yaml"
+    assert _pair(capsys, PAIRED, "-c", str(settings))[0] == 0
+    assert _pair(capsys, same, "-c", str(settings))[0] == 0
+    config = load_sender_config(settings)
+    assert (config.key, config.receiver) == (same.secret, same.address)
+
+
+def test_without_tls_another_address_is_another_receiver(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    settings = str(tmp_path / "sender.yaml")
+    plain = dataclasses.replace(PAIRED, fingerprint=None, tls=False)
+    assert _pair(capsys, plain, "-c", settings)[0] == 0
+    assert _pair(capsys, dataclasses.replace(plain, secret=new_secret()), "-c", settings)[0] == 0
+    status, err = _pair(capsys, dataclasses.replace(plain, port=5001), "-c", settings)
+    assert status == 2 and "--replace" in err
 
 
 # --- who may run it ---------------------------------------------------------------------------

@@ -61,12 +61,13 @@ def test_a_pairing_has_a_fingerprint_exactly_when_it_uses_tls() -> None:
         ("scanxfer://lab-pc@h:5000/?tls=off", "NAME:KEY@"),
         ("scanxfer://lab-pc:short@h:5000/?tls=off", "43 characters"),
         (f"scanxfer://lab-pc:{SECRET[:-1]}!@h:5000/?tls=off", "base64url"),
-        (f"scanxfer://.hidden:{SECRET}@h:5000/?tls=off", "cannot name a sender"),
+        (f"scanxfer://lab-pc:{SECRET[:-1]}_@h:5000/?tls=off", "a character was changed"),
+        (f"scanxfer://.hidden:{SECRET}@h:5000/?tls=off", "the sender's name (before the ':')"),
         (f"scanxfer://lab-pc:{SECRET}@h/?tls=off", "HOST:PORT"),
         (f"scanxfer://lab-pc:{SECRET}@h:0/?tls=off", "port from 1"),
-        (f"scanxfer://lab-pc:{SECRET}@h:70000/?tls=off", "out of range"),
-        (f"scanxfer://lab-pc:{SECRET}@h:x/?tls=off", "integer"),
-        (f"scanxfer://lab-pc:{SECRET}@999.1.1.1:5000/?tls=off", "not an IPv4 address"),
+        (f"scanxfer://lab-pc:{SECRET}@h:70000/?tls=off", "a port from 1 to 65535"),
+        (f"scanxfer://lab-pc:{SECRET}@h:x/?tls=off", "a port from 1 to 65535"),
+        (f"scanxfer://lab-pc:{SECRET}@999.1.1.1:5000/?tls=off", "not a host name or IP"),
         (f"scanxfer://lab-pc:{SECRET}@h:5000/", "?fingerprint="),
         (f"scanxfer://lab-pc:{SECRET}@h:5000/?tls=on", "?fingerprint="),
         (f"scanxfer://lab-pc:{SECRET}@h:5000/?tls=off&fingerprint={FINGERPRINT}", "?tls=off"),
@@ -83,6 +84,29 @@ def test_bad_lines_are_refused_saying_what_to_do(line: str, reason: str) -> None
     assert message.startswith("not a pairing line: ")
     assert message.endswith("copy the whole line printed by `scanxfer keys add`")
     assert reason in message
+
+
+def _mangled(line: str) -> list[str]:
+    """The line cut at every length, and with each of its characters changed or dropped."""
+    cut = [line[:end] for end in range(len(line))]
+    changed = [line[:i] + "AB"[line[i] == "A"] + line[i + 1 :] for i in range(len(line))]
+    dropped = [line[:i] + line[i + 1 :] for i in range(len(line))]
+    swapped = [line.replace(":", "@", 1), line.replace("@", ":"), line.replace(f"{SECRET}@", "")]
+    return cut + changed + dropped + swapped
+
+
+@pytest.mark.parametrize("pairing", [TLS, PLAIN, IPV6])
+def test_no_error_quotes_any_part_of_the_key(pairing: Pairing) -> None:
+    pieces = {SECRET[i : i + 8] for i in range(len(SECRET) - 7)}
+    refused = 0
+    for line in _mangled(format_pairing(pairing)):
+        try:
+            parse_pairing(line)
+        except ValueError as exc:
+            refused += 1
+            leaked = [piece for piece in pieces if piece in str(exc)]
+            assert not leaked, (line, str(exc))
+    assert refused > len(format_pairing(pairing))  # the check above ran many times
 
 
 # --- writing the sender's settings ------------------------------------------------------------

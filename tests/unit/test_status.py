@@ -6,6 +6,7 @@ stable schema: a field emitted but not documented, or documented but not emitted
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from scanxfer.sender.job import FileJob
 from scanxfer.sender.ledger import Destination, Ledger
 from scanxfer.sender.run_state import LinkState
 from scanxfer.sender.session import SCANXFER
+from scanxfer.tls import format_fingerprint
 from scanxfer.watcher import Version
 
 DOC = Path(scanxfer.__file__).parents[1] / "docs" / "status.md"
@@ -199,3 +201,11 @@ def test_json_times_are_local_with_their_offset(tmp_path: Path) -> None:
     data = full_report(tmp_path)
     for stamp in (data["now"], data["sender"]["started"], data["last_delivered"]["delivered_at"]):
         assert datetime.fromisoformat(stamp).utcoffset() is not None, stamp
+
+
+def test_the_receiver_shows_its_fingerprint_as_everywhere_else(tmp_path: Path) -> None:
+    config = settings(tmp_path)
+    out = io.StringIO()
+    assert status.print_status(config, as_json=False, out=out) == 0
+    shown = format_fingerprint("ab" * 32)
+    assert f"delivering to {config.receiver} (certificate {shown})\n" in out.getvalue()
