@@ -94,7 +94,8 @@ def test_the_readme_command_stores_on_another_disk(receiver: Receiver, tmp_path:
     command = readme_store_in_command()
     folder = command.split()[-1]
     disk = str(Path(folder).parent)
-    container.sh(f"mkdir -p {disk} && mount -t tmpfs -o size=64m usb-disk {disk}")
+    # Above the default min_free_space (256 MiB); tmpfs takes memory only for what is stored.
+    container.sh(f"mkdir -p {disk} && mount -t tmpfs -o size=512m usb-disk {disk}")
     # Verbatim but for sudo, which a minimal Debian lacks: the tests are root already.
     done = container.sh(command.removeprefix("sudo "))
     assert "restarted scanxfer-receiver: it runs with the new folder." in done.stderr
