@@ -1,4 +1,5 @@
-"""Whole-file writes that a crash cannot leave half done, for keys, certificates and settings.
+"""Whole-file writes that a crash cannot leave half done, for keys, certificates and settings;
+and the one reader of the JSON state files they hold.
 
 After Syncthing's lib/osutil/atomic.go: write a temporary file beside the target, fsync it,
 rename it over the target, fsync the directory.  Readers see the old file or the new one,
@@ -13,13 +14,42 @@ files and directories are handed to that owner.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 Owner = tuple[int, int]
+T = TypeVar("T")
+
+
+class Damaged(Exception):
+    """A state file that exists but does not decode; `problem` says how, for the message."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+def read_json(path: Path, decode: Callable[[object], T], missing: T) -> T:
+    """`decode` of the JSON document in `path`, or `missing` when there is no such file.
+
+    Raises Damaged when the file is no JSON or `decode` finds it wrong (KeyError for a
+    missing field, ValueError or TypeError for a wrong one); other OSErrors pass through.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return missing
+    try:
+        return decode(json.loads(raw))
+    except KeyError as exc:
+        raise Damaged(f"the field {exc} is missing") from None
+    except (ValueError, TypeError) as exc:
+        raise Damaged(str(exc)) from None
 
 
 def state_owner(state_dir: Path) -> Owner | None:

@@ -233,19 +233,13 @@ def _now() -> str:
 def _read(path: Path) -> dict[str, KeyEntry]:
     """The entries in `path` by name; {} if it does not exist, KeysError if it is damaged."""
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return {}
-    try:
-        return _decode(json.loads(raw))
-    except KeyError as exc:
-        problem = f"the field {exc} is missing"
-    except (ValueError, TypeError) as exc:
-        problem = str(exc)
-    raise KeysError(
-        f"{path} is damaged ({problem}) and was left as it is; restore it from a backup, or "
-        f"move it aside and issue every sender a new key with `scanxfer keys add NAME`"
-    )
+        return atomic.read_json(path, _decode, {})
+    except atomic.Damaged as exc:
+        raise KeysError(
+            f"{path} is damaged ({exc.problem}) and was left as it is; restore it from a "
+            f"backup, or move it aside and issue every sender a new key with "
+            f"`scanxfer keys add NAME`"
+        ) from None
 
 
 def _decode(document: object) -> dict[str, KeyEntry]:

@@ -56,21 +56,14 @@ def seen_path(state_dir: Path) -> Path:
 def read_seen(path: Path) -> dict[str, Sighting]:
     """The sightings in `path` by sender name; {} if there is no such file yet."""
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return {}
+        return atomic.read_json(path, _decode, {})
     except PermissionError:
         raise SeenError(atomic.permission_hint(path, path.parent)) from None
-    try:
-        return _decode(json.loads(raw))
-    except KeyError as exc:
-        problem = f"the field {exc} is missing"
-    except (ValueError, TypeError) as exc:
-        problem = str(exc)
-    raise SeenError(
-        f"{path} is damaged ({problem}); delete it: the receiver starts it afresh, and only "
-        f"the last-seen times are lost"
-    )
+    except atomic.Damaged as exc:
+        raise SeenError(
+            f"{path} is damaged ({exc.problem}); delete it: the receiver starts it afresh, "
+            f"and only the last-seen times are lost"
+        ) from None
 
 
 class SeenLog:
