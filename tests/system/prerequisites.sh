@@ -9,11 +9,12 @@ sudo=()
 
 # python3-venv carries ensurepip, which Debian leaves out of python3 itself. netcat-openbsd
 # plays the old prototype's sender in tests/integration/test_legacy.py; pipx runs the README's
-# sender install steps in tests/integration/test_readme_install.py. The rest serve
+# sender install steps in tests/integration/test_readme_install.py; strace records the
+# receiver's system calls for tests/integration/test_syscall_order.py. The rest serve
 # tests/system: building the .deb, lintian, booting Debian containers (systemd-nspawn,
 # debootstrap) and running arm64 ones under emulation (qemu-user-static, binfmt-support).
-packages=(make python3-venv netcat-openbsd pipx dpkg-dev lintian systemd-container debootstrap
-    qemu-user-static binfmt-support)
+packages=(make python3-venv netcat-openbsd pipx strace dpkg-dev lintian systemd-container
+    debootstrap qemu-user-static binfmt-support)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" \

@@ -1,0 +1,216 @@
+""" "An ACK means on disk", proved from the system calls of the real receiver (issue 15).
+
+The receiver runs under strace on the ordinary file system of the tests, with ``tls: false`` so
+that its ACK frames can be read in the trace, and real senders deliver to it: many small files
+(group commit), big ones (deferred digest, write-back) and one resumed after its sender was
+killed.  `syscall_order.check_trace` then holds every ACK against the syncs before it.  Copies
+of the package with one sync taken out show that the check catches what it claims to.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import scanxfer
+
+from ..procs import Proc
+from .faultproxy import FaultProxy, Plan
+from .harness import (
+    ReceiverProcess,
+    assert_identical,
+    send_once,
+    send_once_in_background,
+    sender_config,
+    write_big_scan,
+    write_scan,
+)
+from .syscall_order import STRACE_OPTIONS, Report, check_trace
+from .test_resume import stable_partial_size
+
+MIB = 1 << 20
+SMALL_FILES = 60
+
+# The durability steps a broken copy loses: the text in scanxfer/store/__init__.py, its stand-in.
+NO_DIRECTORY_FSYNC = (
+    "        try:\n            os.fsync(dir_fd)\n        except OSError:\n            for stored",
+    "        try:\n            pass\n        except OSError:\n            for stored",
+)
+NO_SYNCFS = (
+    "min(partials, key=lambda partial: partial.serial).sync_filesystem()",
+    "pass",
+)
+
+
+class TracedReceiver(ReceiverProcess):
+    """`scanxfer receive` under strace, its system calls written to `trace`.
+
+    `package_dir`, if given, is a copy of the package to run instead of the tested one.
+    """
+
+    def __init__(self, root: Path, package_dir: Path | None = None) -> None:
+        root.mkdir(parents=True)
+        config = root / "receiver.yaml"
+        config.write_text("tls: false\n")  # plain frames, so that the ACKs show in the trace
+        super().__init__(root, config=config)
+        self.trace = root / "receiver.trace"
+        self.package_dir = package_dir
+
+    def start(self) -> TracedReceiver:
+        environment = ["-E", f"PYTHONPATH={self.package_dir}"] if self.package_dir else []
+        argv = [
+            "strace",
+            *STRACE_OPTIONS,
+            *environment,
+            "-o",
+            str(self.trace),
+            sys.executable,
+            "-m",
+            "scanxfer",
+            "receive",
+            *("-c", str(self.config), "--listen", "127.0.0.1:0"),
+            *("--dir", str(self.incoming), "--state-dir", str(self.state)),
+        ]
+        # Started in `root`, so that `-m scanxfer` does not find the package in the cwd first.
+        self.child = Proc("receiver", argv, cwd=self.root)
+        self.port = int(self.child.wait_for(r"listening on \S+:(\d+)", 60).group(1))
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Stop the receiver itself; strace ends with it, its trace complete."""
+        assert self.child is not None
+        if self.child.returncode is None:
+            children = Path(f"/proc/{self.child.pid}/task/{self.child.pid}/children").read_text()
+            for pid in children.split():
+                subprocess.run(["kill", f"-{sig}", pid], check=False)
+        return self.child.wait(60)
+
+    def report(self) -> Report:
+        status = self.stop()
+        assert status == 0, f"the receiver under strace ended with {status}:\n{self.log}"
+        return check_trace(self.trace, self.incoming)
+
+
+@pytest.fixture
+def strace() -> None:
+    """This check needs strace: failing without it, as a skip would hide that nothing was proved."""
+    if shutil.which("strace") is None:
+        pytest.fail(
+            "strace is not installed: run tests/system/prerequisites.sh (apt install strace)"
+        )
+
+
+@pytest.fixture
+def traced(tmp_path: Path, strace: None) -> Iterator[TracedReceiver]:
+    receiver = TracedReceiver(tmp_path / "pi").start()
+    yield receiver
+    receiver.stop(signal.SIGKILL)  # if a test failed half-way; else it is stopped already
+
+
+def deliver(tmp_path: Path, receiver: ReceiverProcess, scans: Path, name: str = "sender") -> None:
+    config = sender_config(tmp_path / f"{name}.yaml", receiver.port, scans, tls="false")
+    sender = send_once(config, timeout=300)
+    assert sender.returncode == 0, sender.log
+
+
+def write_small_scans(scans: Path) -> list[Path]:
+    """16 KiB scans in three new directories, so that batches form and directories are made."""
+    return [
+        write_scan(scans / f"run{index % 3}" / f"s{index:03}.npy", (8192,), index)
+        for index in range(SMALL_FILES)
+    ]
+
+
+def assert_every_ack_durable(report: Report, expected: int) -> None:
+    assert len(report.acks) == expected, [str(ack.ack) for ack in report.acks]
+    assert not report.violations, "\n".join(map(str, report.violations))
+
+
+def test_every_ack_of_small_files_follows_their_group_commit(
+    tmp_path: Path, traced: TracedReceiver
+) -> None:
+    scans = tmp_path / "scans"
+    write_small_scans(scans)
+    deliver(tmp_path, traced, scans)
+    report = traced.report()
+    assert_every_ack_durable(report, SMALL_FILES)
+    syncfs_calls = len(re.findall(r"^\d+\s+syncfs\(", traced.trace.read_text(), re.MULTILINE))
+    assert 0 < syncfs_calls < SMALL_FILES, "no batch formed: the group commit was not exercised"
+    assert_identical(scans, traced.incoming)
+
+
+def test_every_ack_of_big_files_follows_their_fsync(tmp_path: Path, traced: TracedReceiver) -> None:
+    scans = tmp_path / "scans"
+    for index in range(2):  # past 8 MiB the digest is deferred; past 16 MiB writeback starts
+        write_big_scan(scans / f"big{index}.npy", 20)
+    deliver(tmp_path, traced, scans)
+    assert_every_ack_durable(traced.report(), 2)
+    assert_identical(scans, traced.incoming)
+
+
+def test_the_ack_of_a_resumed_file_follows_its_fsync(
+    tmp_path: Path, traced: TracedReceiver
+) -> None:
+    scans = tmp_path / "scans"
+    write_big_scan(scans / "volume.npy", 24)
+    with FaultProxy(traced.port, [Plan(stall_after=8 * MIB)]) as proxy:
+        config = sender_config(tmp_path / "cut.yaml", proxy.port, scans, tls="false")
+        sender = send_once_in_background(config)
+        assert proxy.link(1).stalled.wait(120), sender.log
+        assert stable_partial_size(traced) > 0
+        sender.stop(signal.SIGKILL)
+    deliver(tmp_path, traced, scans, name="rerun")
+    traced.child.wait_for(r"resuming volume\.npy at \d+", 10)
+    assert_every_ack_durable(traced.report(), 1)
+    assert_identical(scans, traced.incoming)
+
+
+@pytest.mark.parametrize(
+    ("patch", "violation"),
+    [
+        (NO_DIRECTORY_FSYNC, "missing directory fsync before ACK"),
+        (NO_SYNCFS, "missing data sync before ACK"),
+    ],
+    ids=["without-directory-fsync", "without-syncfs"],
+)
+def test_the_check_catches_a_receiver_that_skips_a_sync(
+    tmp_path: Path, strace: None, patch: tuple[str, str], violation: str
+) -> None:
+    package = broken_copy(tmp_path / "broken", *patch)
+    receiver = TracedReceiver(tmp_path / "pi", package_dir=package.parent).start()
+    try:
+        scans = tmp_path / "scans"
+        write_small_scans(scans)
+        deliver(tmp_path, receiver, scans)
+        report = receiver.report()
+    finally:
+        receiver.stop(signal.SIGKILL)
+    assert_ran_the_copy(receiver, package)
+    assert len(report.acks) == SMALL_FILES
+    found = [str(v) for v in report.violations]
+    assert any(violation in text for text in found), "\n".join(found) or "no violation found"
+
+
+def broken_copy(root: Path, old: str, new: str) -> Path:
+    """A copy of the package whose store has `old` replaced by `new`, exactly once."""
+    package = root / "scanxfer"
+    shutil.copytree(Path(scanxfer.__file__).parent, package, ignore=shutil.ignore_patterns("*.pyc"))
+    store = package / "store" / "__init__.py"
+    text = store.read_text()
+    assert text.count(old) == 1, f"the text to break is no longer in {store}: update the test"
+    store.write_text(text.replace(old, new))
+    return package
+
+
+def assert_ran_the_copy(receiver: TracedReceiver, package: Path) -> None:
+    """The traced receiver imported the broken copy, not the package under test."""
+    store = bytes(package / "store" / "__init__.py")
+    as_traced = "".join(f"\\x{byte:02x}" for byte in store)  # how -xx prints it
+    assert as_traced in receiver.trace.read_text(), f"the receiver did not load {package}"
