@@ -44,7 +44,7 @@ STRACE_OPTIONS = (
 )
 
 _LINE = re.compile(r"^(\d+)\s+(.*)$")
-_CALL = re.compile(r"^(\w+)\((.*)\) = (.*)$", re.DOTALL)
+_CALL = re.compile(r"^(\w+)\((.*)\) += (.*)$")  # strace pads a resumed result with spaces
 _UNFINISHED = " <unfinished ...>"
 _RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>(.*)$")
 _FD = re.compile(r"^(-?\d+|AT_FDCWD)<(.*)>(\(deleted\))?$")

@@ -1,4 +1,4 @@
-""" "An ACK means on disk", proved from the system calls of the real receiver (issue 15).
+"""Proof from the real receiver's system calls that an ACK means on disk (issue 15, part 2).
 
 The receiver runs under strace on the ordinary file system of the tests, with ``tls: false`` so
 that its ACK frames can be read in the trace, and real senders deliver to it: many small files
@@ -14,12 +14,14 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import scanxfer
+from scanxfer import protocol as p
 
 from ..procs import Proc
 from .faultproxy import FaultProxy, Plan
@@ -38,15 +40,28 @@ from .test_resume import stable_partial_size
 MIB = 1 << 20
 SMALL_FILES = 60
 
-# The durability steps a broken copy loses: the text in scanxfer/store/__init__.py, its stand-in.
-NO_DIRECTORY_FSYNC = (
+
+@dataclass(frozen=True)
+class Break:
+    """One durability step taken out of a copy of the package: `old` becomes `new` in `module`."""
+
+    module: str
+    old: str
+    new: str
+
+
+# The syncs of the batch commit (Store.sync_placed, Store.sync_sealed) and of a lone file.
+NO_DIRECTORY_FSYNC = Break(
+    "store/__init__.py",
     "        try:\n            os.fsync(dir_fd)\n        except OSError:\n            for stored",
     "        try:\n            pass\n        except OSError:\n            for stored",
 )
-NO_SYNCFS = (
+NO_SYNCFS = Break(
+    "store/__init__.py",
     "min(partials, key=lambda partial: partial.serial).sync_filesystem()",
     "pass",
 )
+NO_FILE_FSYNC = Break("store/partial.py", "os.fsync(self._require_fd())", "pass")
 
 
 class TracedReceiver(ReceiverProcess):
@@ -128,6 +143,11 @@ def write_small_scans(scans: Path) -> list[Path]:
     ]
 
 
+def write_big_scans(scans: Path) -> list[Path]:
+    """Past 8 MiB the digest is deferred; past 16 MiB the receiver starts writeback early."""
+    return [write_big_scan(scans / f"big{index}.npy", 20) for index in range(2)]
+
+
 def assert_every_ack_durable(report: Report, expected: int) -> None:
     assert len(report.acks) == expected, [str(ack.ack) for ack in report.acks]
     assert not report.violations, "\n".join(map(str, report.violations))
@@ -148,8 +168,7 @@ def test_every_ack_of_small_files_follows_their_group_commit(
 
 def test_every_ack_of_big_files_follows_their_fsync(tmp_path: Path, traced: TracedReceiver) -> None:
     scans = tmp_path / "scans"
-    for index in range(2):  # past 8 MiB the digest is deferred; past 16 MiB writeback starts
-        write_big_scan(scans / f"big{index}.npy", 20)
+    write_big_scans(scans)
     deliver(tmp_path, traced, scans)
     assert_every_ack_durable(traced.report(), 2)
     assert_identical(scans, traced.incoming)
@@ -173,44 +192,133 @@ def test_the_ack_of_a_resumed_file_follows_its_fsync(
 
 
 @pytest.mark.parametrize(
-    ("patch", "violation"),
+    ("broken", "write_scans", "violation"),
     [
-        (NO_DIRECTORY_FSYNC, "missing directory fsync before ACK"),
-        (NO_SYNCFS, "missing data sync before ACK"),
+        (NO_DIRECTORY_FSYNC, write_small_scans, "missing directory fsync before ACK"),
+        (NO_SYNCFS, write_small_scans, "missing data sync before ACK"),
+        (NO_FILE_FSYNC, write_big_scans, "missing data sync before ACK"),
     ],
-    ids=["without-directory-fsync", "without-syncfs"],
+    ids=["without-directory-fsync", "without-syncfs", "without-file-fsync"],
 )
 def test_the_check_catches_a_receiver_that_skips_a_sync(
-    tmp_path: Path, strace: None, patch: tuple[str, str], violation: str
+    tmp_path: Path,
+    strace: None,
+    broken: Break,
+    write_scans: Callable[[Path], list[Path]],
+    violation: str,
 ) -> None:
-    package = broken_copy(tmp_path / "broken", *patch)
+    package = broken_copy(tmp_path / "broken", broken)
     receiver = TracedReceiver(tmp_path / "pi", package_dir=package.parent).start()
     try:
         scans = tmp_path / "scans"
-        write_small_scans(scans)
+        files = write_scans(scans)
         deliver(tmp_path, receiver, scans)
         report = receiver.report()
     finally:
         receiver.stop(signal.SIGKILL)
-    assert_ran_the_copy(receiver, package)
-    assert len(report.acks) == SMALL_FILES
+    assert_ran_the_copy(receiver, package / broken.module)
+    assert len(report.acks) == len(files)
     found = [str(v) for v in report.violations]
     assert any(violation in text for text in found), "\n".join(found) or "no violation found"
 
 
-def broken_copy(root: Path, old: str, new: str) -> Path:
-    """A copy of the package whose store has `old` replaced by `new`, exactly once."""
+def broken_copy(root: Path, broken: Break) -> Path:
+    """A copy of the package with `broken.old` replaced, found exactly once."""
     package = root / "scanxfer"
     shutil.copytree(Path(scanxfer.__file__).parent, package, ignore=shutil.ignore_patterns("*.pyc"))
-    store = package / "store" / "__init__.py"
-    text = store.read_text()
-    assert text.count(old) == 1, f"the text to break is no longer in {store}: update the test"
-    store.write_text(text.replace(old, new))
+    module = package / broken.module
+    text = module.read_text()
+    assert text.count(broken.old) == 1, f"the text to break is no longer in {module}: update it"
+    module.write_text(text.replace(broken.old, broken.new))
     return package
 
 
-def assert_ran_the_copy(receiver: TracedReceiver, package: Path) -> None:
-    """The traced receiver imported the broken copy, not the package under test."""
-    store = bytes(package / "store" / "__init__.py")
-    as_traced = "".join(f"\\x{byte:02x}" for byte in store)  # how -xx prints it
-    assert as_traced in receiver.trace.read_text(), f"the receiver did not load {package}"
+def assert_ran_the_copy(receiver: TracedReceiver, module: Path) -> None:
+    """The traced receiver imported the broken module, not the one under test."""
+    as_traced = "".join(f"\\x{byte:02x}" for byte in bytes(module))  # how -xx prints it
+    assert as_traced in receiver.trace.read_text(), f"the receiver did not load {module}"
+
+
+# --- the model on hand-written traces: what counts as "before" -------------------------------
+
+PART, DIR = "/in/.partial/k.part", "/in"
+
+
+def xx(text: str | bytes) -> str:
+    """`text` as strace -xx prints it."""
+    raw = text.encode() if isinstance(text, str) else text
+    return "".join(f"\\x{byte:02x}" for byte in raw)
+
+
+def ack_sent_by(pid: int) -> str:
+    frame = p.encode(p.Ack(7, p.Outcome.STORED, "a.npy"))
+    socket = "5<TCP:[127.0.0.1:5000->127.0.0.1:4711]>"
+    return f'{pid} sendto({socket}, "{xx(frame)}", {len(frame)}, 0, NULL, 0) = {len(frame)}'
+
+
+def stored_until(*syncs: str) -> list[str]:
+    """A partial written and linked to /in/a.npy; then `syncs` and the ACK, in that order."""
+    return [
+        f'1 openat(AT_FDCWD<{xx("/")}>, "{xx(PART)}", O_RDWR|O_CREAT|O_CLOEXEC, 0644)'
+        f" = 3<{xx(PART)}>",
+        f'1 write(3<{xx(PART)}>, "{xx("ab")}", 2) = 2',
+        *syncs,
+    ]
+
+
+LINK = f'1 linkat(4<{xx("/in/.partial")}>, "{xx("k.part")}", 6<{xx(DIR)}>, "{xx("a.npy")}", 0) = 0'
+FILE_FSYNC = f"1 fsync(3<{xx(PART)}>) = 0"
+DIR_FSYNC = f"1 fsync(6<{xx(DIR)}>) = 0"
+
+
+@pytest.mark.parametrize(
+    ("lines", "missing"),
+    [
+        ([FILE_FSYNC, LINK, DIR_FSYNC, ack_sent_by(1)], []),
+        ([f"2 syncfs(9<{xx(DIR)}>) = 0", LINK, DIR_FSYNC, ack_sent_by(1)], []),
+        ([LINK, f"2 syncfs(9<{xx(DIR)}>) = 0", ack_sent_by(1)], []),
+        ([LINK, DIR_FSYNC, ack_sent_by(1)], ["missing data sync"]),
+        ([FILE_FSYNC, DIR_FSYNC, LINK, ack_sent_by(1)], ["missing directory fsync"]),
+        (  # the fsync began before the last write ended: it need not cover it
+            [
+                f"2 fsync(3<{xx(PART)}> <unfinished ...>",
+                f'1 write(3<{xx(PART)}>, "{xx("c")}", 1) = 1',
+                "2 <... fsync resumed>)              = 0",
+                LINK,
+                DIR_FSYNC,
+                ack_sent_by(1),
+            ],
+            ["missing data sync"],
+        ),
+        (  # the ACK began to leave while the directory fsync was still running
+            [
+                FILE_FSYNC,
+                LINK,
+                f"2 fsync(6<{xx(DIR)}> <unfinished ...>",
+                ack_sent_by(1),
+                "2 <... fsync resumed>) = 0",
+            ],
+            ["missing directory fsync"],
+        ),
+    ],
+    ids=[
+        "fsyncs",
+        "syncfs-then-fsync",
+        "syncfs-after-link",
+        "no-data-sync",
+        "fsync-before-link",
+        "overlapping-write",
+        "overlapping-ack",
+    ],
+)
+def test_the_model_orders_calls_by_where_strace_saw_them(
+    tmp_path: Path, lines: list[str], missing: list[str]
+) -> None:
+    trace = tmp_path / "trace"
+    trace.write_text("\n".join(stored_until(*lines)) + "\n")
+    report = check_trace(trace, Path(DIR))
+    assert [ack.ack for ack in report.acks] == [p.Ack(7, p.Outcome.STORED, "a.npy")]
+    found = [str(violation) for violation in report.violations]
+    assert len(found) == len(missing), found
+    for text, expected in zip(found, missing, strict=True):
+        assert expected in text, text
