@@ -39,7 +39,7 @@ from pathlib import Path
 import xxhash
 
 from .claims import Claims
-from .dirs import opened_dir, opened_subdir
+from .dirs import SettledDirs, opened_dir, opened_subdir
 from .errors import (
     BadName,
     Busy,
@@ -126,6 +126,7 @@ class Store:
         self._lock = threading.Lock()
         self.opened = itertools.count()  # numbers the partials in the order they are opened
         self._digests: dict[tuple[str, int, int, int], bytes] = {}
+        self._settled = SettledDirs()  # directories whose own entry is durable
         prepare(self.folders, min_free_space)
         try:
             leftovers = scan_partials(self.partial_dir)
@@ -149,7 +150,9 @@ class Store:
         """
         parts = self.check_name(relpath)
         try:
-            with opened_subdir(self.incoming_dir, parts[:-1], relpath, create=False) as dir_fd:
+            with opened_subdir(
+                self.incoming_dir, parts[:-1], relpath, create=False, settled=self._settled
+            ) as dir_fd:
                 if dir_fd is None:
                     return None
                 entries = clash_entries(dir_fd, parts[-1])
@@ -330,7 +333,9 @@ class Store:
         digest cache and the lock.  Called through it, which drops the partial afterwards.
         """
         relpath = "/".join(parts)
-        with opened_subdir(self.incoming_dir, parts[:-1], relpath, create=True) as dir_fd:
+        with opened_subdir(
+            self.incoming_dir, parts[:-1], relpath, create=True, settled=self._settled
+        ) as dir_fd:
             assert dir_fd is not None  # create=True never yields None
             for _ in range(_PLACE_ATTEMPTS):
                 entries = clash_entries(dir_fd, parts[-1])

@@ -12,9 +12,12 @@ byte on the wire:
 * **name**: the link or rename that gave it the stored name, then an fsync of that directory
   (or a syncfs) begun after it; the same for every directory the receiver created on the way.
 
-Order is what strace observed: a call counts as done at the line that shows its result, and an
-ACK leaves at the line where its send began, so calls of different threads compare correctly
-even when strace splits them into ``<unfinished ...>`` and ``<... resumed>``.  sync_file_range
+Order is what strace observed: a sync counts as begun at the line where strace shows it start
+and as done at the line that shows its result, a new name exists from the line where its link,
+rename or mkdir starts (another thread may use it from then on) and is durable only through a
+sync begun after the result, and an ACK leaves at the line where its send began.  So calls of
+different threads compare correctly even when strace splits them into ``<unfinished ...>`` and
+``<... resumed>``.  sync_file_range
 and fadvise only start writeback: they make nothing durable, and so count for nothing here.
 All paths of a test live on one file system, so one syncfs covers them all.
 """
@@ -51,6 +54,8 @@ _FD = re.compile(r"^(-?\d+|AT_FDCWD)<(.*)>(\(deleted\))?$")
 _FILE_WRITES = {"write", "pwrite64", "writev", "pwritev", "pwritev2", "ftruncate"}
 _FILE_SYNCS = {"fsync", "fdatasync"}
 _GLOBAL_SYNCS = {"syncfs", "sync"}
+_RENAMES = {"link", "linkat", "rename", "renameat", "renameat2"}
+_NAMING = {*_RENAMES, "unlink", "unlinkat", "mkdir", "mkdirat"}
 
 
 class TraceError(Exception):
@@ -61,6 +66,7 @@ class TraceError(Exception):
 class Call:
     """One completed system call: where strace showed it begin and end, and its parts."""
 
+    pid: str  # the thread
     name: str
     args: tuple[str, ...]
     result: str
@@ -131,7 +137,7 @@ def parse_calls(text: str) -> Iterator[Call]:
                 continue  # the thread ended inside the call: it returned nothing
             raise TraceError(f"line {index + 1} is no system call: {line!r}")
         name, args, result = call.groups()
-        yield Call(name, tuple(split_args(args)), result, entry, index)
+        yield Call(pid, name, tuple(split_args(args)), result, entry, index)
 
 
 def split_args(args: str) -> Iterator[str]:
@@ -254,8 +260,11 @@ class Replay:
     inodes: int = 0
 
     def run(self, calls: list[Call], acks: list[AckSent]) -> list[Violation]:
-        # A call takes effect where its result shows; an ACK is judged where its send began.
-        steps: list[tuple[int, int, Call | AckSent]] = [(c.exit, 0, c) for c in calls]
+        # An ACK is judged where its send began; a call takes effect where its result shows,
+        # but a name may appear as soon as its call begins: other threads can use it then.
+        steps: list[tuple[int, int, Call | AckSent]] = [
+            (c.entry if c.name in _NAMING else c.exit, 0, c) for c in calls
+        ]
         steps += [(ack.line, 1, ack) for ack in acks]
         violations: list[Violation] = []
         for _, _, step in sorted(steps, key=lambda s: (s[0], s[1])):
@@ -277,7 +286,7 @@ class Replay:
             self.synced(fd_arg(args[0]).path, call.entry)
         elif name in _GLOBAL_SYNCS:
             self.synced_all(call.entry)
-        elif name in {"link", "linkat", "rename", "renameat", "renameat2"}:
+        elif name in _RENAMES:
             self.renamed(call)
         elif name in {"unlink", "unlinkat"}:
             self.removed(self.at(args, 0))

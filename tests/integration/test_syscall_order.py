@@ -31,10 +31,11 @@ from .harness import (
     send_once,
     send_once_in_background,
     sender_config,
+    wait_until,
     write_big_scan,
     write_scan,
 )
-from .syscall_order import STRACE_OPTIONS, Report, check_trace
+from .syscall_order import STRACE_OPTIONS, Report, check_trace, parse_calls
 from .test_resume import stable_partial_size
 
 MIB = 1 << 20
@@ -67,22 +68,27 @@ NO_FILE_FSYNC = Break("store/partial.py", "os.fsync(self._require_fd())", "pass"
 class TracedReceiver(ReceiverProcess):
     """`scanxfer receive` under strace, its system calls written to `trace`.
 
-    `package_dir`, if given, is a copy of the package to run instead of the tested one.
+    `package_dir`, if given, is a copy of the package to run instead of the tested one;
+    `injected` are strace options that delay or fail calls (``-e inject=...``).
     """
 
-    def __init__(self, root: Path, package_dir: Path | None = None) -> None:
+    def __init__(
+        self, root: Path, package_dir: Path | None = None, injected: tuple[str, ...] = ()
+    ) -> None:
         root.mkdir(parents=True)
         config = root / "receiver.yaml"
         config.write_text("tls: false\n")  # plain frames, so that the ACKs show in the trace
         super().__init__(root, config=config)
         self.trace = root / "receiver.trace"
         self.package_dir = package_dir
+        self.injected = injected  # more strace options: faults or delays to inject
 
     def start(self) -> TracedReceiver:
         environment = ["-E", f"PYTHONPATH={self.package_dir}"] if self.package_dir else []
         argv = [
             "strace",
             *STRACE_OPTIONS,
+            *self.injected,
             *environment,
             "-o",
             str(self.trace),
@@ -189,6 +195,45 @@ def test_the_ack_of_a_resumed_file_follows_its_fsync(
     traced.child.wait_for(r"resuming volume\.npy at \d+", 10)
     assert_every_ack_durable(traced.report(), 1)
     assert_identical(scans, traced.incoming)
+
+
+# How long strace holds the connection that makes a directory right after its mkdir: far
+# longer than another connection needs to store a small file there.
+HOLD_AFTER_MKDIR = ("-e", "inject=mkdirat:delay_exit=5000000")
+
+
+def test_a_file_stored_in_a_directory_another_connection_is_making_waits_for_it(
+    tmp_path: Path, strace: None
+) -> None:
+    """Connection A makes run0 and is held before it fsyncs incoming; meanwhile connection B
+    stores run0/b.npy.  B's ACK must not leave before run0's own entry is durable."""
+    receiver = TracedReceiver(tmp_path / "pi", injected=HOLD_AFTER_MKDIR).start()
+    try:
+        first, second = tmp_path / "a" / "scans", tmp_path / "b" / "scans"
+        write_scan(first / "run0" / "a.npy", (8192,), 1)
+        write_scan(second / "run0" / "b.npy", (8192,), 2)
+        config = sender_config(tmp_path / "a" / "sender.yaml", receiver.port, first, tls="false")
+        maker = send_once_in_background(config)
+        wait_until((receiver.incoming / "run0").exists, "run0 on the receiver", receiver.child)
+        deliver(tmp_path / "b", receiver, second)
+        assert maker.wait(120) == 0, maker.log
+        report = receiver.report()
+    finally:
+        receiver.stop(signal.SIGKILL)
+    assert_staged(receiver.trace, report)
+    assert_every_ack_durable(report, 2)
+
+
+def assert_staged(trace: Path, report: Report) -> None:
+    """The ACK of b.npy left while A was held between its mkdir and its next fsync: else the
+    test proved nothing."""
+    calls = list(parse_calls(trace.read_text()))
+    mkdir = next(call for call in calls if call.name == "mkdirat")
+    fsync = next(
+        c for c in calls if c.pid == mkdir.pid and c.name == "fsync" and c.entry > mkdir.exit
+    )
+    ack = next(sent for sent in report.acks if sent.ack.stored_path == "run0/b.npy")
+    assert mkdir.exit < ack.line < fsync.entry, "B was too slow: raise HOLD_AFTER_MKDIR"
 
 
 @pytest.mark.parametrize(

@@ -782,6 +782,27 @@ def test_group_commit_syncs_each_directory_once(
     assert files_under(incoming) == sorted([*(f"run/{i}.npy" for i in range(5)), "other/x.npy"])
 
 
+def test_a_directory_found_in_place_is_fsynced_into_its_parent_once_before_a_file_goes_in(
+    store: Store, incoming: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another connection may have just made it and not yet fsynced incoming (issue 15)."""
+    (incoming / "run").mkdir()  # as a connection does, before its fsync of incoming
+    synced_dirs: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            synced_dirs.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    for index in range(2):
+        receive(store, f"run/{index}.npy", payload(64, index))
+    run, top = (incoming / "run").stat().st_ino, incoming.stat().st_ino
+    assert synced_dirs.count(top) == 1, synced_dirs  # once per run, not once per file
+    assert synced_dirs.count(run) == 2, synced_dirs  # each file's own directory fsync
+
+
 def test_group_commit_withdraws_names_when_the_directory_fsync_fails(
     store: Store, incoming: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
