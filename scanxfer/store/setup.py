@@ -15,6 +15,7 @@ once a file has crossed the network.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import pwd
 import stat
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..sizes import human_size
+from .dirs import opened_dir
 from .errors import StoreSetupError
 from .names import PARTIAL_FOLDER
 
@@ -141,14 +143,23 @@ def describe_error(exc: OSError, folder: Path) -> str:
 
 
 def _make(folder: Path, own: Path) -> None:
+    """Make `folder` (and its missing parents under `own`), each fsynced into its parent.
+
+    Every file later acknowledged in it hangs on those entries: a power cut must not take
+    the incoming folder, with all it holds, back with it.
+    """
     if folder.is_dir():
         return
     _refuse_non_folder(folder)
     parents = folder.is_relative_to(own)
     if not parents and not folder.parent.is_dir():
         raise StoreSetupError(_missing(folder))
+    missing = [folder, *itertools.takewhile(lambda path: not path.exists(), folder.parents)]
     try:
         folder.mkdir(parents=parents, exist_ok=True)
+        for made in reversed(missing):
+            with opened_dir(made.parent) as parent_fd:
+                os.fsync(parent_fd)
     except OSError as exc:
         raise StoreSetupError(_unmakeable(exc, folder)) from None
 

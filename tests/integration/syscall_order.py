@@ -10,7 +10,9 @@ byte on the wire:
 * **data**: its file's bytes durable: an fsync or fdatasync of the file (under any of its names)
   that began after the file's last write ended, or a syncfs (or sync) that did;
 * **name**: the link or rename that gave it the stored name, then an fsync of that directory
-  (or a syncfs) begun after it; the same for every directory the receiver created on the way.
+  (or a syncfs) begun after it; the same for every directory on the way below incoming (one
+  there before the trace needs an fsync of its parent at some point), and for incoming and
+  its parents if the receiver made them.
 
 Order is what strace observed: a sync counts as begun at the line where strace shows it start
 and as done at the line that shows its result, a new name exists from the line where its link,
@@ -385,11 +387,16 @@ class Replay:
         return [Violation(sent, text) for text in missing]
 
     def undurable_names(self, stored: str) -> list[str]:
-        """The stored name and each directory made for it, unless its parent was synced since."""
+        """The names the stored file hangs on whose parent was not synced since.
+
+        Its own and its directories' below incoming; above, only those the receiver made
+        (incoming itself, at its first start), as the others are none of its business.
+        """
         root, missing = str(self.incoming), []
         path = stored
-        while path != root and path.startswith(root + "/"):
-            if not self.name_durable(path):
+        while path != os.path.dirname(path):
+            inside = path.startswith(root + "/")
+            if (inside or path in self.named_at) and not self.name_durable(path):
                 missing.append(
                     f"missing directory fsync before ACK: {os.path.dirname(path)} was not "
                     f"fsynced (nor syncfs) after {path} got its name"

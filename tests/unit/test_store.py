@@ -782,6 +782,22 @@ def test_group_commit_syncs_each_directory_once(
     assert files_under(incoming) == sorted([*(f"run/{i}.npy" for i in range(5)), "other/x.npy"])
 
 
+def test_the_folders_the_store_makes_are_fsynced_into_their_parents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every file acknowledged in them hangs on those entries (issue 15)."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    Store(tmp_path / "lab" / "incoming", None, LIMITS)
+    assert {str(tmp_path), str(tmp_path / "lab")} <= set(synced), synced
+
+
 def test_a_directory_found_in_place_is_fsynced_into_its_parent_once_before_a_file_goes_in(
     store: Store, incoming: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
