@@ -135,8 +135,10 @@ def traced(tmp_path: Path, strace: None) -> Iterator[TracedReceiver]:
     receiver.stop(signal.SIGKILL)  # if a test failed half-way; else it is stopped already
 
 
-def deliver(tmp_path: Path, receiver: ReceiverProcess, scans: Path, name: str = "sender") -> None:
-    config = sender_config(tmp_path / f"{name}.yaml", receiver.port, scans, tls="false")
+def deliver(folder: Path, receiver: ReceiverProcess, scans: Path) -> None:
+    """`send --once` of `scans`, its configuration and journal in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = sender_config(folder / "sender.yaml", receiver.port, scans, tls="false")
     sender = send_once(config, timeout=300)
     assert sender.returncode == 0, sender.log
 
@@ -165,8 +167,12 @@ def test_every_ack_of_small_files_follows_their_group_commit(
     scans = tmp_path / "scans"
     write_small_scans(scans)
     deliver(tmp_path, traced, scans)
+    # A sender without that journal offers them all again: a DUPLICATE vouches for them too.
+    deliver(tmp_path / "again", traced, scans)
     report = traced.report()
-    assert_every_ack_durable(report, SMALL_FILES)
+    assert_every_ack_durable(report, 2 * SMALL_FILES)
+    outcomes = [sent.ack.outcome for sent in report.acks]
+    assert outcomes.count(p.Outcome.DUPLICATE) == SMALL_FILES, outcomes
     syncfs_calls = len(re.findall(r"^\d+\s+syncfs\(", traced.trace.read_text(), re.MULTILINE))
     assert 0 < syncfs_calls < SMALL_FILES, "no batch formed: the group commit was not exercised"
     assert_identical(scans, traced.incoming)
@@ -191,7 +197,7 @@ def test_the_ack_of_a_resumed_file_follows_its_fsync(
         assert proxy.link(1).stalled.wait(120), sender.log
         assert stable_partial_size(traced) > 0
         sender.stop(signal.SIGKILL)
-    deliver(tmp_path, traced, scans, name="rerun")
+    deliver(tmp_path, traced, scans)  # with the journal of the cut run
     traced.child.wait_for(r"resuming volume\.npy at \d+", 10)
     assert_every_ack_durable(traced.report(), 1)
     assert_identical(scans, traced.incoming)
