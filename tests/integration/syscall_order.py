@@ -19,9 +19,9 @@ and as done at the line that shows its result, a new name exists from the line w
 rename or mkdir starts (another thread may use it from then on) and is durable only through a
 sync begun after the result, and an ACK leaves at the line where its send began.  So calls of
 different threads compare correctly even when strace splits them into ``<unfinished ...>`` and
-``<... resumed>``.  sync_file_range
-and fadvise only start writeback: they make nothing durable, and so count for nothing here.
-All paths of a test live on one file system, so one syncfs covers them all.
+``<... resumed>``.  sync_file_range and fadvise only start writeback: they make nothing durable,
+and so count for nothing here.  All paths of a test live on one file system, so one syncfs
+covers them all.
 """
 
 from __future__ import annotations
@@ -189,8 +189,10 @@ def fd_arg(arg: str) -> Fd:
 def path_at(dir_arg: str | None, path_arg: str) -> str:
     """The absolute path a (dirfd, path) pair names."""
     path = os.fsdecode(string_arg(path_arg))
-    if path.startswith("/") or dir_arg is None:
+    if path.startswith("/"):
         return os.path.normpath(path)
+    if dir_arg is None:
+        raise TraceError(f"a path relative to a working directory strace does not show: {path!r}")
     base = fd_arg(dir_arg).path
     if base is None:
         raise TraceError(f"a path relative to a socket: {dir_arg!r}")
