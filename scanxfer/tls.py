@@ -117,6 +117,8 @@ def server_context(identity: ReceiverIdentity) -> ssl.SSLContext:
     # Senders never resume a session (each connection checks the pin afresh), so session
     # tickets would be bytes sent for nothing after every handshake.
     context.num_tickets = 0
+    # The receiver's order of TLS 1.3 suites decides, not the sender's (see scanxfer.cipher).
+    context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     try:
         context.load_cert_chain(identity.cert_path, identity.key_path)
     except PermissionError:

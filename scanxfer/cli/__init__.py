@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scanxfer import __version__
+from scanxfer import __version__, cipher
 from scanxfer.config import (
     RECEIVER_CONFIG_PATH,
     ReceiverConfig,
@@ -57,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, or a usage error argparse has reported
         return int(exc.code or 0)
     setup_logging(args.verbose - args.quiet)
+    # Only a command started from its own command line can start itself again (`receive`,
+    # for OpenSSL's configuration); one called with `argv` runs inside another program.
+    args.whole_command_line = argv is None
     try:
         return args.run(args)
     except UsageError as exc:
@@ -358,6 +361,9 @@ def _receive(args: argparse.Namespace) -> int:
         folders = receiver.check_storage(config)
         log.info("settings are valid, and files can be stored in %s", folders.incoming)
         return ExitCode.OK
+    if config.tls and args.whole_command_line:
+        # May start this command again, once, for OpenSSL to read its configuration.
+        cipher.follow(cipher.choose(config.tls_cipher, cipher.read_cpuinfo()))
 
     # SIGHUP re-reads the same file with the same command-line overrides.
     return receiver.serve(config, reload=lambda: receiver_config(args))

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
-from .. import xdg
+from .. import cipher, xdg
 from ..errors import ExitCode, ScanxferError
 from .syntax import explain
 from .values import (
@@ -126,6 +126,7 @@ class ReceiverConfig:
     idle_timeout: float = field(metadata=_spec(_timeout))
     partial_max_age: float = field(metadata=_spec(_timeout))
     tls: bool = field(metadata=_spec(parse_bool))
+    tls_cipher: str = field(metadata=_spec(one_of(cipher.CHOICES)))
     per_sender_dirs: bool = field(metadata=_spec(parse_bool))
     min_free_space: int = field(metadata=_spec(in_range(parse_size, 0, None, " bytes")))
     max_auth_failures: int = field(metadata=_spec(in_range(parse_int, 1, 100000)))

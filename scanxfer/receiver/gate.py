@@ -19,6 +19,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from .. import cipher
 from ..config import ReceiverConfig
 from ..keys import Keyring, keys_path
 from ..keys.seen import SeenLog, seen_path
@@ -85,7 +86,8 @@ class Gate:
             self.channel = bytes.fromhex(identity.fingerprint)
             self.fingerprint = identity.fingerprint
             log.info(
-                "TLS 1.3 with certificate fingerprint (SHA-256) %s",
+                "TLS 1.3, %s; certificate fingerprint (SHA-256) %s",
+                _cipher_in_use(self.context, config.tls_cipher),
                 format_fingerprint(identity.fingerprint),
             )
         else:
@@ -144,3 +146,20 @@ class Gate:
 
 def _decoy() -> auth.Verifier:
     return auth.verifier(secrets.token_bytes(auth.SECRET_SIZE))
+
+
+def _cipher_in_use(context: ssl.SSLContext, setting: str) -> str:
+    """The cipher the sessions will use and why; a warning when OpenSSL would not use it
+    (a receiver started some other way than as the `scanxfer receive` command)."""
+    choice = cipher.choose(setting, cipher.read_cpuinfo())
+    first = cipher.first_suite(context)
+    if first != choice.suite:
+        log.warning(
+            "OpenSSL here prefers %s, not %s (%s): run the receiver as the "
+            "`scanxfer receive` command, which sets OPENSSL_CONF",
+            cipher.describe(first or "none"),
+            cipher.describe(choice.suite),
+            choice.reason,
+        )
+        return cipher.describe(first or "none")
+    return f"{cipher.describe(choice.suite)}: {choice.reason}"

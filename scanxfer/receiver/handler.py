@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from .. import cipher
 from .. import protocol as p
 from ..config import ReceiverConfig
 from ..protocol import auth
@@ -133,6 +134,8 @@ class ConnectionHandler:
                 f"both sides",
             )
             return False
+        suite, version, _ = wrapped.cipher() or ("?", "?", 0)
+        log.debug("%s: %s, %s", self.peer, version, cipher.describe(suite))
         return True
 
     def _serve(self) -> None:

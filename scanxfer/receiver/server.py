@@ -28,7 +28,15 @@ from .shared import Services
 log = logging.getLogger("scanxfer.receiver")
 
 # Settings bound at start (sockets, the store, the certificate); a reload only warns.
-RESTART_ONLY = ("listen", "state_dir", "incoming_dir", "partial_dir", "tls", "legacy_listen")
+RESTART_ONLY = (
+    "listen",
+    "state_dir",
+    "incoming_dir",
+    "partial_dir",
+    "tls",
+    "tls_cipher",
+    "legacy_listen",
+)
 STATUS_SECONDS = 1.0
 
 AnyDoor = Door[Any]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import select
 import socket
@@ -23,10 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .. import cipher
 from .. import protocol as p
 from ..config import SenderConfig
 from .job import FileJob
 from .pacing import MAX_SLICE, SLICE_SECONDS, Pacer
+
+log = logging.getLogger(__name__)
 
 TLS_SLICE = 1 << 18  # TLS cannot use sendfile: the bytes are read and encrypted this much a time
 
@@ -233,6 +237,8 @@ def tls_handshake(sock: socket.socket, context: ssl.SSLContext, pulse: Pulse) ->
         secured.close()  # the socket it wrapped is closed with it
         raise
     secured.settimeout(timeout)
+    suite, version, _ = secured.cipher() or ("?", "?", 0)
+    log.debug("%s, %s, chosen by the receiver", version, cipher.describe(suite))
     return secured
 
 

@@ -13,7 +13,17 @@ from pathlib import Path
 import pytest
 
 from .container import booted, free_port, require_host_tools
-from .installed import STATE, UNIT, Receiver, assert_identical, install, make_scans, send_once
+from .installed import (
+    STATE,
+    UNIT,
+    Receiver,
+    assert_identical,
+    install,
+    make_scans,
+    scanxfer_on_host,
+    send_once,
+    set_conffile_key,
+)
 
 pytestmark = [pytest.mark.system, pytest.mark.arm64]
 
@@ -47,3 +57,25 @@ def test_the_same_deb_receives_scans_from_a_paired_sender_on_arm64(
     assert result.returncode == 0, result.stderr
     assert_identical(tmp_path / "scans", receiver.incoming(), scans)
     assert all(f"received {relative} " in receiver.journal() for relative in scans)
+
+
+@pytest.mark.parametrize(
+    ("setting", "said"), [("chacha20", "ChaCha20-Poly1305"), ("aes", "AES-256-GCM")]
+)
+def test_the_package_negotiates_the_cipher_its_setting_asks_for(
+    receiver: Receiver, tmp_path: Path, setting: str, said: str
+) -> None:
+    container = receiver.container
+    set_conffile_key(container, "tls_cipher", setting)
+    since = container.sh("date '+%Y-%m-%d %H:%M:%S'").stdout.strip()
+    container.sh(f"systemctl restart {UNIT}")
+    receiver.wait_active()
+    started = f"TLS 1.3, {said}: tls_cipher: {setting}; certificate fingerprint"
+    assert receiver.journal(f"--since '{since}'").count(started) == 1, receiver.journal()
+    sender = receiver.pair_host_sender(f"host-{setting}", tmp_path)
+    (tmp_path / "scans").mkdir()
+    result = scanxfer_on_host(
+        "-v", "send", "--once", "-c", str(sender), "--watch", str(tmp_path / "scans")
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"TLSv1.3, {said}, chosen by the receiver" in result.stderr

@@ -97,6 +97,7 @@ def test_receiver_defaults() -> None:
         idle_timeout=300.0,
         partial_max_age=7 * 86400.0,
         tls=True,
+        tls_cipher="auto",
         per_sender_dirs=False,
         min_free_space=256 * 2**20,
         max_auth_failures=10,

@@ -1,0 +1,75 @@
+"""The receiver decides the TLS 1.3 cipher (tls_cipher), and both ends see the one it chose.
+
+Real processes: `scanxfer receive` starts itself again with OPENSSL_CONF when ChaCha20 is
+asked for, and a real sender delivers through the session; a plain TLS client, as any older
+sender, connects too.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from scanxfer import cipher
+from scanxfer.tls import client_context
+
+from ..procs import start_scanxfer
+from .harness import ReceiverProcess, assert_identical, send_once, sender_config, write_scan
+
+EXPECTED = {"chacha20": "ChaCha20-Poly1305", "aes": "AES-256-GCM"}
+
+
+def receiver_with(tmp_path: Path, setting: str) -> ReceiverProcess:
+    settings = tmp_path / "receiver.yaml"
+    settings.write_text(f"tls_cipher: {setting}\n")
+    return ReceiverProcess(tmp_path / "pi", config=settings).start()
+
+
+@pytest.mark.parametrize("setting", ["chacha20", "aes"])
+def test_the_setting_decides_the_cipher_on_both_ends(tmp_path: Path, setting: str) -> None:
+    receiver = receiver_with(tmp_path, setting)
+    try:
+        scans = tmp_path / "scans"
+        write_scan(scans / "a.npy", (64, 64), seed=1)
+        config = sender_config(tmp_path / "sender.yaml", receiver.port, scans)
+        sender = send_once(config)  # logs at info; the cipher line is a debug line
+        assert sender.returncode == 0, sender.log
+        verbose = send_once_verbose(config)
+        assert f"TLSv1.3, {EXPECTED[setting]}, chosen by the receiver" in verbose
+        assert_identical(scans, receiver.incoming)
+    finally:
+        receiver.stop()
+    started = f"TLS 1.3, {EXPECTED[setting]}: tls_cipher: {setting}; certificate fingerprint"
+    assert receiver.log.count(started) == 1, receiver.log
+
+
+def send_once_verbose(config: Path) -> str:
+    """A second run with -v: the files are delivered already, but it connects and says how."""
+    sender = start_scanxfer("sender", "-v", "send", "-c", str(config), "--once")
+    sender.wait(120)
+    assert sender.returncode == 0, sender.log
+    return sender.log
+
+
+def test_an_older_sender_offering_aes_first_gets_chacha20(tmp_path: Path) -> None:
+    receiver = receiver_with(tmp_path, "chacha20")
+    try:
+        context = client_context()  # OpenSSL's own order: AES-256-GCM first
+        with (
+            socket.create_connection(("127.0.0.1", receiver.port), timeout=30) as plain,
+            context.wrap_socket(plain) as secured,
+        ):
+            suite = secured.cipher()
+    finally:
+        receiver.stop()
+    assert suite is not None and suite[0] == "TLS_CHACHA20_POLY1305_SHA256"
+
+
+def test_auto_follows_this_machines_cpu(tmp_path: Path) -> None:
+    expected = cipher.choose("auto", cipher.read_cpuinfo())
+    receiver = receiver_with(tmp_path, "auto")
+    receiver.stop()
+    said = f"TLS 1.3, {cipher.describe(expected.suite)}: {expected.reason}; certificate"
+    assert said in receiver.log, receiver.log
