@@ -72,11 +72,15 @@ def _finish(tool: str, sender: Proc, start_ns: int, cpu0: float) -> tuple[float,
 
 
 @contextlib.contextmanager
-def scanxfer_receiver(work: Path, tls: bool = False) -> Iterator[tuple[Proc, int]]:
-    """`scanxfer receive` on a free loopback port with its state under `work`, and that port."""
+def scanxfer_receiver(
+    work: Path, tls: bool = False, cipher: str = "auto"
+) -> Iterator[tuple[Proc, int]]:
+    """`scanxfer receive` on a free loopback port with its state under `work`, and that port;
+    `cipher` is its tls_cipher."""
     config = work / "receiver.yaml"
     config.write_text(
         f"listen: 127.0.0.1:0\nstate_dir: {work / 'receiver'}\ntls: {str(tls).lower()}\n"
+        f"tls_cipher: {cipher}\n"
     )
     receiver = Proc("scanxfer receive", python_module("scanxfer", "receive", "-c", str(config)))
     with cleanup(receiver):
@@ -103,13 +107,19 @@ def paired_sender_config(work: Path, port: int, settings: str) -> Path:
 
 
 def run_scanxfer(
-    source: Path, work: Path, files: int, size: int, tls: bool = False, max_rate: int | None = None
+    source: Path,
+    work: Path,
+    files: int,
+    size: int,
+    tls: bool = False,
+    max_rate: int | None = None,
+    cipher: str = "auto",
 ) -> Run:
     """`scanxfer receive` and `scanxfer send --once`, both as real processes; `max_rate` sets
-    the sender's bandwidth limit (bytes per second)."""
+    the sender's bandwidth limit (bytes per second), `cipher` the receiver's tls_cipher."""
     tool = "scanxfer TLS" if tls else "scanxfer"
     limit = "" if max_rate is None else f"max_rate: {max_rate}\n"
-    with scanxfer_receiver(work, tls) as (receiver, port):
+    with scanxfer_receiver(work, tls, cipher) as (receiver, port):
         sender_config = paired_sender_config(
             work, port, f"watch_dir: {source}\nstate_dir: {work / 'sender'}\n{limit}"
         )
