@@ -58,9 +58,7 @@ def exported() -> tuple[set[str], set[str]]:
     tally = Tally(last_delivered=1.0)
     sender = SenderCollector(tally)
     sender.follow(
-        SimpleNamespace(
-            config=SimpleNamespace(name="lab-pc"), queued={}, offered={}, link=Link()
-        )
+        SimpleNamespace(config=SimpleNamespace(name="lab-pc"), queued={}, offered={}, link=Link())
     )
     families = [*ReceiverCollector(services).collect(), *sender.collect()]
     samples = {sample.name for family in families for sample in family.samples}
