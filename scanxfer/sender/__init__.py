@@ -24,7 +24,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, NamedTuple
 
 from .. import scrape
-from ..config import ConfigError, SenderConfig
+from ..config import Address, ConfigError, SenderConfig
 from ..errors import ExitCode, ScanxferError
 from ..scrape import Endpoint
 from ..systemd import Notifier
@@ -239,6 +239,12 @@ def _run_daemon(
             ledger.close()
         if reload_requested.is_set():
             config = _reloaded(config, reload, reload_requested, notifier)
+            if metrics is not None and config.metrics_listen != metrics.listen:
+                log.warning(
+                    "metrics_listen changed to %s; restart the sender to apply it "
+                    "(systemctl --user restart scanxfer-sender)",
+                    config.metrics_listen,
+                )
     if metrics is not None:
         metrics.endpoint.close()
     status.stopped()
@@ -248,6 +254,7 @@ def _run_daemon(
 
 
 class _Metrics(NamedTuple):
+    listen: Address  # the setting it was opened with: a reload does not move it
     endpoint: Endpoint
     collector: SenderCollector
 
@@ -261,7 +268,7 @@ def _open_metrics(config: SenderConfig, tally: Tally) -> _Metrics | None:
 
     collector = SenderCollector(tally)
     address = config.metrics_listen
-    return _Metrics(Endpoint(address.host, address.port, collector), collector)
+    return _Metrics(address, Endpoint(address.host, address.port, collector), collector)
 
 
 def _watch_and_deliver(

@@ -108,8 +108,11 @@ def _scraping(url: str) -> Iterator[None]:
 
     def scrape() -> None:
         while not done.wait(SCRAPE_SECONDS):
-            with urllib.request.urlopen(url, timeout=30) as response:
-                response.read()
+            try:
+                with urllib.request.urlopen(url, timeout=30) as response:
+                    response.read()
+            except OSError:
+                return  # the receiver was stopped at the end of the run, before this thread
 
     thread = threading.Thread(target=scrape, daemon=True)
     thread.start()
