@@ -93,6 +93,8 @@ class Endpoint:
 
 class _Handler(BaseHTTPRequestHandler):
     pages: ClassVar[dict[str, Page]]
+    # A client that connects and says nothing would hold its thread for ever.
+    timeout = 30
 
     def do_GET(self) -> None:
         page = self.pages.get(self.path.partition("?")[0])

@@ -88,6 +88,7 @@ class Stats:
     nacks: Counter[str] = field(default_factory=Counter)  # by NackReason, lower case
     recent: deque[RecentFile] = field(default_factory=lambda: deque(maxlen=RECENT_FILES))
     commit_seconds: Histogram = field(default_factory=lambda: Histogram(COMMIT_BUCKETS))
+    started: float = field(default_factory=time.time)  # what the counts are counted since
 
     def stored(
         self, path: str, size: int, sender: str = PROTOTYPE_SENDER, kept_beside: bool = False

@@ -52,6 +52,7 @@ def render(services: Services, name: str) -> bytes:
     body = (
         f"<h1>scanxfer receiver {escape(name)}</h1>"
         f"<p>Free space in {escape(str(store.incoming_dir))}: {human_size(free)}"
+        f" &middot; counting since the receiver started, {_when(stats.started)}"
         f" &middot; page made {_when(time.time())}, refreshed every {REFRESH_SECONDS} s</p>"
         "<h2>Senders</h2><table id=senders><tr><th>Sender</th><th>Last seen</th>"
         "<th>Last file</th><th>Received at</th><th>Files today</th><th>Bytes today</th></tr>"
