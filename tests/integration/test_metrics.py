@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -71,6 +73,12 @@ def test_counters_match_what_moved_including_a_nack_and_a_duplicate(
             sender,
         )
         duplicate = _offer_again(tmp_path, receiver, small[0], scans)
+        _not_tls(receiver.port)
+        wait_until(
+            lambda: scrape(receiver_port)[("scanxfer_receiver_failed_handshakes_total", ())] == 1,
+            "the receiver to count the failed handshake",
+            receiver.child,
+        )
         sent, received = scrape(sender_port), scrape(receiver_port)
     finally:
         sender.stop()
@@ -81,7 +89,7 @@ def test_counters_match_what_moved_including_a_nack_and_a_duplicate(
     assert received[("scanxfer_receiver_nacks_total", (("reason", "too_large"),))] == 1
     assert received[("scanxfer_receiver_nacks_total", (("reason", "no_space"),))] == 0
     assert received[("scanxfer_receiver_kept_beside_total", me)] == 0
-    assert received[("scanxfer_receiver_failed_handshakes_total", ())] == 0
+    assert received[("scanxfer_receiver_failed_handshakes_total", ())] == 1
     assert received[("scanxfer_receiver_group_commit_seconds_count", ())] >= 1
     assert received[("scanxfer_receiver_free_bytes", ())] > 0
     assert received[("scanxfer_receiver_partial_bytes", ())] == 0
@@ -90,6 +98,7 @@ def test_counters_match_what_moved_including_a_nack_and_a_duplicate(
     assert sent[("scanxfer_sender_delivered_files_total", me)] == 5
     assert sent[("scanxfer_sender_delivered_bytes_total", me)] == expected_bytes
     assert sent[("scanxfer_sender_failed_files_total", me)] == 1
+    assert sent[("scanxfer_sender_retries_total", me)] == 0
     assert sent[("scanxfer_sender_backlog_files", me)] == 0
     assert sent[("scanxfer_sender_backlog_bytes", me)] == 0
     assert sent[("scanxfer_sender_oldest_waiting_seconds", me)] == 0
@@ -101,6 +110,15 @@ def test_counters_match_what_moved_including_a_nack_and_a_duplicate(
         if name == "scanxfer_sender_connection_state"
     }
     assert sum(states.values()) == 1 and set(states) == {"idle", "connected", "retrying", "paused"}
+
+
+def _not_tls(port: int) -> None:
+    """A client that speaks HTTP to the TLS port: a failed handshake, which the receiver ends."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        with contextlib.suppress(ConnectionResetError):  # how it may end it
+            while sock.recv(4096):
+                pass
 
 
 def _offer_again(tmp_path: Path, receiver: ReceiverProcess, scan: Path, scans: Path) -> Proc:
