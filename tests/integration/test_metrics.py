@@ -23,6 +23,7 @@ from .harness import (
     send_once,
     sender_config,
     start_sender,
+    unused_port,
     wait_for_files,
     wait_until,
     write_scan,
@@ -170,3 +171,35 @@ def test_without_the_library_the_endpoint_refuses_to_start_and_names_the_package
     assert result.returncode == ExitCode.USAGE, result.stderr
     assert "sudo apt install python3-prometheus-client" in result.stderr
     assert "metrics_listen: null" in result.stderr
+
+
+def test_a_sender_that_cannot_reach_its_receiver_shows_its_backlog(tmp_path: Path) -> None:
+    scans = tmp_path / "scans"
+    waiting = [write_scan(scans / f"w{index}.npy", SMALL, index) for index in range(3)]
+    config = sender_config(
+        tmp_path / "sender.yaml", unused_port(), scans, metrics_listen="127.0.0.1:0"
+    )
+    sender = start_sender(config)
+    me = (("sender", TEST_SENDER),)
+    try:
+        port = metrics_port(sender)
+        wait_until(
+            lambda: scrape(port).get(("scanxfer_sender_backlog_files", me)) == len(waiting),
+            "the backlog in the sender's metrics",
+            sender,
+        )
+        wait_until(
+            lambda: (
+                scrape(port)[("scanxfer_sender_connection_state", (*me, ("state", "retrying")))]
+                == 1
+            ),
+            "the sender to say it is retrying",
+            sender,
+        )
+        sent = scrape(port)
+    finally:
+        sender.stop()
+    assert sent[("scanxfer_sender_backlog_bytes", me)] == sum(p.stat().st_size for p in waiting)
+    assert sent[("scanxfer_sender_oldest_waiting_seconds", me)] > 0
+    assert sent[("scanxfer_sender_delivered_files_total", me)] == 0
+    assert ("scanxfer_sender_last_delivered_timestamp_seconds", me) not in sent
