@@ -1,5 +1,6 @@
 """docs/monitoring: the alert rules pass promtool, fire as meant, and the rules and the
-dashboard name only metrics the code exports (and the dashboard shows every one of them).
+dashboard name only metrics the code exports (and the dashboard shows every one of them);
+the reference table in docs/monitoring/README.md lists exactly what is exported.
 
 promtool comes from Debian's prometheus package (tests/system/prerequisites.sh installs it);
 without it these tests fail, saying so: they never skip.
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.core import Metric
 
 from scanxfer.receiver.metrics import ReceiverCollector
 from scanxfer.receiver.shared import Stats
@@ -28,6 +30,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "monitoring"
 RULES = DOCS / "scanxfer.rules.yml"
 RULES_TEST = DOCS / "scanxfer.rules.test.yml"
 DASHBOARD = DOCS / "scanxfer-dashboard.json"
+REFERENCE = DOCS / "README.md"
 METRIC_NAME = re.compile(r"\bscanxfer_[a-z_]+")
 GRID_COLUMNS = 24
 
@@ -45,8 +48,8 @@ def promtool(*args: str, cwd: Path = DOCS) -> str:
     return result.stdout
 
 
-def exported() -> tuple[set[str], set[str]]:
-    """(the sample names, the family names) both collectors export, with every series filled."""
+def families() -> list[Metric]:
+    """What both collectors export, with every series filled."""
     stats = Stats()
     stats.stored("run/a.npy", 10, "lab-pc")
     stats.commit_seconds.observe(0.01)
@@ -60,9 +63,15 @@ def exported() -> tuple[set[str], set[str]]:
     sender.follow(
         SimpleNamespace(config=SimpleNamespace(name="lab-pc"), queued={}, offered={}, link=Link())
     )
-    families = [*ReceiverCollector(services).collect(), *sender.collect()]
-    samples = {sample.name for family in families for sample in family.samples}
-    return samples, {family.name for family in families}
+    return [*ReceiverCollector(services).collect(), *sender.collect()]
+
+
+def exported() -> tuple[set[str], set[str]]:
+    """(the sample names, the family names) the collectors export."""
+    found = families()
+    return {sample.name for family in found for sample in family.samples}, {
+        family.name for family in found
+    }
 
 
 def rule_exprs() -> list[str]:
@@ -140,3 +149,16 @@ def test_the_dashboard_is_a_well_formed_grafana_import() -> None:
         assert len(set(refs)) == len(refs), panel["title"]
         for item in (panel, *panel["targets"]):
             assert item["datasource"]["uid"] in inputs, f"{panel['title']!r}: unknown datasource"
+
+
+def test_the_reference_table_lists_every_metric_with_its_type_and_labels() -> None:
+    rows = re.findall(r"^\| `(scanxfer_\w+)` \| (\w+) \|([\w, ]*)\|", REFERENCE.read_text(), re.M)
+    documented = {name: (kind, labels.strip()) for name, kind, labels in rows}
+    actual = {
+        family.name + ("_total" if family.type == "counter" else ""): (
+            family.type,
+            ", ".join(sorted({key for s in family.samples for key in s.labels} - {"le"})),
+        )
+        for family in families()
+    }
+    assert documented == actual
