@@ -134,6 +134,10 @@ class ReceiverConfig:
         metadata=_spec(_address("0.0.0.0", listening=True), nullable=True)
     )
     legacy_allow: tuple[IPNetwork, ...] = field(metadata=_spec(parse_networks))
+    # The Prometheus endpoint and status page; None: off.  A bare port is loopback only.
+    metrics_listen: Address | None = field(
+        metadata=_spec(_address("127.0.0.1", listening=True), nullable=True)
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,6 +165,10 @@ class SenderConfig:
     # Bytes per second of payload at most; None: as fast as the link goes.
     max_rate: int | None = field(
         metadata=_spec(in_range(parse_rate, 1000, None, " bytes/s"), nullable=True)
+    )
+    # The Prometheus endpoint; None: off.  A bare port is loopback only.
+    metrics_listen: Address | None = field(
+        metadata=_spec(_address("127.0.0.1", listening=True), nullable=True)
     )
 
 

@@ -7,7 +7,8 @@ systemd.  The pieces: `server` (the main loop over a list of doors: reload, shut
 `protocol_door` and `prototype_door` (the two doors), `gate` (TLS identity, sender keys, the
 brake on failed handshakes), `handler` (one connection: TLS, handshake, deadlines), `intake`
 (offers, payload, durable commit, answers), `admission` (size limit and free space, for both
-doors), `after_store` (the hooks called for each file stored), `shared` (counters, registry).
+doors), `after_store` (the hooks called for each file stored), `shared` (counters, registry),
+`metrics` and `status_page` (what the metrics port serves, when metrics_listen is set).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from .. import scrape
 from ..atomic import state_owner
 from ..config import ReceiverConfig
-from ..errors import ExitCode
+from ..errors import ExitCode, ScanxferError
 from ..keys.listening import recorded
+from ..scrape import Endpoint
 from ..sizes import counted
 from ..store import Folders, LeftoverPartial, Store, StoreLimits, StoreSetupError, adopt_partials
 from ..store import setup as store_setup
@@ -69,16 +72,39 @@ def serve(
         # key file is no error here: the keyring logs it and keeps the keys read before.)
         log.error("cannot set up the TLS identity in %s: %s", config.state_dir, error)
         return ExitCode.UNREACHABLE
+    services = Services(store, Stats(), gate, after_store=tuple(after_store))
     try:
-        services = Services(store, Stats(), gate, after_store=tuple(after_store))
+        endpoint = _open_metrics(config, services)
+    except ScanxferError as error:
+        log.error("%s", error)
+        return error.exit_code
+    try:
         server = Server(config, services, reload)
     except CannotListen as error:
         log.error("%s", error)
         return ExitCode.UNREACHABLE
-    # For `scanxfer keys add`: the port really bound, which --listen or port 0 may change.
-    with recorded(config.state_dir, server.doors[0].address):
-        server.serve_forever()
+    else:
+        # For `scanxfer keys add`: the port really bound, which --listen or port 0 may change.
+        with recorded(config.state_dir, server.doors[0].address):
+            server.serve_forever()
+    finally:
+        if endpoint is not None:
+            endpoint.close()
     return ExitCode.OK
+
+
+def _open_metrics(config: ReceiverConfig, services: Services) -> Endpoint | None:
+    """The metrics endpoint and status page where metrics_listen says; None when it is off.
+
+    Raises MetricsUnavailable (no prometheus_client) or CannotServeMetrics.
+    """
+    if config.metrics_listen is None:
+        return None
+    scrape.library()  # first: its error names the package to install
+    from .metrics import open_endpoint  # needs prometheus_client: only when asked for
+
+    address = config.metrics_listen
+    return open_endpoint(address.host, address.port, services, config.name)
 
 
 def check_storage(config: ReceiverConfig) -> Folders:

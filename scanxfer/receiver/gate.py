@@ -47,6 +47,7 @@ class FailureBrake:
         self.limit = limit
         self._lock = threading.Lock()
         self._failures: dict[str, deque[float]] = {}
+        self.total = 0  # since the start, for the metrics
 
     def _recent(self, address: str, now: float) -> deque[float]:
         times = self._failures.setdefault(address, deque())
@@ -65,6 +66,7 @@ class FailureBrake:
         with self._lock:
             if len(self._failures) >= _TRACKED_ADDRESSES and address not in self._failures:
                 del self._failures[next(iter(self._failures))]
+            self.total += 1
             times = self._recent(address, time.monotonic())
             times.append(time.monotonic())
             return len(times) == self.limit

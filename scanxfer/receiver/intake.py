@@ -69,7 +69,8 @@ class Intake:
         reply: Callable[[p.Event], None],
         ask_digests: bool = False,
     ) -> None:
-        self.peer, self.sender, self.config, self._reply = peer, sender, config, reply
+        self.peer, self.sender, self.config = peer, sender, config
+        self._send_reply = reply
         # The connection negotiated ASK_DIGEST: a file this receiver may hold already is
         # told by its digest before any of its bytes are sent again.
         self.ask_digests = ask_digests
@@ -83,6 +84,11 @@ class Intake:
         self.current: _Incoming | None = None
         # All bytes in and verified: made durable together at the end of the batch.
         self.sealed: list[_Incoming] = []
+
+    def _reply(self, event: p.Event) -> None:
+        """Every answer goes out here, so the NACKs and duplicates are counted once."""
+        self.stats.answered(self.sender, event)
+        self._send_reply(event)
 
     def reconfigure(self, config: ReceiverConfig) -> None:
         """Settings reloaded: size and free-space limits apply from the next offer on."""
@@ -372,10 +378,12 @@ class Intake:
     def acknowledge_placed(self) -> None:
         """Group commit of the files completed in this batch, then their ACKs: their bytes
         made durable together, each placed, each directory fsynced once."""
+        began = time.monotonic()
         placed = self._place_sealed()
         if not placed:
             return
         failures = self.store.sync_placed([stored for _, stored in placed])
+        self.stats.commit_seconds.observe(time.monotonic() - began)
         for incoming, stored in placed:
             error = failures.get(stored.path)
             if error is not None:
@@ -427,7 +435,8 @@ class Intake:
     def _log_stored(self, incoming: _Incoming, path: str, outcome: p.Outcome) -> None:
         offer = incoming.offer
         received = offer.size - incoming.resumed_from
-        self.stats.stored(path, received)
+        if outcome is not p.Outcome.DUPLICATE:  # a duplicate is counted with its answer
+            self.stats.stored(path, received, self.sender, outcome is p.Outcome.KEPT_BESIDE)
         assert incoming.started is not None  # a placed file had its DATA
         speed = rate(received, time.monotonic() - incoming.started)
         resumed = f", resumed at {incoming.resumed_from}" if incoming.resumed_from else ""

@@ -36,6 +36,7 @@ RESTART_ONLY = (
     "tls",
     "tls_cipher",
     "legacy_listen",
+    "metrics_listen",
 )
 STATUS_SECONDS = 1.0
 

@@ -7,8 +7,8 @@ with its two kinds `session` (the scanxfer protocol, one connection) and
 `prototype` (`send --legacy`, to an old prototype receiver), `job` (one file on
 its way), `ledger` (the journal), `handoff` (keep / move / delete after the ACK),
 `status` (`scanxfer status`), `status_file` (the daemon's account of itself that it reads),
-`retry` (backoff and the clock), `run_state` (progress and the link's state), `pacing`
-(`max_rate`), `progress` (the bar).
+`retry` (backoff and the clock), `run_state` (progress, the link's state, the totals), `pacing`
+(`max_rate`), `progress` (the bar), `metrics` (what metrics_listen serves).
 """
 
 from __future__ import annotations
@@ -21,19 +21,25 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import PurePosixPath
 from types import FrameType
+from typing import TYPE_CHECKING, NamedTuple
 
-from ..config import ConfigError, SenderConfig
-from ..errors import ExitCode
+from .. import scrape
+from ..config import Address, ConfigError, SenderConfig
+from ..errors import ExitCode, ScanxferError
+from ..scrape import Endpoint
 from ..systemd import Notifier
 from ..watcher import CompletionWatcher, Condition, assess, scan
 from .delivery import Delivery
 from .ledger import Destination, Ledger
 from .progress import ProgressBar, summary
 from .prototype import PROTOTYPE
-from .run_state import Progress
+from .run_state import Progress, Tally
 from .session import NOT_PAIRED, SCANXFER
 from .status_file import StatusFile
 from .transport import TransportKind
+
+if TYPE_CHECKING:
+    from .metrics import SenderCollector
 
 log = logging.getLogger("scanxfer.sender")
 
@@ -204,6 +210,12 @@ def _run_daemon(
     notifier = Notifier()
     status = StatusFile(config.state_dir)
     delivered = 0
+    tally = Tally()
+    try:
+        metrics = _open_metrics(config, tally)
+    except ScanxferError as error:
+        log.error("%s", error)
+        return error.exit_code
 
     def alive() -> None:  # a sign of life for systemd, and fresh bytes for `scanxfer status`
         notifier.alive()
@@ -213,8 +225,12 @@ def _run_daemon(
         # A reload may name another receiver or watch folder: the journal follows it.
         destination = Destination.of(config, kind.name)
         ledger = Ledger(config.state_dir, destination)
-        delivery = Delivery(config, ledger, once=False, kind=kind, stop=stop, alive=alive)
+        delivery = Delivery(
+            config, ledger, once=False, kind=kind, stop=stop, alive=alive, tally=tally
+        )
         status.follow(delivery, destination)
+        if metrics is not None:
+            metrics.collector.follow(delivery)
         try:
             _watch_and_deliver(delivery, notifier, reload_requested, status)
             delivered += delivery.progress.files_done
@@ -223,10 +239,36 @@ def _run_daemon(
             ledger.close()
         if reload_requested.is_set():
             config = _reloaded(config, reload, reload_requested, notifier)
+            if metrics is not None and config.metrics_listen != metrics.listen:
+                log.warning(
+                    "metrics_listen changed to %s; restart the sender to apply it "
+                    "(systemctl --user restart scanxfer-sender)",
+                    config.metrics_listen,
+                )
+    if metrics is not None:
+        metrics.endpoint.close()
     status.stopped()
     notifier.stopping()
     log.info("stopped; %d files delivered", delivered)
     return ExitCode.OK
+
+
+class _Metrics(NamedTuple):
+    listen: Address  # the setting it was opened with: a reload does not move it
+    endpoint: Endpoint
+    collector: SenderCollector
+
+
+def _open_metrics(config: SenderConfig, tally: Tally) -> _Metrics | None:
+    """The metrics endpoint where metrics_listen says (bound once: a reload keeps it)."""
+    if config.metrics_listen is None:
+        return None
+    scrape.library()  # first: its error names the package to install
+    from .metrics import SenderCollector  # needs prometheus_client: only when asked for
+
+    collector = SenderCollector(tally)
+    address = config.metrics_listen
+    return _Metrics(address, Endpoint(address.host, address.port, collector), collector)
 
 
 def _watch_and_deliver(

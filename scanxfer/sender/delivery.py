@@ -34,7 +34,7 @@ from .handoff import after_delivery
 from .job import FileChanged, FileJob, NotReady
 from .ledger import Ledger, Outcome, Verdict
 from .retry import Backoff, Clock, SystemClock
-from .run_state import Link, LinkState, Progress
+from .run_state import Link, LinkState, Progress, Tally
 from .transport import (
     Answer,
     AuthenticationFailed,
@@ -81,6 +81,8 @@ class Delivery:
     unreachable: str = ""
     transport: Transport | None = None  # the one open now, if any
     link: Link = field(default_factory=Link)
+    # Totals for the metrics; the daemon hands each new Delivery (after a reload) the same one.
+    tally: Tally = field(default_factory=Tally)
     # Offered and not answered yet, oldest first: the first is the file being sent.
     offered: dict[str, FileJob] = field(default_factory=dict)
     paused_until: float = 0.0
@@ -140,6 +142,7 @@ class Delivery:
         if not self.once:
             log.warning("cannot send %s: %s; it is sent once it may be read", relpath, reason)
         self.ledger.refused(relpath, reason, final=True)
+        self.tally.failed += 1
 
     def _enqueue(self, job: FileJob, *, front: bool = False) -> None:
         if job.relpath in self.queued:
@@ -319,6 +322,7 @@ class Delivery:
         self.transport = None
         self.offered.clear()
         self._requeue(jobs)
+        self.tally.retries += len(jobs)
         if isinstance(error, Stopped):
             log.info("stopped mid-file; the receiver keeps what it has, and the next run resumes")
             return
@@ -358,6 +362,7 @@ class Delivery:
         outcome = _JOURNAL_OUTCOMES.get(ack.outcome, Outcome.STORED)
         self.ledger.delivered(job.relpath, ack.stored_path, job.version, known, outcome)
         self.progress.delivered(job.relpath, job.size)
+        self.tally.acked(job.size, job.version.mtime_ns)
         self.connect_backoff.reset()
         self.space_backoff.reset()
         self.link.succeeded()
@@ -392,10 +397,13 @@ class Delivery:
         gave_up = self.once and job.attempts >= ONCE_FILE_ATTEMPTS
         self.ledger.refused(job.relpath, reason, final=not nack.retryable)
         if not nack.retryable or gave_up:
+            self.tally.failed += 1
             log.error("cannot deliver %s: %s (not retried)", job.relpath, reason)
             self.failed.append((job.relpath, reason))
             self.progress.under_way.pop(job.relpath, None)  # no longer on its way
-        elif nack.reason is p.NackReason.DIGEST_MISMATCH:
+            return
+        self.tally.retries += 1
+        if nack.reason is p.NackReason.DIGEST_MISMATCH:
             log.warning(
                 "%s: digest mismatch on the receiver (changed while sending, or corrupted "
                 "in flight); sending it again from the start",

@@ -1,7 +1,8 @@
 """What a sending run has done and where its connection stands.
 
 `Progress` feeds the progress bar and the final summary of `send --once`; `Link` feeds the
-running sender's status file.  `Delivery` keeps both up to date.
+running sender's status file and metrics; `Tally` the metrics.  `Delivery` keeps them up to
+date.
 """
 
 from __future__ import annotations
@@ -9,6 +10,11 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+
+from ..tally import Histogram
+
+# From a scan's last write to its ACK: the settle time, the queue and the transfer.
+LATENCY_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
 
 
 @dataclass
@@ -90,3 +96,28 @@ class Link:
         """Connected, or a file acknowledged: the run of failures is over (its error stays)."""
         self.become(LinkState.CONNECTED)
         self.failures = 0
+
+
+@dataclass
+class Tally:
+    """Totals since the daemon started, kept across reloads: what its metrics export.
+
+    Written by the delivery's thread, read by a scrape's: plain numbers, so a reader sees
+    each one whole, and a file costs a few additions whether or not anyone scrapes.
+    """
+
+    delivered: int = 0  # ACKs of any outcome, duplicates too
+    delivered_bytes: int = 0
+    failed: int = 0  # refused for good, or unreadable: the journal keeps them failed
+    retries: int = 0  # files put back: a refusal for now, or in flight on a lost connection
+    last_delivered: float | None = None  # epoch seconds
+    latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+
+    def acked(self, size: int, mtime_ns: int) -> None:
+        now = time.time()
+        self.delivered += 1
+        self.delivered_bytes += size
+        self.last_delivered = now
+        # The mtime is when the writer last wrote, which is as close to its close as the
+        # journal gets; a clock step back makes no negative latency.
+        self.latency.observe(max(0.0, now - mtime_ns / 1e9))

@@ -18,7 +18,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -73,18 +75,54 @@ def _finish(tool: str, sender: Proc, start_ns: int, cpu0: float) -> tuple[float,
 
 @contextlib.contextmanager
 def scanxfer_receiver(
-    work: Path, tls: bool = False, cipher: str = "auto"
+    work: Path, tls: bool = False, metrics: bool = False, cipher: str = "auto"
 ) -> Iterator[tuple[Proc, int]]:
     """`scanxfer receive` on a free loopback port with its state under `work`, and that port;
-    `cipher` is its tls_cipher."""
+    `cipher` is its tls_cipher.
+
+    With `metrics`, its metrics endpoint is on and scraped every SCRAPE_SECONDS meanwhile.
+    """
     config = work / "receiver.yaml"
+    endpoint = "metrics_listen: 127.0.0.1:0\n" if metrics else ""
     config.write_text(
         f"listen: 127.0.0.1:0\nstate_dir: {work / 'receiver'}\ntls: {str(tls).lower()}\n"
-        f"tls_cipher: {cipher}\n"
+        f"tls_cipher: {cipher}\n{endpoint}"
     )
     receiver = Proc("scanxfer receive", python_module("scanxfer", "receive", "-c", str(config)))
     with cleanup(receiver):
-        yield receiver, int(receiver.wait_for(r"listening on \S+:(\d+)", 60).group(1))
+        port = int(receiver.wait_for(r"listening on \S+:(\d+)", 60).group(1))
+        if not metrics:
+            yield receiver, port
+            return
+        found = receiver.wait_for(r"metrics on (http://\S+/metrics)", 60)
+        with _scraping(found.group(1)):
+            yield receiver, port
+
+
+# Ten times as often as Prometheus scrapes by default (15 s): the cost shows if there is one.
+SCRAPE_SECONDS = 1.5
+
+
+@contextlib.contextmanager
+def _scraping(url: str) -> Iterator[None]:
+    """Fetch `url` every SCRAPE_SECONDS in a thread, as Prometheus would, until the block ends."""
+    done = threading.Event()
+
+    def scrape() -> None:
+        while not done.wait(SCRAPE_SECONDS):
+            try:
+                with urllib.request.urlopen(url, timeout=30) as response:
+                    response.read()
+            except OSError:
+                return  # the receiver was stopped at the end of the run, before this thread
+
+    thread = threading.Thread(target=scrape, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def paired_sender_config(work: Path, port: int, settings: str) -> Path:
@@ -113,13 +151,16 @@ def run_scanxfer(
     size: int,
     tls: bool = False,
     max_rate: int | None = None,
+    metrics: bool = False,
     cipher: str = "auto",
 ) -> Run:
     """`scanxfer receive` and `scanxfer send --once`, both as real processes; `max_rate` sets
-    the sender's bandwidth limit (bytes per second), `cipher` the receiver's tls_cipher."""
-    tool = "scanxfer TLS" if tls else "scanxfer"
+    the sender's bandwidth limit (bytes per second); `metrics` turns on the receiver's
+    endpoint, scraped throughout (`send --once` serves none: only the sender daemon does);
+    `cipher` is the receiver's tls_cipher."""
+    tool = "scanxfer TLS" if tls else "scanxfer metrics" if metrics else "scanxfer"
     limit = "" if max_rate is None else f"max_rate: {max_rate}\n"
-    with scanxfer_receiver(work, tls, cipher) as (receiver, port):
+    with scanxfer_receiver(work, tls, metrics, cipher) as (receiver, port):
         sender_config = paired_sender_config(
             work, port, f"watch_dir: {source}\nstate_dir: {work / 'sender'}\n{limit}"
         )

@@ -139,6 +139,12 @@ def _ratios(medians: dict[str, Any], rsync_tool: str) -> dict[str, Any]:
                 out.setdefault(workload, {})[f"{tool}/{other}"] = {
                     key: ratio(value, theirs.get(key)) for key, value in mine.items()
                 }
+        # What the metrics endpoint costs, on and scraped, against off (issue 17).
+        on, off = (medians[workload].get(tool) for tool in ("scanxfer metrics", "scanxfer"))
+        if on and off:
+            out.setdefault(workload, {})["scanxfer metrics/scanxfer"] = {
+                key: ratio(value, off.get(key)) for key, value in on.items()
+            }
     for settle, figures in medians.get("B3", {}).items():
         out.setdefault("B3", {})[settle] = {
             f"close_to_ack_{p}/pump": ratio(figures["close_to_ack_ms"][p], figures["pump_ms"][p])

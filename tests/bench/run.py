@@ -127,6 +127,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "pump": contenders.run_pump,
         "scanxfer": contenders.run_scanxfer,
         "scanxfer TLS": lambda *a: contenders.run_scanxfer(*a, tls=True),
+        # The metrics endpoint on and scraped: what monitoring costs (issue 17).
+        "scanxfer metrics": lambda *a: contenders.run_scanxfer(*a, metrics=True),
     }
     if shutil.which("rsync") is not None:
         tools[rsync_tool] = lambda *a: contenders.run_rsync(*a, fsync=problem is None)

@@ -93,7 +93,11 @@ def _bulk_rows(summary: dict[str, Any], rsync: str) -> list[str]:
         ("B2", "B5: during B2", "receiver_cpu_s_per_gb", "receiver CPU s per GB", 2),
     )
     for workload, label, key, figure, digits in specs:
-        for tool, suffix in (("scanxfer", ""), ("scanxfer TLS", ", TLS")):
+        for tool, suffix in (
+            ("scanxfer", ""),
+            ("scanxfer TLS", ", TLS"),
+            ("scanxfer metrics", ", metrics on"),
+        ):
             if get(summary, workload, tool) is not None:
                 values = [get(summary, workload, name, key) for name in (tool, "pump")]
                 rsync_value = get(summary, workload, rsync, key)

@@ -13,8 +13,11 @@ sudo=()
 # receiver's system calls for tests/integration/test_syscall_order.py. The rest serve
 # tests/system: building the .deb, lintian, booting Debian containers (systemd-nspawn,
 # debootstrap) and running arm64 ones under emulation (qemu-user-static, binfmt-support).
+# prometheus carries promtool, which checks docs/monitoring's alert rules
+# (tests/unit/test_monitoring_docs.py); chromium loads the receiver's status page headless
+# (tests/integration/test_status_page.py).
 packages=(make python3-venv netcat-openbsd pipx strace dpkg-dev lintian systemd-container
-    debootstrap qemu-user-static binfmt-support)
+    debootstrap qemu-user-static binfmt-support prometheus chromium)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" \

@@ -96,6 +96,14 @@ def test_numpy_is_recommended_and_the_runtime_modules_are_depended_on(deb: Path)
     assert set(RUNTIME_MODULES) <= depends, depends
 
 
+def test_the_prometheus_client_is_recommended_not_depended_on(deb: Path) -> None:
+    relations = _relations(deb)
+    depends, recommends = relations["Depends"], relations.get("Recommends", set())
+    # Imported only when metrics_listen is set (see debian/control).
+    assert "python3-prometheus-client" in recommends, recommends
+    assert not [name for name in depends if "prometheus" in name], depends
+
+
 def test_hardening_keys_are_sorted() -> None:
     for unit in (ROOT / "systemd").glob("*.service"):
         section = unit.read_text().split("# Hardening, sorted", 1)[1].split("\n\n", 1)[0]

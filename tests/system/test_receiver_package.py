@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -183,6 +184,40 @@ def test_systemctl_status_shows_the_status_line(
         "a STATUS= line naming one of the files just sent",
     )
     assert int(line.group(1)) >= len(scans)
+
+
+def test_the_metrics_endpoint_serves_the_host_and_the_unit_stays_hardened(
+    receiver: Receiver, sender: Path, tmp_path: Path
+) -> None:
+    """metrics_listen on, in the sandboxed unit: the host scrapes it over the shared network."""
+    container, port = receiver.container, free_port()
+    set_conffile_key(container, "metrics_listen", f'"127.0.0.1:{port}"')
+    try:
+        container.sh(f"systemctl restart {UNIT}")
+        receiver.wait_active()
+        scans = make_scans(tmp_path, "metrics")
+        assert send_once(sender, tmp_path).returncode == 0
+        metrics = wait_for(lambda: _scraped(port, "/metrics"), 60, f"metrics on port {port}")
+        files = re.search(r'received_files_total\{sender="host-pc"\} (\S+)', metrics)
+        assert files and float(files.group(1)) == len(scans), metrics
+        assert re.search(r"^scanxfer_receiver_free_bytes [1-9]", metrics, re.M), metrics
+        page = _scraped(port, "/")
+        assert page and "host-pc" in page and scans[-1] in page, page
+        report = container.sh(f"systemd-analyze security --no-pager {UNIT}.service").stdout
+        match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", report)
+        assert match and float(match.group(1)) <= MAX_EXPOSURE, report
+    finally:
+        set_conffile_key(container, "metrics_listen", "null")
+        container.sh(f"systemctl restart {UNIT}")
+        receiver.wait_active()
+
+
+def _scraped(port: int, path: str) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return str(response.read().decode())
+    except OSError:
+        return None
 
 
 def test_reload_applies_the_new_config_without_a_restart(

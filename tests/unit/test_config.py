@@ -103,6 +103,7 @@ def test_receiver_defaults() -> None:
         max_auth_failures=10,
         legacy_listen=None,
         legacy_allow=(),
+        metrics_listen=None,
     )
 
 
@@ -128,6 +129,7 @@ def test_sender_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
         fingerprint=None,
         tls=True,
         max_rate=None,
+        metrics_listen=None,
     )
 
 
@@ -586,3 +588,12 @@ def test_a_fingerprint_may_be_written_with_colons(tmp_path: Path) -> None:
     pairs = ":".join(["AB"] * 32)
     settings = load_sender_config(_write(tmp_path, f"fingerprint: '{pairs}'\n"))
     assert settings.fingerprint == "ab" * 32
+
+
+def test_a_bare_metrics_port_listens_on_loopback_only(tmp_path: Path) -> None:
+    """The status page shows file names: the LAN only when an address says so."""
+    path = tmp_path / "receiver.yaml"
+    path.write_text("metrics_listen: ':9108'\n")
+    assert load_receiver_config(path).metrics_listen == Address("127.0.0.1", 9108)
+    path.write_text("metrics_listen: 192.168.1.50:9108\n")
+    assert load_receiver_config(path).metrics_listen == Address("192.168.1.50", 9108)
