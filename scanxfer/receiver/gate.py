@@ -25,6 +25,7 @@ from ..keys import Keyring, keys_path
 from ..keys.seen import SeenLog, seen_path
 from ..protocol import auth
 from ..tls import ensure_identity, format_fingerprint, server_context
+from .tls_channel import TLSChannel
 
 log = logging.getLogger("scanxfer.receiver")
 
@@ -104,11 +105,11 @@ class Gate:
         """Apply reloaded settings (TLS itself needs a restart)."""
         self.brake.limit = config.max_auth_failures
 
-    def wrap(self, sock: socket.socket) -> socket.socket:
+    def wrap(self, sock: socket.socket) -> socket.socket | TLSChannel:
         """The connection as the protocol will use it; the TLS handshake is left to the caller."""
         if self.context is None:
             return sock
-        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return TLSChannel(sock, self.context)
 
     def check(self, name: str, signed: bytes, proof: bytes) -> Verdict:
         """Whether `proof` shows the key issued to `name`; the reason is for the log only."""
