@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -53,8 +54,11 @@ class PowerCutMount:
         if not self.fifo.exists():
             os.mkfifo(self.fifo)
         self.daemon: subprocess.Popen[str] | None = None
+        self.frozen = False
+        self.frozen_before = ""  # the operation a freeze by count stopped
 
     def mount(self, freeze_at: int = 0) -> None:
+        self.frozen, self.frozen_before = False, ""
         log = (self.root / "powercut.log").open("a")
         self.daemon = subprocess.Popen(
             [
@@ -114,12 +118,20 @@ class PowerCutMount:
         return int(self._command("count"))
 
     def freeze(self) -> None:
-        """Handle no more requests, now."""
-        self._command("freeze", "frozen")
+        """Handle no more requests, from now (or from the request given to `mount`)."""
+        if not self.frozen:
+            self._command("freeze", "frozen")
+            self.frozen = True
 
-    def wait_frozen(self) -> bool:
-        """Whether the request given by `mount(freeze_at=...)` came; False if the daemon ended."""
-        return self._expect(None) == "frozen"
+    def poll_frozen(self, timeout: float = 0.0) -> bool:
+        """Whether the request given by `mount(freeze_at=...)` has come and frozen it."""
+        assert self.daemon is not None and self.daemon.stdout is not None
+        if not self.frozen and select.select([self.daemon.stdout], [], [], timeout)[0]:
+            answer = self._expect(None)
+            if not answer.startswith("frozen before "):
+                raise AssertionError(f"powercut answered {answer!r}: {self._log_tail()}")
+            self.frozen, self.frozen_before = True, answer.removeprefix("frozen before ")
+        return self.frozen
 
     def cut(self) -> None:
         """Drop what was not durable (the file system must be frozen) and unmount."""

@@ -5,7 +5,8 @@ ROOT/live at MOUNTPOINT.  Every request is applied to ROOT/live at once, and `mo
 keeps what would survive a power cut.  Commands on stdin, answers on stdout:
 
 * ``freeze``: handle no more requests (answers ``frozen``); ``--freeze-at N`` does the same by
-  itself on the N-th request, so a cut can land on any operation of the program under test;
+  itself on the N-th request, before handling it (answers ``frozen before OPERATION``), so a
+  cut can land on any operation of the program under test;
 * ``cut``: the power cut: ROOT/live becomes the tree the model says survives (answers ``cut``),
   and the daemon exits, leaving a dead mount for the caller to unmount;
 * ``count``: how many requests were handled so far.
@@ -54,6 +55,10 @@ _SYNCED = re.compile(r"(?:\bsyncfs\(|\bsync\(|<\.\.\. (?:syncfs|sync) resumed>).
 _STAT_KEYS = ("st_mode", "st_nlink", "st_size", "st_uid", "st_gid", "st_ino", "st_blocks")
 
 
+def _entry_attrs(st: os.stat_result) -> dict[str, int]:
+    return {"st_mode": st.st_mode, "st_ino": st.st_ino}
+
+
 def request(method: F) -> F:
     """One FUSE request: counted, serialised with the control thread, after the strace news."""
 
@@ -62,7 +67,8 @@ def request(method: F) -> F:
         with self.serial:
             self.count += 1
             if self.count == self.freeze_at:
-                self.announce("frozen")
+                self.frozen = True
+                self.announce(f"frozen before {method.__name__}")
                 threading.Event().wait()  # holds the lock until the cut ends the process
             self.drain_strace()
             return method(self, *args)
@@ -82,6 +88,7 @@ class PowerCutFS(mfusepy.Operations):  # type: ignore[misc]
         self.serial = threading.Lock()
         self.count = 0
         self.freeze_at = freeze_at
+        self.frozen = False
         self._strace_fd = os.open(strace_fifo, os.O_RDONLY | os.O_NONBLOCK) if strace_fifo else None
         self._strace_tail = b""
 
@@ -132,8 +139,11 @@ class PowerCutFS(mfusepy.Operations):  # type: ignore[misc]
         return 0
 
     @request
-    def readdir(self, path: str, fh: int) -> list[str]:
-        return [".", "..", *os.listdir(self._path(path))]
+    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
+        # With use_ino each entry needs its inode number: readdir(3) skips those of inode 0.
+        directory = self._path(path)
+        names = [".", "..", *os.listdir(directory)]
+        return [(name, _entry_attrs(os.lstat(directory / name)), 0) for name in names]
 
     @request
     def opendir(self, path: str) -> int:
@@ -277,14 +287,22 @@ def _control(fs: PowerCutFS) -> None:
     for line in sys.stdin:
         command = line.strip()
         if command == "freeze":
-            fs.serial.acquire()  # released by nothing: the cut follows
-            fs.announce("frozen")
+            _freeze(fs)
         elif command == "cut":
             fs.cut()
             fs.announce("cut")
             os._exit(0)
         elif command == "count":
             fs.announce(str(fs.count))
+
+
+def _freeze(fs: PowerCutFS) -> None:
+    """Take the request lock for good (the cut follows), unless a request froze it first."""
+    while not fs.serial.acquire(timeout=0.1):
+        if fs.frozen:
+            return  # that request has answered "frozen" already
+    fs.frozen = True
+    fs.announce("frozen")
 
 
 def main() -> None:

@@ -124,6 +124,13 @@ def test_link_then_unlink_as_the_store_places_a_file(fs: PowerCutMount) -> None:
     assert os.listdir(survivor / "partial") == []
 
 
+def test_the_mount_lists_what_the_live_tree_holds(fs: PowerCutMount) -> None:
+    (fs.mnt / "sub").mkdir()
+    write(fs.mnt / "sub" / "new", b"x")
+    assert sorted(os.listdir(fs.mnt)) == ["old", "sub"]
+    assert [entry.name for entry in os.scandir(fs.mnt / "sub")] == ["new"]
+
+
 def test_hard_links_survive_as_one_file(fs: PowerCutMount) -> None:
     os.link(fs.mnt / "old", fs.mnt / "twin")
     sync_dir(fs.mnt)

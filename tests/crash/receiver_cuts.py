@@ -1,0 +1,228 @@
+"""Cut the power under a real `scanxfer receive` at many points while real senders deliver.
+
+The receiver's incoming folder, partial folder, keys and TLS identity all live on the
+power-cut file system; the senders and their journals on the normal disk.  Each cycle mounts
+the surviving tree, starts the receiver on it (under strace, for its syncfs) and a `send
+--once`, and cuts the power: after a random number of file system requests (anywhere: in the
+receiver's start, a write, a group commit, a link into place, a directory fsync), or just
+after the sender logs an ACK.  After each cut the surviving tree is checked; at the end one
+last cycle runs to completion and the tree must equal the source.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from scanxfer.store import PARTIAL_FOLDER
+
+from ..integration.harness import (
+    GIVE_UP_SECONDS,
+    install_credentials,
+    send_once_in_background,
+    sender_config,
+    write_big_scan,
+    write_scan,
+)
+from ..procs import Proc
+from .mount import PowerCutMount, powercut_mount
+from .scenario import (
+    CutReport,
+    acked_in,
+    digest,
+    kill_traced,
+    tree_digests,
+    unclashed,
+    write_mixed_scans,
+    write_small_scans,
+)
+
+_LISTENING = r"listening on \S+:(\d+)"
+# Every AFTER_ACK-th cut waits for an ACK instead of counting requests.
+AFTER_ACK = 4
+# Requests from a mount to the end of the first transfer, about, before one was measured.
+FIRST_SPAN = 2000
+
+
+class ReceiverCuts:
+    def __init__(self, root: Path, fs: PowerCutMount, rng: random.Random) -> None:
+        self.root, self.fs, self.rng = root, fs, rng
+        self.scans = root / "scans"
+        self.report = CutReport("receiver")
+        self.preplaced: dict[str, str] = {}
+        self.acked: dict[str, str] = {}  # source path -> stored path, over all cycles
+        self.span = FIRST_SPAN  # requests of the last cycle that sent everything
+        self.big_mib = 0
+        self.rounds = 0  # of scans added after a transfer ended before its cut
+
+    def prepare(self, big_mib: int, bigs: int) -> None:
+        """The scans, and what the receiver holds before: a duplicate and a clash."""
+        self.big_mib = big_mib
+        write_mixed_scans(self.scans, big_mib, bigs)
+        incoming = self.fs.live / "incoming"
+        shutil.copy2(self.scans / "dup" / "same.npy", _made(incoming / "dup") / "same.npy")
+        write_scan(incoming / "clash" / "other.npy", (4096,), 2000)  # other content, same name
+        self.preplaced = tree_digests(incoming)
+        install_credentials(self.fs.live / "state")
+
+    def run(self, cuts: int) -> CutReport:
+        for cycle in range(cuts):
+            self._cycle(cycle)
+        self._finish()
+        return self.report
+
+    def _cycle(self, cycle: int) -> None:
+        after_ack = cycle == 0 or cycle % AFTER_ACK == AFTER_ACK - 1
+        self.fs.mount(freeze_at=0 if after_ack else self.rng.randint(1, self.span))
+        self.report.cut_points += 1
+        receiver = self._start_receiver(f"cut {cycle}")
+        if receiver is None:
+            self.report.cut_at[f"{self.fs.frozen_before} (starting)"] += 1
+            self._check_survivor(f"cut {cycle}, while starting")
+            return
+        sender = None
+        try:
+            sender = send_once_in_background(self._sender_config(receiver))
+            if cycle == 0:
+                sender = self._interrupt_and_resume(sender, receiver)
+            self._wait_for_cut(sender, after_ack)
+        finally:
+            self.fs.freeze()
+            for child in (sender, receiver):
+                if child is not None:
+                    kill_traced(child)
+            self.fs.cut()
+            for child in (sender, receiver):
+                if child is not None:
+                    child.wait(60)
+        acked = acked_in(sender.log)
+        self.acked.update(acked)
+        self.report.acked.update(acked)
+        self._check_survivor(f"cut {cycle}")
+
+    def _start_receiver(self, when: str) -> Proc | None:
+        """The receiver on the surviving tree; None if the cut came while it started."""
+        mnt = self.fs.mnt
+        argv = [
+            sys.executable,
+            "-m",
+            "scanxfer",
+            "receive",
+            "--listen",
+            "127.0.0.1:0",
+            "--dir",
+            str(mnt / "incoming"),
+            "--state-dir",
+            str(mnt / "state"),
+        ]
+        receiver = Proc("receiver", self.fs.traced(argv))
+        deadline = time.monotonic() + GIVE_UP_SECONDS
+        while not receiver.stamped(_LISTENING):
+            ended = receiver.returncode is not None or time.monotonic() > deadline
+            if self.fs.poll_frozen(0.05) or ended:
+                if not self.fs.frozen:
+                    self.report.restarts_failed.append(f"{when}: {receiver.log_tail()}")
+                    self.fs.freeze()
+                kill_traced(receiver)
+                self.fs.cut()
+                receiver.wait(60)
+                return None
+        return receiver
+
+    def _sender_config(self, receiver: Proc) -> Path:
+        port = receiver.wait_for(_LISTENING, 1).group(1)
+        return sender_config(self.root / "sender.yaml", int(port), self.scans)
+
+    def _interrupt_and_resume(self, sender: Proc, receiver: Proc) -> Proc:
+        """Kill the first sender mid-way through a big scan; a new one resumes it."""
+        partial = self.fs.live / "incoming" / PARTIAL_FOLDER
+        deadline = time.monotonic() + GIVE_UP_SECONDS
+        while not any(p.stat().st_size > 1 << 20 for p in partial.glob("*.part")):
+            if time.monotonic() > deadline or sender.returncode is not None:
+                raise AssertionError(f"no big partial appeared:\n{receiver.log}\n{sender.log}")
+            time.sleep(0.05)
+        sender.process.kill()
+        sender.wait(60)
+        self.acked.update(acked_in(sender.log))
+        return send_once_in_background(sender_config_path(self.root))
+
+    def _wait_for_cut(self, sender: Proc, after_ack: bool) -> None:
+        """Until the file system froze by itself, or (after_ack) an ACK came; or all is sent.
+
+        When all is sent, more scans are written, so that the next cuts land in a transfer too.
+        """
+        acks = len(acked_in(sender.log))
+        deadline = time.monotonic() + GIVE_UP_SECONDS
+        while time.monotonic() < deadline:
+            if self.fs.poll_frozen(0.02):
+                self.report.cut_at[self.fs.frozen_before] += 1
+                return
+            if after_ack and len(acked_in(sender.log)) > acks:
+                self.report.cut_at["after ACK"] += 1
+                return
+            if sender.returncode is not None:
+                self.report.cut_at["at rest"] += 1
+                self.span = self.fs.count()
+                self._more_scans()
+                return
+        raise AssertionError(f"no cut came:\n{sender.log}")
+
+    def _more_scans(self) -> None:
+        self.rounds += 1
+        round_name = f"round{self.rounds}"
+        write_small_scans(self.scans, round_name, 20, self.rounds * 100)
+        if self.rounds % 3 == 0:
+            write_big_scan(self.scans / round_name / "big.npy", self.big_mib)
+
+    def _check_survivor(self, when: str) -> None:
+        """ACKed files are all there, intact; no final name holds bytes it was not sent."""
+        incoming = self.fs.live / "incoming"
+        stored = tree_digests(incoming)
+        for source, path in self.acked.items():
+            if stored.get(path) != digest(self.scans / source):
+                self.report.lost.append(f"{when}: {path}")
+        for path, held in stored.items():
+            allowed = {self.preplaced.get(path)}
+            if (self.scans / unclashed(path)).exists():
+                allowed.add(digest(self.scans / unclashed(path)))
+            if held not in allowed:
+                self.report.partials_visible.append(f"{when}: {path}")
+
+    def _finish(self) -> None:
+        """One last run, uncut, to the end: the tree must be the source's, clash beside."""
+        self.fs.mount()
+        receiver = self._start_receiver("last start")
+        assert receiver is not None, self.report.restarts_failed
+        try:
+            sender = send_once_in_background(self._sender_config(receiver))
+            assert sender.wait(GIVE_UP_SECONDS) == 0, sender.log
+            self.acked.update(acked_in(sender.log))
+        finally:
+            kill_traced(receiver)
+            self.fs.unmount()
+            receiver.wait(60)
+        expected = dict(self.preplaced)
+        for path, held in tree_digests(self.scans).items():
+            if path in self.preplaced and self.preplaced[path] != held:
+                path = path.replace(".npy", "~1.npy")
+            expected[path] = held
+        assert tree_digests(self.fs.live / "incoming") == expected
+
+
+def sender_config_path(root: Path) -> Path:
+    return root / "sender.yaml"
+
+
+def _made(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_receiver_cuts(root: Path, cuts: int, big_mib: int, bigs: int, seed: int) -> CutReport:
+    with powercut_mount(root / "fs") as fs:
+        cutter = ReceiverCuts(root, fs, random.Random(seed))
+        cutter.prepare(big_mib, bigs)
+        return cutter.run(cuts)

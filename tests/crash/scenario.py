@@ -1,0 +1,112 @@
+"""What the crash tests share: the scans to send, the checks of a surviving tree, the table."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scanxfer.store import PARTIAL_FOLDER
+
+from ..integration.harness import write_big_scan, write_scan
+from ..procs import Proc
+
+# The sender's ACK lines: "sent REL (size, speed)[ as STORED (...)]" and a duplicate's.
+_SENT = re.compile(r"sent (\S+) \([^)]*\)(?: as (\S+) )?")
+_DUPLICATE = re.compile(r"(\S+) is already on the receiver as (\S+)")
+_CLASH = re.compile(r"^(.*)~[1-9][0-9]*(\.[^./]*)$")
+
+
+@dataclass
+class CutReport:
+    """One row of `make crash-test`'s table."""
+
+    side: str
+    cut_points: int = 0
+    acked: set[str] = field(default_factory=set)
+    lost: list[str] = field(default_factory=list)  # ACKed before a cut, gone or changed after
+    partials_visible: list[str] = field(default_factory=list)  # final names with other bytes
+    restarts_failed: list[str] = field(default_factory=list)
+    # Where the cuts fell: the operation a cut by count stopped, "after ACK", "at rest".
+    cut_at: Counter[str] = field(default_factory=Counter)
+
+    def row(self) -> tuple[str, int, int, int, int, int]:
+        return (
+            self.side,
+            self.cut_points,
+            len(self.acked),
+            len(self.lost),
+            len(self.partials_visible),
+            len(self.restarts_failed),
+        )
+
+    def assert_clean(self) -> None:
+        assert not self.lost, f"ACKed files lost by a power cut: {self.lost}"
+        assert not self.partials_visible, (
+            f"partial files under final names: {self.partials_visible}"
+        )
+        assert not self.restarts_failed, f"restarts that failed: {self.restarts_failed}"
+
+
+def digest(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def tree_digests(root: Path) -> dict[str, str]:
+    """Every regular file under `root` (the partial folder left out) by relative path."""
+    return {
+        path.relative_to(root).as_posix(): digest(path)
+        for path in root.rglob("*")
+        if path.is_file() and PARTIAL_FOLDER not in path.relative_to(root).parts
+    }
+
+
+def acked_in(log: str) -> dict[str, str]:
+    """What the sender's log says the receiver ACKed: source path -> stored path."""
+    acked = {m.group(1): m.group(2) or m.group(1) for m in _SENT.finditer(log)}
+    acked.update((m.group(1), m.group(2)) for m in _DUPLICATE.finditer(log))
+    return acked
+
+
+def unclashed(path: str) -> str:
+    """`a/b~2.npy` -> `a/b.npy`: the name a kept-beside file was sent under."""
+    match = _CLASH.match(path)
+    return match.group(1) + match.group(2) if match else path
+
+
+def write_small_scans(scans: Path, prefix: str, count: int, seed: int) -> None:
+    for index in range(count):
+        write_scan(scans / prefix / f"run{index % 4}" / f"s{index:03}.npy", (2048,), seed + index)
+
+
+def write_mixed_scans(scans: Path, big_mib: int, bigs: int) -> None:
+    """Many small scans in nested folders, `bigs` big ones, and the clash and duplicate pair."""
+    write_small_scans(scans, "first", 40, 0)
+    for index in range(bigs):
+        write_big_scan(scans / "big" / f"volume{index}.npy", big_mib + index)
+    write_scan(scans / "dup" / "same.npy", (4096,), 1000)
+    write_scan(scans / "clash" / "other.npy", (4096,), 1001)
+
+
+def kill_traced(child: Proc) -> None:
+    """SIGKILL a process started under strace, and strace: the tracee first, or it runs on."""
+    for pid in _descendants(child.pid):
+        os.kill(pid, signal.SIGKILL)
+    if child.returncode is None:
+        child.process.kill()
+
+
+def _descendants(pid: int) -> list[int]:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    found = [int(child) for child in children]
+    for child in list(found):
+        found.extend(_descendants(child))
+    return found

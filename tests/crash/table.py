@@ -1,0 +1,49 @@
+"""The table `make crash-test` prints: one row per side, from the reports the tests record."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .scenario import CutReport
+
+# make crash-test sets it: the full number of cuts, big scans of 64 MiB and more.
+FULL_VARIABLE = "SCANXFER_CRASH_FULL"
+# Where the rows go, one JSON line per side, for the Makefile to print.
+TABLE_VARIABLE = "SCANXFER_CRASH_TABLE"
+HEADER = ("side", "cut points", "ACKed files", "files lost", "partials visible", "restarts failed")
+
+
+def full_run() -> bool:
+    return os.environ.get(FULL_VARIABLE) == "1"
+
+
+def record(report: CutReport) -> None:
+    table = os.environ.get(TABLE_VARIABLE)
+    print(format_rows([report.row()]))
+    print("cuts fell:", ", ".join(f"{where} {n}" for where, n in report.cut_at.most_common()))
+    if table:
+        with Path(table).open("a") as out:
+            out.write(json.dumps(report.row()) + "\n")
+
+
+def format_rows(rows: list[tuple[str, int, int, int, int, int]]) -> str:
+    lines = [HEADER, *[tuple(str(cell) for cell in row) for row in rows]]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(HEADER))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines
+    )
+
+
+def main() -> None:
+    """Print the table from the rows in $SCANXFER_CRASH_TABLE."""
+    rows = [
+        tuple(json.loads(line))
+        for line in Path(os.environ[TABLE_VARIABLE]).read_text().splitlines()
+    ]
+    print(format_rows(rows))  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    main()
