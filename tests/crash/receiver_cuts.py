@@ -54,7 +54,7 @@ class ReceiverCuts:
         self.report = CutReport("receiver")
         self.preplaced: dict[str, str] = {}
         self.acked: dict[str, str] = {}  # source path -> stored path, over all cycles
-        self.span = FIRST_SPAN  # requests of the last cycle that sent everything
+        self.span = FIRST_SPAN  # requests of the longest cycle that sent everything
         self.big_mib = 0
         self.rounds = 0  # of scans added after a transfer ended before its cut
 
@@ -165,7 +165,7 @@ class ReceiverCuts:
                 return
             if sender.returncode is not None:
                 self.report.cut_at["at rest"] += 1
-                self.span = self.fs.count()
+                self.span = max(self.span, self.fs.count())  # never shrinks: cuts stay spread
                 self._more_scans()
                 return
         raise AssertionError(f"no cut came:\n{sender.log}")

@@ -108,7 +108,7 @@ class SenderCuts:
             if sender.returncode is not None:
                 if sender.returncode != 0:
                     self.report.restarts_failed.append(sender.log_tail())
-                self.span = self.fs.count()
+                self.span = max(self.span, self.fs.count())  # never shrinks: cuts stay spread
                 return "at rest"
         raise AssertionError(f"no cut came:\n{sender.log}")
 

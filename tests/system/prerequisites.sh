@@ -12,8 +12,9 @@ sudo=()
 # sender install steps in tests/integration/test_readme_install.py. The rest serve
 # tests/system: building the .deb, lintian, booting Debian containers (systemd-nspawn,
 # debootstrap) and running arm64 ones under emulation (qemu-user-static, binfmt-support).
+# fuse3 and strace run the power-cut file system of tests/crash.
 packages=(make python3-venv netcat-openbsd pipx dpkg-dev lintian systemd-container debootstrap
-    qemu-user-static binfmt-support)
+    qemu-user-static binfmt-support fuse3 strace)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" \
