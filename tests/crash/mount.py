@@ -56,6 +56,7 @@ class PowerCutMount:
         self.daemon: subprocess.Popen[str] | None = None
         self.frozen = False
         self.frozen_before = ""  # the operation a freeze by count stopped
+        self.syncs_before_cut = 0
 
     def mount(self, freeze_at: int = 0) -> None:
         self.frozen, self.frozen_before = False, ""
@@ -117,6 +118,10 @@ class PowerCutMount:
     def count(self) -> int:
         return int(self._command("count"))
 
+    def syncs(self) -> int:
+        """syncfs and sync calls seen since the mount (through strace)."""
+        return int(self._command("syncs"))
+
     def freeze(self) -> None:
         """Handle no more requests, from now (or from the request given to `mount`)."""
         if not self.frozen:
@@ -135,6 +140,7 @@ class PowerCutMount:
 
     def cut(self) -> None:
         """Drop what was not durable (the file system must be frozen) and unmount."""
+        self.syncs_before_cut = self.syncs()
         self._command("cut", "cut")
         self.unmount()
 

@@ -9,7 +9,8 @@ keeps what would survive a power cut.  Commands on stdin, answers on stdout:
   cut can land on any operation of the program under test;
 * ``cut``: the power cut: ROOT/live becomes the tree the model says survives (answers ``cut``),
   and the daemon exits, leaving a dead mount for the caller to unmount;
-* ``count``: how many requests were handled so far.
+* ``count``: how many requests were handled so far; ``syncs``: how many syncfs and sync calls
+  strace reported.
 
 What the kernel tells a FUSE daemon (measured on Linux 6.18, libfuse 3.14, without
 writeback_cache, so every write reaches the daemon before write(2) returns):
@@ -89,6 +90,7 @@ class PowerCutFS(mfusepy.Operations):  # type: ignore[misc]
         self.count = 0
         self.freeze_at = freeze_at
         self.frozen = False
+        self.syncs = 0  # syncfs and sync calls seen through strace
         self._strace_fd = os.open(strace_fifo, os.O_RDONLY | os.O_NONBLOCK) if strace_fifo else None
         self._strace_tail = b""
 
@@ -107,7 +109,9 @@ class PowerCutFS(mfusepy.Operations):  # type: ignore[misc]
             if not chunk:
                 return  # no writer (yet, or any more)
             *lines, self._strace_tail = (self._strace_tail + chunk).split(b"\n")
-            if any(_SYNCED.search(line.decode(errors="replace")) for line in lines):
+            synced = sum(bool(_SYNCED.search(line.decode(errors="replace"))) for line in lines)
+            if synced:
+                self.syncs += synced
                 self.model.all_synced()
 
     def cut(self) -> None:
@@ -294,6 +298,8 @@ def _control(fs: PowerCutFS) -> None:
             os._exit(0)
         elif command == "count":
             fs.announce(str(fs.count))
+        elif command == "syncs":
+            fs.announce(str(fs.syncs))
 
 
 def _freeze(fs: PowerCutFS) -> None:

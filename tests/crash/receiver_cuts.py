@@ -31,6 +31,7 @@ from ..procs import Proc
 from .mount import PowerCutMount, powercut_mount
 from .scenario import (
     CutReport,
+    CutSchedule,
     acked_in,
     digest,
     kill_traced,
@@ -44,7 +45,7 @@ _LISTENING = r"listening on \S+:(\d+)"
 # Every AFTER_ACK-th cut waits for an ACK instead of counting requests.
 AFTER_ACK = 4
 # Requests from a mount to the end of the first transfer, about, before one was measured.
-FIRST_SPAN = 2000
+FIRST_WORK = 2000  # requests, before one cycle measured them
 
 
 class ReceiverCuts:
@@ -54,7 +55,7 @@ class ReceiverCuts:
         self.report = CutReport("receiver")
         self.preplaced: dict[str, str] = {}
         self.acked: dict[str, str] = {}  # source path -> stored path, over all cycles
-        self.span = FIRST_SPAN  # requests of the longest cycle that sent everything
+        self.schedule = CutSchedule(rng, FIRST_WORK)
         self.big_mib = 0
         self.rounds = 0  # of scans added after a transfer ended before its cut
 
@@ -76,7 +77,7 @@ class ReceiverCuts:
 
     def _cycle(self, cycle: int) -> None:
         after_ack = cycle == 0 or cycle % AFTER_ACK == AFTER_ACK - 1
-        self.fs.mount(freeze_at=0 if after_ack else self.rng.randint(1, self.span))
+        self.fs.mount(freeze_at=0 if after_ack else self.schedule.next_request())
         self.report.cut_points += 1
         receiver = self._start_receiver(f"cut {cycle}")
         if receiver is None:
@@ -85,9 +86,10 @@ class ReceiverCuts:
             return
         sender = None
         try:
-            sender = send_once_in_background(self._sender_config(receiver))
             if cycle == 0:
-                sender = self._interrupt_and_resume(sender, receiver)
+                sender = self._interrupt_and_resume(receiver)
+            else:
+                sender = send_once_in_background(self._sender_config(receiver))
             self._wait_for_cut(sender, after_ack)
         finally:
             self.fs.freeze()
@@ -95,6 +97,7 @@ class ReceiverCuts:
                 if child is not None:
                     kill_traced(child)
             self.fs.cut()
+            self.report.syncfs_seen += self.fs.syncs_before_cut
             for child in (sender, receiver):
                 if child is not None:
                     child.wait(60)
@@ -130,14 +133,16 @@ class ReceiverCuts:
                 self.fs.cut()
                 receiver.wait(60)
                 return None
+        self.schedule.started(self.fs.count())
         return receiver
 
-    def _sender_config(self, receiver: Proc) -> Path:
+    def _sender_config(self, receiver: Proc, **extra: str) -> Path:
         port = receiver.wait_for(_LISTENING, 1).group(1)
-        return sender_config(self.root / "sender.yaml", int(port), self.scans)
+        return sender_config(self.root / "sender.yaml", int(port), self.scans, **extra)
 
-    def _interrupt_and_resume(self, sender: Proc, receiver: Proc) -> Proc:
-        """Kill the first sender mid-way through a big scan; a new one resumes it."""
+    def _interrupt_and_resume(self, receiver: Proc) -> Proc:
+        """A first sender, slowed down, killed mid-way through a big scan; a new one resumes it."""
+        sender = send_once_in_background(self._sender_config(receiver, max_rate="4MB"))
         partial = self.fs.live / "incoming" / PARTIAL_FOLDER
         deadline = time.monotonic() + GIVE_UP_SECONDS
         while not any(p.stat().st_size > 1 << 20 for p in partial.glob("*.part")):
@@ -147,7 +152,7 @@ class ReceiverCuts:
         sender.process.kill()
         sender.wait(60)
         self.acked.update(acked_in(sender.log))
-        return send_once_in_background(sender_config_path(self.root))
+        return send_once_in_background(self._sender_config(receiver))
 
     def _wait_for_cut(self, sender: Proc, after_ack: bool) -> None:
         """Until the file system froze by itself, or (after_ack) an ACK came; or all is sent.
@@ -165,7 +170,7 @@ class ReceiverCuts:
                 return
             if sender.returncode is not None:
                 self.report.cut_at["at rest"] += 1
-                self.span = max(self.span, self.fs.count())  # never shrinks: cuts stay spread
+                self.schedule.ran_out_of_work(self.fs.count())
                 self._more_scans()
                 return
         raise AssertionError(f"no cut came:\n{sender.log}")
@@ -210,10 +215,6 @@ class ReceiverCuts:
                 path = path.replace(".npy", "~1.npy")
             expected[path] = held
         assert tree_digests(self.fs.live / "incoming") == expected
-
-
-def sender_config_path(root: Path) -> Path:
-    return root / "sender.yaml"
 
 
 def _made(path: Path) -> Path:

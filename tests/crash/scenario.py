@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import re
 import signal
 from collections import Counter
@@ -33,6 +34,7 @@ class CutReport:
     restarts_failed: list[str] = field(default_factory=list)
     # Where the cuts fell: the operation a cut by count stopped, "after ACK", "at rest".
     cut_at: Counter[str] = field(default_factory=Counter)
+    syncfs_seen: int = 0  # by the power-cut file system, over all cycles
 
     def row(self) -> tuple[str, int, int, int, int, int]:
         return (
@@ -50,6 +52,34 @@ class CutReport:
             f"partial files under final names: {self.partials_visible}"
         )
         assert not self.restarts_failed, f"restarts that failed: {self.restarts_failed}"
+
+
+class CutSchedule:
+    """Which request of the next cycle to cut at, counted from the mount.
+
+    A cycle is the program's start (reading the state, checking the folders: its requests grow
+    with the tree) and then its work.  Most cuts fall in the work, spread over as many requests
+    as the last cycle that ran out of work needed; some fall in the start.
+    """
+
+    IN_START = 0.15
+    MIN_WORK = 300
+
+    def __init__(self, rng: random.Random, first_work: int) -> None:
+        self.rng = rng
+        self.start = 0  # requests until the program was ready, last time
+        self.work = first_work
+
+    def next_request(self) -> int:
+        if not self.start or self.rng.random() < self.IN_START:
+            return self.rng.randint(1, max(self.start, self.MIN_WORK))
+        return self.start + self.rng.randint(1, self.work)
+
+    def started(self, requests: int) -> None:
+        self.start = requests
+
+    def ran_out_of_work(self, requests: int) -> None:
+        self.work = max(self.MIN_WORK, requests - self.start)
 
 
 def digest(path: Path) -> str:

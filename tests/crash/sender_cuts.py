@@ -23,10 +23,12 @@ from ..integration.harness import (
 )
 from ..procs import Proc
 from .mount import PowerCutMount, powercut_mount
-from .scenario import CutReport, acked_in, kill_traced, tree_digests, write_small_scans
+from .scenario import CutReport, CutSchedule, acked_in, kill_traced, tree_digests, write_small_scans
 
 AFTER_ACK = 4
-FIRST_SPAN = 1500
+# The sender's first line after reading its journal and the watch folder.
+_READY = r"sending \d+ files|nothing to send"
+FIRST_WORK = 1500  # requests, before one cycle measured them
 
 
 class SenderCuts:
@@ -36,7 +38,7 @@ class SenderCuts:
         self.root, self.fs, self.receiver, self.rng = root, fs, receiver, rng
         self.report = CutReport("sender")
         self.originals: dict[str, str] = {}  # every scan ever written, by relative path
-        self.span = FIRST_SPAN
+        self.schedule = CutSchedule(rng, FIRST_WORK)
         self.rounds = 0
         self.big_mib = 0
 
@@ -79,7 +81,7 @@ class SenderCuts:
 
     def _cycle(self, cycle: int, after_send: str) -> None:
         after_ack = cycle % AFTER_ACK == AFTER_ACK - 1
-        self.fs.mount(freeze_at=0 if after_ack else self.rng.randint(1, self.span))
+        self.fs.mount(freeze_at=0 if after_ack else self.schedule.next_request())
         self.report.cut_points += 1
         sender = self._start_sender(after_send)
         where = "?"
@@ -99,8 +101,12 @@ class SenderCuts:
     def _wait_for_cut(self, sender: Proc, after_ack: bool) -> str:
         """Until the cut is due; where it falls (see `CutReport.cut_at`)."""
         acks = len(acked_in(sender.log))
+        started = False
         deadline = time.monotonic() + GIVE_UP_SECONDS
         while time.monotonic() < deadline:
+            if not started and sender.stamped(_READY):
+                started = True
+                self.schedule.started(self.fs.count())
             if self.fs.poll_frozen(0.02):
                 return self.fs.frozen_before
             if after_ack and len(acked_in(sender.log)) > acks:
@@ -108,7 +114,7 @@ class SenderCuts:
             if sender.returncode is not None:
                 if sender.returncode != 0:
                     self.report.restarts_failed.append(sender.log_tail())
-                self.span = max(self.span, self.fs.count())  # never shrinks: cuts stay spread
+                self.schedule.ran_out_of_work(self.fs.count())
                 return "at rest"
         raise AssertionError(f"no cut came:\n{sender.log}")
 

@@ -23,6 +23,7 @@ def record(report: CutReport) -> None:
     table = os.environ.get(TABLE_VARIABLE)
     print(format_rows([report.row()]))
     print("cuts fell:", ", ".join(f"{where} {n}" for where, n in report.cut_at.most_common()))
+    print("syncfs calls seen through strace:", report.syncfs_seen)
     if table:
         with Path(table).open("a") as out:
             out.write(json.dumps(report.row()) + "\n")

@@ -24,4 +24,5 @@ def test_power_cuts_under_the_receiver(tmp_path: Path) -> None:
     report.assert_clean()
     assert report.cut_points >= (50 if full else 10)
     assert report.acked, "no ACK was seen: the cuts tested nothing"
+    assert report.syncfs_seen, "no group commit (syncfs) came through strace"
     assert os.listdir(tmp_path / "fs" / "mnt") == []
