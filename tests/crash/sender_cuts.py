@@ -151,7 +151,16 @@ class SenderCuts:
         finally:
             kill_traced(sender)
             self.fs.unmount()
-        assert tree_digests(self.receiver.incoming) == self.originals
+        received = tree_digests(self.receiver.incoming)
+        self.report.lost += [
+            f"{after_send} at the end: {path} not on the receiver"
+            for path, held in self.originals.items()
+            if received.get(path) != held
+        ]
+        self.report.partials_visible += [
+            f"{after_send} at the end: {path} stored twice or never sent"
+            for path in received.keys() - self.originals.keys()
+        ]
         assert tree_digests(self.fs.live / "watch") == {}
         sent = self.fs.live / "sent"
         expected = self.originals if after_send == "move" else {}
