@@ -58,7 +58,8 @@ class PowerCutMount:
         self.frozen_before = ""  # the operation a freeze by count stopped
         self.syncs_before_cut = 0
 
-    def mount(self, freeze_at: int = 0) -> None:
+    def mount(self, freeze_at: int = 0, freeze_on: str = "") -> None:
+        """Mount; freeze by itself before the `freeze_at`-th request (of `freeze_on` only)."""
         self.frozen, self.frozen_before = False, ""
         log = (self.root / "powercut.log").open("a")
         self.daemon = subprocess.Popen(
@@ -72,6 +73,8 @@ class PowerCutMount:
                 str(self.fifo),
                 "--freeze-at",
                 str(freeze_at),
+                "--freeze-on",
+                freeze_on,
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

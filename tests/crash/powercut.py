@@ -1,12 +1,14 @@
 """A power-cut file system for the crash tests: FUSE passthrough that can lose what was not durable.
 
-``python -m tests.crash.powercut ROOT MOUNTPOINT [--strace FIFO] [--freeze-at N]`` mounts
+``python -m tests.crash.powercut ROOT MOUNTPOINT [--strace FIFO] [--freeze-at N [--freeze-on OP]]``
+mounts
 ROOT/live at MOUNTPOINT.  Every request is applied to ROOT/live at once, and `model.DurableModel`
 keeps what would survive a power cut.  Commands on stdin, answers on stdout:
 
 * ``freeze``: handle no more requests (answers ``frozen``); ``--freeze-at N`` does the same by
   itself on the N-th request, before handling it (answers ``frozen before OPERATION``), so a
-  cut can land on any operation of the program under test;
+  cut can land on any operation of the program under test; with ``--freeze-on OP`` on the N-th
+  request of that operation (``link``, ``rename``, ``fsyncdir``...);
 * ``cut``: the power cut: ROOT/live becomes the tree the model says survives (answers ``cut``),
   and the daemon exits, leaving a dead mount for the caller to unmount;
 * ``count``: how many requests were handled so far; ``syncs``: how many syncfs and sync calls
@@ -67,7 +69,9 @@ def request(method: F) -> F:
     def handle(self: PowerCutFS, *args: Any) -> Any:
         with self.serial:
             self.count += 1
-            if self.count == self.freeze_at:
+            if self.freeze_on in ("", method.__name__):
+                self.counted += 1
+            if self.counted == self.freeze_at:
                 self.frozen = True
                 self.announce(f"frozen before {method.__name__}")
                 threading.Event().wait()  # holds the lock until the cut ends the process
@@ -82,13 +86,16 @@ class PowerCutFS(mfusepy.Operations):  # type: ignore[misc]
     # No lock operation: the kernel keeps POSIX and flock locks itself (SQLite needs them).
     lock = None
 
-    def __init__(self, root: Path, strace_fifo: Path | None, freeze_at: int) -> None:
+    def __init__(
+        self, root: Path, strace_fifo: Path | None, freeze_at: int, freeze_on: str
+    ) -> None:
         self.root = root
         self.live = root / "live"
         self.model = DurableModel(self.live, root / "shadow")
         self.serial = threading.Lock()
         self.count = 0
-        self.freeze_at = freeze_at
+        self.freeze_at, self.freeze_on = freeze_at, freeze_on
+        self.counted = 0  # requests of operation freeze_on (all if "")
         self.frozen = False
         self.syncs = 0  # syncfs and sync calls seen through strace
         self._strace_fd = os.open(strace_fifo, os.O_RDONLY | os.O_NONBLOCK) if strace_fifo else None
@@ -317,8 +324,9 @@ def main() -> None:
     parser.add_argument("mountpoint", type=Path)
     parser.add_argument("--strace", type=Path)
     parser.add_argument("--freeze-at", type=int, default=0)
+    parser.add_argument("--freeze-on", default="")
     args = parser.parse_args()
-    fs = PowerCutFS(args.root, args.strace, args.freeze_at)
+    fs = PowerCutFS(args.root, args.strace, args.freeze_at, args.freeze_on)
     threading.Thread(target=_control, args=(fs,), daemon=True).start()
     fs.announce("ready")
     # nothreads: one request at a time, in the order the kernel sent them.

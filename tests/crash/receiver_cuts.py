@@ -45,6 +45,8 @@ _LISTENING = r"listening on \S+:(\d+)"
 # Every AFTER_ACK-th cut waits for an ACK instead of counting requests.
 AFTER_ACK = 4
 # Requests from a mount to the end of the first transfer, about, before one was measured.
+# The operations where durability is decided, to cut at on purpose.
+TARGETS = ("create", "fsync", "link", "unlink", "fsyncdir", "rename", "mkdir")
 FIRST_WORK = 2000  # requests, before one cycle measured them
 
 
@@ -55,7 +57,7 @@ class ReceiverCuts:
         self.report = CutReport("receiver")
         self.preplaced: dict[str, str] = {}
         self.acked: dict[str, str] = {}  # source path -> stored path, over all cycles
-        self.schedule = CutSchedule(rng, FIRST_WORK)
+        self.schedule = CutSchedule(rng, FIRST_WORK, TARGETS)
         self.big_mib = 0
         self.rounds = 0  # of scans added after a transfer ended before its cut
 
@@ -77,7 +79,7 @@ class ReceiverCuts:
 
     def _cycle(self, cycle: int) -> None:
         after_ack = cycle == 0 or cycle % AFTER_ACK == AFTER_ACK - 1
-        self.fs.mount(freeze_at=0 if after_ack else self.schedule.next_request())
+        self.fs.mount(*((0, "") if after_ack else self.schedule.next_cut()))
         self.report.cut_points += 1
         receiver = self._start_receiver(f"cut {cycle}")
         if receiver is None:

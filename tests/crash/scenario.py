@@ -55,25 +55,34 @@ class CutReport:
 
 
 class CutSchedule:
-    """Which request of the next cycle to cut at, counted from the mount.
+    """Where to cut in the next cycle: the N-th request from the mount, or of one operation.
 
     A cycle is the program's start (reading the state, checking the folders: its requests grow
     with the tree) and then its work.  Most cuts fall in the work, spread over as many requests
-    as the last cycle that ran out of work needed; some fall in the start.
+    as the last cycle that ran out of work needed; some fall in the start; some on the N-th
+    request of an operation where durability is decided (`targets`: a link into place, a
+    rename, a directory fsync...), which a count over all requests would rarely hit.
     """
 
     IN_START = 0.15
+    ON_TARGET = 0.3
     MIN_WORK = 300
+    TARGET_RANGE = 8
 
-    def __init__(self, rng: random.Random, first_work: int) -> None:
+    def __init__(self, rng: random.Random, first_work: int, targets: tuple[str, ...]) -> None:
         self.rng = rng
+        self.targets = targets
         self.start = 0  # requests until the program was ready, last time
         self.work = first_work
 
-    def next_request(self) -> int:
-        if not self.start or self.rng.random() < self.IN_START:
-            return self.rng.randint(1, max(self.start, self.MIN_WORK))
-        return self.start + self.rng.randint(1, self.work)
+    def next_cut(self) -> tuple[int, str]:
+        """(N, operation): freeze before the N-th request of it ("": of any operation)."""
+        draw = self.rng.random()
+        if draw < self.ON_TARGET:
+            return self.rng.randint(1, self.TARGET_RANGE), self.rng.choice(self.targets)
+        if not self.start or draw < self.ON_TARGET + self.IN_START:
+            return self.rng.randint(1, max(self.start, self.MIN_WORK)), ""
+        return self.start + self.rng.randint(1, self.work), ""
 
     def started(self, requests: int) -> None:
         self.start = requests

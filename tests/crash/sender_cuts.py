@@ -28,6 +28,8 @@ from .scenario import CutReport, CutSchedule, acked_in, kill_traced, tree_digest
 AFTER_ACK = 4
 # The sender's first line after reading its journal and the watch folder.
 _READY = r"sending \d+ files|nothing to send"
+# The operations where durability is decided, to cut at on purpose.
+TARGETS = ("rename", "unlink", "mkdir", "fsync", "create")
 FIRST_WORK = 1500  # requests, before one cycle measured them
 
 
@@ -38,7 +40,7 @@ class SenderCuts:
         self.root, self.fs, self.receiver, self.rng = root, fs, receiver, rng
         self.report = CutReport("sender")
         self.originals: dict[str, str] = {}  # every scan ever written, by relative path
-        self.schedule = CutSchedule(rng, FIRST_WORK)
+        self.schedule = CutSchedule(rng, FIRST_WORK, TARGETS)
         self.rounds = 0
         self.big_mib = 0
 
@@ -81,7 +83,7 @@ class SenderCuts:
 
     def _cycle(self, cycle: int, after_send: str) -> None:
         after_ack = cycle % AFTER_ACK == AFTER_ACK - 1
-        self.fs.mount(freeze_at=0 if after_ack else self.schedule.next_request())
+        self.fs.mount(*((0, "") if after_ack else self.schedule.next_cut()))
         self.report.cut_points += 1
         sender = self._start_sender(after_send)
         where = "?"

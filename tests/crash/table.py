@@ -20,13 +20,19 @@ def full_run() -> bool:
 
 
 def record(report: CutReport) -> None:
-    table = os.environ.get(TABLE_VARIABLE)
+    """Print the report's row (seen with -s) and add it to $SCANXFER_CRASH_TABLE, if set."""
     print(format_rows([report.row()]))
-    print("cuts fell:", ", ".join(f"{where} {n}" for where, n in report.cut_at.most_common()))
-    print("syncfs calls seen through strace:", report.syncfs_seen)
+    print(where_cuts_fell(report))
+    table = os.environ.get(TABLE_VARIABLE)
     if table:
         with Path(table).open("a") as out:
-            out.write(json.dumps(report.row()) + "\n")
+            out.write(json.dumps({"row": report.row(), "where": where_cuts_fell(report)}) + "\n")
+
+
+def where_cuts_fell(report: CutReport) -> str:
+    places = ", ".join(f"{where} {n}" for where, n in report.cut_at.most_common())
+    syncfs = f"; syncfs seen through strace: {report.syncfs_seen}" if report.syncfs_seen else ""
+    return f"{report.side} cuts fell: {places}{syncfs}"
 
 
 def format_rows(rows: list[tuple[str, int, int, int, int, int]]) -> str:
@@ -38,11 +44,15 @@ def format_rows(rows: list[tuple[str, int, int, int, int, int]]) -> str:
 
 
 def main() -> None:
-    """Print the table from the rows in $SCANXFER_CRASH_TABLE (a side whose run broke off
-    before its checks has no row)."""
+    """Print the table from $SCANXFER_CRASH_TABLE, then where the cuts fell (a side whose run
+    broke off before its checks has no row)."""
     table = Path(os.environ[TABLE_VARIABLE])
-    lines = table.read_text().splitlines() if table.exists() else []
-    print(format_rows([tuple(json.loads(line)) for line in lines]))
+    records = (
+        [json.loads(line) for line in table.read_text().splitlines()] if table.exists() else []
+    )
+    print(format_rows([tuple(record["row"]) for record in records]))
+    for record in records:
+        print(record["where"])
 
 
 if __name__ == "__main__":

@@ -168,3 +168,26 @@ def test_syncfs_untraced_does_not_reach_the_daemon(fs: PowerCutMount) -> None:
     subprocess.run(argv, check=True, timeout=60)
     survivor = power_cut(fs)
     assert os.listdir(survivor) == ["old"]
+
+
+def test_a_freeze_on_an_operation_stops_before_it(tmp_path: Path) -> None:
+    with powercut_mount(tmp_path) as fs:
+        (fs.live / "old").write_bytes(b"durable")
+        fs.mount(freeze_at=1, freeze_on="rename")
+        renamer = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import os, sys; os.rename(sys.argv[1], sys.argv[2])",
+                str(fs.mnt / "old"),
+                str(fs.mnt / "new"),
+            ]
+        )
+        try:
+            assert fs.poll_frozen(timeout=60)
+            assert fs.frozen_before == "rename"
+            fs.cut()
+        finally:
+            renamer.kill()
+            renamer.wait(60)
+        assert os.listdir(fs.live) == ["old"]
