@@ -83,8 +83,12 @@ class DurableModel:
     # --- before a change ---------------------------------------------------------------------
 
     def file_changes(self, path: Path) -> None:
-        """Keep the durable content of the file at `path` aside before it changes."""
-        self._keep_content(self.node(path), path)
+        """Keep the durable content of the file at `path` aside before it changes.
+
+        A directory's own mode and times are not modelled: they come back as they are.
+        """
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            self._keep_content(self.node(path), path)
 
     def fd_changes(self, fd: int) -> None:
         node = self.node_of_fd(fd)
