@@ -23,6 +23,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import atomic
 from ..sizes import human_size
 from .errors import StoreSetupError
 from .names import PARTIAL_FOLDER
@@ -148,7 +149,7 @@ def _make(folder: Path, own: Path) -> None:
     if not parents and not folder.parent.is_dir():
         raise StoreSetupError(_missing(folder))
     try:
-        folder.mkdir(parents=parents, exist_ok=True)
+        atomic.make_dirs(folder, parents=parents)
     except OSError as exc:
         raise StoreSetupError(_unmakeable(exc, folder)) from None
 
