@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import random
 import re
@@ -71,7 +72,7 @@ class CutSchedule:
 
     def __init__(self, rng: random.Random, first_work: int, targets: tuple[str, ...]) -> None:
         self.rng = rng
-        self.targets = targets
+        self.targets = itertools.cycle(targets)  # in turn, so that each is cut at
         self.start = 0  # requests until the program was ready, last time
         self.work = first_work
 
@@ -79,7 +80,7 @@ class CutSchedule:
         """(N, operation): freeze before the N-th request of it ("": of any operation)."""
         draw = self.rng.random()
         if draw < self.ON_TARGET:
-            return self.rng.randint(1, self.TARGET_RANGE), self.rng.choice(self.targets)
+            return self.rng.randint(1, self.TARGET_RANGE), next(self.targets)
         if not self.start or draw < self.ON_TARGET + self.IN_START:
             return self.rng.randint(1, max(self.start, self.MIN_WORK)), ""
         return self.start + self.rng.randint(1, self.work), ""
