@@ -33,6 +33,7 @@ from .scenario import (
     CutReport,
     CutSchedule,
     acked_in,
+    cut_power,
     digest,
     kill_traced,
     tree_digests,
@@ -94,15 +95,8 @@ class ReceiverCuts:
                 sender = send_once_in_background(self._sender_config(receiver))
             self._wait_for_cut(sender, after_ack)
         finally:
-            self.fs.freeze()
-            for child in (sender, receiver):
-                if child is not None:
-                    kill_traced(child)
-            self.fs.cut()
-            self.report.syncfs_seen += self.fs.syncs_before_cut
-            for child in (sender, receiver):
-                if child is not None:
-                    child.wait(60)
+            cut_power(self.fs, sender, receiver)
+        self.report.syncfs_seen += self.fs.syncs_before_cut
         acked = acked_in(sender.log)
         self.acked.update(acked)
         self.report.acked.update(acked)
@@ -130,10 +124,7 @@ class ReceiverCuts:
             if self.fs.poll_frozen(0.05) or ended:
                 if not self.fs.frozen:
                     self.report.restarts_failed.append(f"{when}: {receiver.log_tail()}")
-                    self.fs.freeze()
-                kill_traced(receiver)
-                self.fs.cut()
-                receiver.wait(60)
+                cut_power(self.fs, receiver)
                 return None
         self.schedule.started(self.fs.count())
         return receiver

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -16,6 +17,7 @@ from scanxfer.store import PARTIAL_FOLDER
 
 from ..integration.harness import write_big_scan, write_scan
 from ..procs import Proc
+from .mount import PowerCutMount
 
 # The sender's ACK lines: "sent REL (size, speed)[ as STORED (...)]" and a duplicate's.
 _SENT = re.compile(r"sent (\S+) \([^)]*\)(?: as (\S+) )?")
@@ -133,10 +135,31 @@ def write_mixed_scans(scans: Path, big_mib: int, bigs: int) -> None:
     write_scan(scans / "clash" / "other.npy", (4096,), 1001)
 
 
+def cut_power(fs: PowerCutMount, *children: Proc | None) -> None:
+    """The power cut: freeze the file system, kill the programs on it, drop what was not durable.
+
+    The programs are reaped whatever fails: unmounting ends the daemon, which frees a
+    process that the kernel holds in a request of the frozen file system.
+    """
+    running = [child for child in children if child is not None]
+    try:
+        fs.freeze()
+        for child in running:
+            kill_traced(child)
+        fs.cut()
+    finally:
+        for child in running:
+            kill_traced(child)
+        fs.unmount()  # nothing left to do after a cut
+        for child in running:
+            child.wait(60)
+
+
 def kill_traced(child: Proc) -> None:
     """SIGKILL a process started under strace, and strace: the tracee first, or it runs on."""
     for pid in _descendants(child.pid):
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+            os.kill(pid, signal.SIGKILL)
     if child.returncode is None:
         child.process.kill()
 

@@ -23,7 +23,15 @@ from ..integration.harness import (
 )
 from ..procs import Proc
 from .mount import PowerCutMount, powercut_mount
-from .scenario import CutReport, CutSchedule, acked_in, kill_traced, tree_digests, write_small_scans
+from .scenario import (
+    CutReport,
+    CutSchedule,
+    acked_in,
+    cut_power,
+    kill_traced,
+    tree_digests,
+    write_small_scans,
+)
 
 AFTER_ACK = 4
 # The sender's first line after reading its journal and the watch folder.
@@ -90,10 +98,7 @@ class SenderCuts:
         try:
             where = self._wait_for_cut(sender, after_ack)
         finally:
-            self.fs.freeze()
-            kill_traced(sender)
-            self.fs.cut()
-            sender.wait(60)
+            cut_power(self.fs, sender)
         self.report.acked.update(f"{after_send}:{path}" for path in acked_in(sender.log))
         self.report.cut_at[where] += 1
         self._check_survivor(f"{after_send} cut {cycle}")

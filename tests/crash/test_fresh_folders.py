@@ -18,7 +18,7 @@ from ..integration.harness import (
 )
 from ..procs import Proc
 from .mount import powercut_mount
-from .scenario import acked_in, digest, kill_traced
+from .scenario import acked_in, cut_power, digest
 
 
 def test_an_incoming_folder_made_at_the_first_start_keeps_acked_files(tmp_path: Path) -> None:
@@ -39,10 +39,7 @@ def test_an_incoming_folder_made_at_the_first_start_keeps_acked_files(tmp_path: 
             sender = send_once_in_background(config)
             assert sender.wait(GIVE_UP_SECONDS) == 0, sender.log
         finally:
-            fs.freeze()
-            kill_traced(receiver)
-            fs.cut()
-            receiver.wait(60)
+            cut_power(fs, receiver)
         assert acked_in(sender.log) == {"s.npy": "s.npy"}
         stored = fs.live / "incoming" / "s.npy"
         assert stored.exists(), "an ACKed file was lost with the folder the receiver made"
