@@ -1,9 +1,9 @@
 """A power-cut file system for the crash tests: FUSE passthrough that can lose what was not durable.
 
-``python -m tests.crash.powercut ROOT MOUNTPOINT [--strace FIFO] [--freeze-at N [--freeze-on OP]]``
-mounts
-ROOT/live at MOUNTPOINT.  Every request is applied to ROOT/live at once, and `model.DurableModel`
-keeps what would survive a power cut.  Commands on stdin, answers on stdout:
+``python -m tests.crash.powercut ROOT MOUNTPOINT [--strace FIFO] [--freeze-at N]
+[--freeze-on OP]`` mounts ROOT/live at MOUNTPOINT.  Every request is applied to ROOT/live at
+once, and `model.DurableModel` keeps what would survive a power cut.  Commands on stdin,
+answers on stdout:
 
 * ``freeze``: handle no more requests (answers ``frozen``); ``--freeze-at N`` does the same by
   itself on the N-th request, before handling it (answers ``frozen before OPERATION``), so a
@@ -30,6 +30,11 @@ traced thread goes on, so every request that thread makes afterwards finds the l
 the FIFO.  A request another thread makes while the syncfs is in progress may be counted as
 synced although a real syncfs might have missed it: the one way this model is more generous
 than the disk.  The FIFO is drained once more at the cut, for a call that returned just before.
+(One FIFO serves one traced program at a time: strace opens it for writing at its start.)
+
+The model is conservative the other way round too: nothing that was not made durable survives,
+whereas a real file system writes back on its own after a few seconds.  States where a later,
+unsynced operation persisted and an earlier one did not are not produced.
 """
 
 from __future__ import annotations
