@@ -90,6 +90,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dirs(path: Path, parents: bool = True) -> None:
+    """`mkdir -p`, with each folder it makes durable in its parent.
+
+    A new folder's entry lives in its parent: without the parent's fsync a power cut can
+    take the folder away with everything made durable inside it since (an ACKed scan, the
+    keys, the TLS identity).  Folders that exist already are left alone.
+    """
+    missing = [folder for folder in (path, *path.parents) if not folder.is_dir()]
+    path.mkdir(parents=parents, exist_ok=True)
+    for folder in reversed(missing):
+        # A parent one may write in but not read (mode 0300) cannot be opened to fsync:
+        # rare, and no reason to refuse to start; the folder is then as durable as mkdir's.
+        with contextlib.suppress(PermissionError):
+            fsync_dir(folder.parent)
+
+
 def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:

@@ -62,7 +62,7 @@ def ensure_identity(state_dir: Path, common_name: str) -> ReceiverIdentity:
     otherwise leave one's certificate beside the other's key.
     """
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        atomic.make_dirs(state_dir)
         tls_dir, owner = state_dir / TLS_DIR_NAME, atomic.state_owner(state_dir)
         atomic.make_dir(tls_dir, 0o700, owner)
         fd = os.open(tls_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -143,7 +143,7 @@ class KeyFile:
         """The entries to change, written back atomically when the block ends without error."""
         state_dir = self.path.parent
         try:
-            state_dir.mkdir(parents=True, exist_ok=True)
+            atomic.make_dirs(state_dir)
             owner = atomic.state_owner(state_dir)
             lock_path = self.path.with_name(self.path.name + ".lock")
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

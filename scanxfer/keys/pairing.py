@@ -147,7 +147,7 @@ def write_sender_config(path: Path, pairing: Pairing) -> None:
         raise ConfigError(
             f"{path}: cannot read it ({exc}); fix or remove it, then pair again"
         ) from None
-    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.make_dirs(path.parent)
     updated = set_top_level_keys(text, _yaml_values(pairing), by="scanxfer pair")
     atomic.write(path, updated.encode("utf-8"), mode=0o600, check=lambda temp: _check(temp, path))
 

@@ -15,7 +15,6 @@ once a file has crossed the network.
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import pwd
 import stat
@@ -24,8 +23,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import atomic
 from ..sizes import human_size
-from .dirs import opened_dir
 from .errors import StoreSetupError
 from .names import PARTIAL_FOLDER
 
@@ -154,12 +153,8 @@ def _make(folder: Path, own: Path) -> None:
     parents = folder.is_relative_to(own)
     if not parents and not folder.parent.is_dir():
         raise StoreSetupError(_missing(folder))
-    missing = [folder, *itertools.takewhile(lambda path: not path.exists(), folder.parents)]
     try:
-        folder.mkdir(parents=parents, exist_ok=True)
-        for made in reversed(missing):
-            with opened_dir(made.parent) as parent_fd:
-                os.fsync(parent_fd)
+        atomic.make_dirs(folder, parents=parents)
     except OSError as exc:
         raise StoreSetupError(_unmakeable(exc, folder)) from None
 

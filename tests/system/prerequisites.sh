@@ -15,9 +15,10 @@ sudo=()
 # debootstrap) and running arm64 ones under emulation (qemu-user-static, binfmt-support).
 # prometheus carries promtool, which checks docs/monitoring's alert rules
 # (tests/unit/test_monitoring_docs.py); chromium loads the receiver's status page headless
-# (tests/integration/test_status_page.py).
-packages=(make python3-venv netcat-openbsd pipx strace dpkg-dev lintian systemd-container
-    debootstrap qemu-user-static binfmt-support prometheus chromium)
+# (tests/integration/test_status_page.py); fuse3 and strace run the power-cut file system of
+# tests/crash, strace also the syscall-order check.
+packages=(make python3-venv netcat-openbsd pipx dpkg-dev lintian systemd-container debootstrap
+    qemu-user-static binfmt-support prometheus chromium fuse3 strace)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" \
