@@ -19,7 +19,6 @@ import pytest
 import scanxfer
 from scanxfer import tls
 from scanxfer.config.values import parse_fingerprint
-from scanxfer.receiver.handler import _read_arrived_records
 
 REPO = Path(scanxfer.__file__).parents[1]
 
@@ -200,28 +199,6 @@ def test_a_real_tls13_handshake_shows_the_pinned_fingerprint(
         assert tls.pin_matches(tls.peer_fingerprint(client_side), identity.fingerprint)
         client_side.sendall(b"ping")
         assert server_side.recv(4) == b"ping"
-
-
-def test_the_receiver_takes_every_record_that_has_arrived_in_one_pass(
-    identity: tls.ReceiverIdentity,
-) -> None:
-    records = os.urandom(5 * 16384 + 100)  # six TLS records
-    buffer = memoryview(bytearray(1 << 20))
-    for server_side, client_side in _handshake(tls.server_context(identity), tls.client_context()):
-        client_side.sendall(records)  # on a socket pair, all of it is queued at the receiver now
-        first = server_side.recv_into(buffer)
-        assert first <= 16384  # one record per read: why the receiver gathers them
-        count = first + _read_arrived_records(server_side, buffer[first:])
-        assert bytes(buffer[:count]) == records
-        # Nothing more has come: it returns at once, not after the socket's 30 s timeout.
-        assert _read_arrived_records(server_side, buffer) == 0
-        assert server_side.gettimeout() == 30  # blocking again, with the timeout it had
-        client_side.sendall(b"last words")
-        client_side.shutdown(socket.SHUT_WR)
-        assert server_side.recv_into(buffer) == len(b"last words")
-        assert _read_arrived_records(server_side, buffer) == 0  # the end stops it, quietly
-        assert server_side.recv_into(buffer) == 0  # and the next read reports it
-
 
 def test_a_sender_talking_to_another_receiver_sees_a_different_fingerprint(
     tmp_path: Path, identity: tls.ReceiverIdentity
