@@ -8,8 +8,10 @@ each refuses what the other may not do.  Which frame may come when is the tables
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
+from . import auth
 from .buffer import ReceiveBuffer
 from .events import (
     ASK_DIGEST_ON,
@@ -18,6 +20,8 @@ from .events import (
     CANCEL_OPTION,
     DEFERRED_DIGEST,
     DIGEST_SIZE,
+    FRAME_AUTH_ON,
+    FRAME_AUTH_OPTION,
     MAX_SIZE,
     MAX_WINDOW,
     NEED_DATA,
@@ -37,6 +41,7 @@ from .events import (
     Digest,
     ErrorCode,
     Event,
+    FrameAuthError,
     Hello,
     LocalProtocolError,
     Nack,
@@ -49,6 +54,7 @@ from .events import (
     Welcome,
 )
 from .frames import FRAME_HEAD, FRAME_TYPES, MAX_BODY, FrameType, decode_body, encode, parse_enum
+from .integrity import TAG_SIZE, FrameMac, tag_matches
 from .states import (
     CONNECTION_TRANSITIONS,
     FILE_TRANSITIONS,
@@ -79,10 +85,11 @@ _EVENT_NAMES = {frame: kind.__name__ for kind, frame in FRAME_TYPES.items()}
 
 @dataclass(slots=True)
 class _Payload:
-    """The DATA payload being received: whose, and how many bytes are still to come."""
+    """A DATA payload on its way: whose, how many bytes are still to come, and its tag."""
 
     file_id: int
     remaining: int
+    mac: hashlib.blake2b | None = None  # fed the payload when frames are authenticated
 
 
 class Connection:
@@ -104,8 +111,14 @@ class Connection:
         self._hello: Hello | None = None
         self._can_cancel = False
         self._can_ask_digest = False
+        self._can_authenticate = False
+        self._frame_key: bytes | None = None  # what the frame keys are derived from
+        self._handshake = hashlib.sha256()  # the handshake frames, as they crossed the wire
+        self._seal: FrameMac | None = None  # our tags, once frames are authenticated
+        self._check: FrameMac | None = None  # the peer's tags
         self._input = ReceiveBuffer()
         self._payload: _Payload | None = None  # inside a DATA payload
+        self._outgoing: _Payload | None = None  # our payload, while it still needs its tag
         self._eof = False
 
     @property
@@ -123,6 +136,22 @@ class Connection:
         """Whether the receiver may send ASK_DIGEST: the HELLO asked, and the WELCOME echoed it."""
         return self._can_ask_digest
 
+    @property
+    def authenticates_frames(self) -> bool:
+        """Whether every frame and payload after WELCOME carries a tag (docs/protocol.md 2.1).
+
+        Negotiated by FRAME_AUTH_OPTION, which each end asks for only on plain TCP.
+        """
+        return self._can_authenticate
+
+    def use_frame_key(self, server_key: bytes) -> None:
+        """The key the frame keys come from, should the handshake negotiate them.
+
+        Both ends give their sender's `server_key` before WELCOME passes: the sender derives
+        it from its secret, the receiver reads it from its key record once the proof checked.
+        """
+        self._frame_key = server_key
+
     # -- outgoing --------------------------------------------------------------
 
     def send(self, event: Event) -> bytes:
@@ -133,8 +162,43 @@ class Connection:
         """
         if FRAME_TYPES.get(type(event)) not in SENDS[self.role]:
             raise LocalProtocolError(f"a {self.role.value} cannot send {type(event).__name__}")
+        if self._outgoing is not None:
+            due = self._outgoing.remaining
+            raise LocalProtocolError(f"{type(event).__name__} with {due} payload bytes due")
+        raw = encode(event)
         self._apply(event, self.role)
-        return encode(event)
+        if self._seal is None:
+            self._record_handshake(event, raw)
+            return raw
+        sealed = raw + self._seal.tag(raw)
+        if isinstance(event, DataHeader):
+            self._outgoing = _Payload(event.file_id, event.length, self._seal.begin())
+            sealed += self.send_payload(b"")  # an empty payload is complete at once
+        return sealed
+
+    def send_payload(self, data: bytes | memoryview) -> bytes:
+        """Account for payload bytes about to go out; return what must follow them.
+
+        That is the payload's tag once its last byte is given, else nothing.  Without
+        frame authentication it is always nothing, and the payload need not pass here
+        (the sender streams it with sendfile).
+        """
+        outgoing = self._outgoing
+        if outgoing is None:
+            if self._seal is not None and data:
+                raise LocalProtocolError("payload bytes without a DATA header")
+            return b""
+        if len(data) > outgoing.remaining:
+            raise LocalProtocolError(
+                f"{len(data)} payload bytes for file {outgoing.file_id}, {outgoing.remaining} due"
+            )
+        assert outgoing.mac is not None  # only authenticated payloads are tracked
+        outgoing.mac.update(data)
+        outgoing.remaining -= len(data)
+        if outgoing.remaining:
+            return b""
+        self._outgoing = None
+        return outgoing.mac.digest()
 
     # -- incoming --------------------------------------------------------------
 
@@ -155,26 +219,32 @@ class Connection:
         """The next event from the bytes received so far, or NEED_DATA."""
         if self._payload is not None:
             return self._next_payload_event()
-        event = self._next_frame()
-        if event is NEED_DATA:
+        frame = self._next_frame()
+        if frame is NEED_DATA:
             if self._eof:
                 if self._input:
                     raise RemoteProtocolError("connection closed in the middle of a frame")
                 return ConnectionClosed()
             self._input.own()
             return NEED_DATA
+        event, raw = frame
         peer = _other(self.role)
         if FRAME_TYPES[type(event)] not in SENDS[peer]:
             raise RemoteProtocolError(f"a {self.role.value} cannot receive {type(event).__name__}")
         self._apply(event, peer)
+        self._record_handshake(event, raw)
         if isinstance(event, DataHeader):
-            self._payload = _Payload(event.file_id, event.length)
+            mac = None if self._check is None else self._check.begin()
+            self._payload = _Payload(event.file_id, event.length, mac)
         return event
 
     def _next_payload_event(self) -> DataChunk | DataEnd | NeedData:
         payload = self._payload
         assert payload is not None  # called only inside a payload
         if payload.remaining == 0:
+            if payload.mac is not None and not self._payload_tag_checked(payload):
+                self._input.own()
+                return NEED_DATA
             self._payload = None
             end = DataEnd(payload.file_id)
             entry, after = self._in_flight(end, _other(self.role), RemoteProtocolError)
@@ -187,9 +257,26 @@ class Connection:
             return NEED_DATA
         chunk = self._input.take_view(payload.remaining)
         payload.remaining -= len(chunk)
+        if payload.mac is not None:
+            payload.mac.update(chunk)
         return DataChunk(payload.file_id, chunk)
 
-    def _next_frame(self) -> Event | NeedData:
+    def _payload_tag_checked(self, payload: _Payload) -> bool:
+        """Check the tag after a payload; False while it has not all arrived."""
+        assert payload.mac is not None  # called only for authenticated payloads
+        if len(self._input) < TAG_SIZE:
+            if self._eof:
+                raise RemoteProtocolError("connection closed before the payload's tag")
+            return False
+        if not tag_matches(payload.mac, self._input.take(TAG_SIZE)):
+            raise FrameAuthError(
+                f"frame authentication failed: the payload of file {payload.file_id} was "
+                "altered on the way"
+            )
+        return True
+
+    def _next_frame(self) -> tuple[Event, bytes] | NeedData:
+        """The next frame as an event and the bytes it came in, once all of them are here."""
         if len(self._input) < FRAME_HEAD.size:
             return NEED_DATA
         kind_value, length = FRAME_HEAD.unpack(self._input.peek(FRAME_HEAD.size))
@@ -197,10 +284,36 @@ class Connection:
         # Checked before buffering the body: a peer never sizes our allocations.
         if length > MAX_BODY:
             raise RemoteProtocolError(f"{kind.name} frame of {length} bytes exceeds {MAX_BODY}")
-        if len(self._input) < FRAME_HEAD.size + length:
+        tag_size = 0 if self._check is None else TAG_SIZE
+        if len(self._input) < FRAME_HEAD.size + length + tag_size:
             return NEED_DATA
-        self._input.take(FRAME_HEAD.size)
-        return decode_body(kind, self._input.take(length))
+        raw = self._input.take(FRAME_HEAD.size + length)
+        if self._check is not None:
+            # Before a field is read: nothing of a frame that fails its tag is acted on.
+            sequence = self._check.sequence
+            mac = self._check.begin()
+            mac.update(raw)
+            if not tag_matches(mac, self._input.take(TAG_SIZE)):
+                raise FrameAuthError(
+                    f"frame authentication failed: {kind.name} frame number {sequence} "
+                    "was altered, injected, replayed or reordered on the way"
+                )
+        return decode_body(kind, raw[FRAME_HEAD.size :]), raw
+
+    def _record_handshake(self, event: Event, raw: bytes) -> None:
+        """Hash a handshake frame; after WELCOME, switch frame authentication on if agreed."""
+        if not isinstance(event, Hello | Challenge | Authenticate | Welcome):
+            return
+        self._handshake.update(raw)
+        if not (isinstance(event, Welcome) and self._can_authenticate):
+            return
+        if self._frame_key is None:
+            raise LocalProtocolError("frame authentication negotiated without use_frame_key")
+        keys = auth.frame_keys(self._frame_key, self._handshake.digest())
+        ours, theirs = keys.sender_to_receiver, keys.receiver_to_sender
+        if self.role is Role.RECEIVER:
+            ours, theirs = theirs, ours
+        self._seal, self._check = FrameMac(ours), FrameMac(theirs)
 
     # -- the rules, shared by both directions -----------------------------------
 
@@ -286,6 +399,9 @@ class Connection:
         self._can_cancel = _asks_cancel(self._hello.options) and _asks_cancel(event.options)
         self._can_ask_digest = _asks_for_digests(self._hello.options) and _asks_for_digests(
             event.options
+        )
+        self._can_authenticate = asks_frame_auth(self._hello) and _asks(
+            event.options, FRAME_AUTH_OPTION, FRAME_AUTH_ON
         )
 
     def _on_offer(self, event: Offer, sent_by: Role, fail: type[ProtocolError]) -> None:
@@ -403,24 +519,37 @@ def _other(role: Role) -> Role:
     return Role.RECEIVER if role is Role.SENDER else Role.SENDER
 
 
+def _asks(options: dict[str, bytes], key: str, on: bytes) -> bool:
+    return options.get(key) == on
+
+
 def _asks_cancel(options: dict[str, bytes]) -> bool:
-    return options.get(CANCEL_OPTION) == CANCEL_ON
+    return _asks(options, CANCEL_OPTION, CANCEL_ON)
 
 
 def _asks_for_digests(options: dict[str, bytes]) -> bool:
-    return options.get(ASK_DIGEST_OPTION) == ASK_DIGEST_ON
+    return _asks(options, ASK_DIGEST_OPTION, ASK_DIGEST_ON)
 
 
-def welcome_options(hello: Hello) -> dict[str, bytes]:
+def asks_frame_auth(hello: Hello) -> bool:
+    """Whether the sender of `hello` offers to authenticate every frame (FRAME_AUTH_OPTION)."""
+    return _asks(hello.options, FRAME_AUTH_OPTION, FRAME_AUTH_ON)
+
+
+def welcome_options(hello: Hello, authenticate_frames: bool = False) -> dict[str, bytes]:
     """The options a receiver puts in its WELCOME for `hello`: the extensions both ends use.
 
     Each is echoed only when the HELLO asked for it, so a sender learns what it may use.
+    Frame authentication only when `authenticate_frames` too: a receiver asks for it on
+    plain TCP alone, since TLS authenticates every record already.
     """
     options = {}
     if _asks_cancel(hello.options):
         options[CANCEL_OPTION] = CANCEL_ON
     if _asks_for_digests(hello.options):
         options[ASK_DIGEST_OPTION] = ASK_DIGEST_ON
+    if authenticate_frames and asks_frame_auth(hello):
+        options[FRAME_AUTH_OPTION] = FRAME_AUTH_ON
     return options
 
 

@@ -248,9 +248,22 @@ class ConnectionHandler:
             if self.first_byte == _TLS_RECORD_TYPE and self.services.gate.context is None:
                 hint = " (a TLS client: this receiver has tls: false, so the sender needs it too)"
             self._refused(f"not a scanxfer handshake: {error}{hint}")
+        elif isinstance(error, p.FrameAuthError):
+            log.error(
+                "%s: %s; closing the connection, nothing of the file on its way is stored. "
+                "Someone on the network may be tampering with it (use tls: true), or the link "
+                "corrupts data",
+                self.peer,
+                error,
+            )
         else:
             log.warning("%s: protocol error, closing: %s", self.peer, error)
         self._send_error(error.code, str(error))
+
+    @property
+    def plain(self) -> bool:
+        """tls: false: every frame after the handshake then carries a tag of its own."""
+        return self.services.gate.context is None
 
     def _on_hello(self, hello: p.Hello) -> bool:
         version = p.negotiate(hello)
@@ -258,6 +271,19 @@ class ConnectionHandler:
             spoken = f"{hello.min_version}..{hello.max_version}"
             message = f"no shared protocol version (sender speaks {spoken})"
             log.warning("%s: %s", self.peer, message)
+            self._reply(p.Error(p.ErrorCode.UNSUPPORTED_VERSION, message))
+            return True
+        if self.plain and not p.asks_frame_auth(hello):
+            # Without TLS its frames would go unauthenticated: anyone on the path could
+            # alter an OFFER or inject a file under its name.
+            self._refused(
+                f"sender {hello.name!r} cannot authenticate its frames, which this receiver "
+                "requires with tls: false: upgrade scanxfer on the sender (or use TLS)"
+            )
+            message = (
+                "this receiver has tls: false and takes only senders that authenticate every "
+                "frame: upgrade scanxfer on this sender"
+            )
             self._reply(p.Error(p.ErrorCode.UNSUPPORTED_VERSION, message))
             return True
         self.hello = hello
@@ -287,7 +313,9 @@ class ConnectionHandler:
             self._reply(p.Error(p.ErrorCode.TOO_MANY_CONNECTIONS, message))
             return True
         proof = auth.server_proof(verdict.record, signed)
-        options = p.welcome_options(hello)
+        if self.plain:
+            self.conn.use_frame_key(verdict.record.server_key)
+        options = p.welcome_options(hello, authenticate_frames=self.plain)
         self._reply(
             p.Welcome(self.config.name, self.config.window, proof, self.conn.version, options)
         )
@@ -308,6 +336,7 @@ class ConnectionHandler:
             self.services,
             self._reply,
             ask_digests=self.conn.can_ask_digest,
+            payload_tags=self.conn.authenticates_frames,
         )
         instance = hello.options.get(p.INSTANCE_OPTION)
         if instance:
