@@ -28,6 +28,8 @@ from scanxfer.store import PARTIAL_FOLDER, Store, StoreLimits
 SENDER = "scanner"
 MTIME_NS = 1_700_000_000_123_456_789
 PAYLOAD = bytes(range(256)) * 40
+FRAME_KEY = bytes(32)  # for the wires that authenticate their frames (plain TCP)
+FRAME_AUTH = {p.FRAME_AUTH_OPTION: p.FRAME_AUTH_ON}
 
 
 def digest(data: bytes) -> bytes:
@@ -47,6 +49,8 @@ class Wire:
     ) -> None:
         self.sender = p.Connection(p.Role.SENDER)
         self.receiver = p.Connection(p.Role.RECEIVER, config.window)
+        self.sender.use_frame_key(FRAME_KEY)
+        self.receiver.use_frame_key(FRAME_KEY)
         self._handshake(config.window, options or {})
         self.outbox = bytearray()
         if services is None:  # several wires share one to stand for one receiver
@@ -59,6 +63,7 @@ class Wire:
             services,
             self._reply,
             ask_digests=self.receiver.can_ask_digest,
+            payload_tags=self.receiver.authenticates_frames,
         )
 
     def _handshake(self, window: int, options: dict[str, bytes]) -> None:
@@ -72,7 +77,8 @@ class Wire:
             self.sender.send(p.Authenticate(b"s" * p.NONCE_SIZE, b"p" * p.PROOF_SIZE))
         )
         self.receiver.next_event()
-        welcome = p.Welcome("pi", window, b"w" * p.PROOF_SIZE, options=p.welcome_options(hello))
+        echo = p.welcome_options(hello, authenticate_frames=True)  # when the sender asks
+        welcome = p.Welcome("pi", window, b"w" * p.PROOF_SIZE, options=echo)
         self.sender.receive_data(self.receiver.send(welcome))
         self.sender.next_event()
         assert self.sender.state is self.receiver.state is p.ConnState.OPEN
@@ -411,3 +417,41 @@ def test_a_sender_that_did_not_ask_gets_ready_and_sends_the_bytes_as_before(
     assert wire.send(deferred(2, PAYLOAD)) == [p.Ready(2, 0)]
     assert wire.send(p.DataHeader(2, 0, len(PAYLOAD)), PAYLOAD) == []
     assert wire.send(p.Digest(2, digest(PAYLOAD))) == [p.Ack(2, p.Outcome.DUPLICATE, "scan.npy")]
+
+
+def cut_mid_payload(wire: Wire, file_id: int, start: int, end: int) -> None:
+    """Send PAYLOAD[start:end] of a READY file, then the connection ends: no more, no tag."""
+    header = wire.sender.send(p.DataHeader(file_id, start, len(PAYLOAD) - start))
+    wire.sender.send_payload(PAYLOAD[start:end])
+    wire.receiver.receive_data(header + PAYLOAD[start:end])
+    while (event := wire.receiver.next_event()) is not p.NEED_DATA:
+        wire.intake.on_event(event)
+    wire.intake.finish()
+
+
+def test_a_payload_cut_before_its_tag_leaves_none_of_its_bytes(harness: Harness) -> None:
+    """With frame authentication, bytes count once the tag after them checked out."""
+    first = harness.wire(options=FRAME_AUTH)
+    assert first.receiver.authenticates_frames
+    assert first.send(p.Offer(1, "scan.npy", len(PAYLOAD), MTIME_NS, digest(PAYLOAD))) == [
+        p.Ready(1, 0)
+    ]
+    cut_mid_payload(first, 1, 0, len(PAYLOAD) // 2)
+    wire = harness.wire(options=FRAME_AUTH)
+    assert wire.send(p.Offer(2, "scan.npy", len(PAYLOAD), MTIME_NS, digest(PAYLOAD))) == [
+        p.Ready(2, 0)
+    ]
+
+
+def test_bytes_held_from_before_stay_when_a_later_payload_is_cut(harness: Harness) -> None:
+    """Those held before the cut payload began were vouched for by an earlier tag (or TLS)."""
+    third = len(PAYLOAD) // 3
+    first = harness.wire()  # no frame authentication: its bytes count as they arrive
+    offer = p.Offer(1, "scan.npy", len(PAYLOAD), MTIME_NS, digest(PAYLOAD))
+    assert first.send(offer) == [p.Ready(1, 0)]
+    cut_mid_payload(first, 1, 0, third)
+    second = harness.wire(options=FRAME_AUTH)
+    assert second.send(offer) == [p.Ready(1, third)]
+    cut_mid_payload(second, 1, third, 2 * third)
+    wire = harness.wire(options=FRAME_AUTH)
+    assert wire.send(offer) == [p.Ready(1, third)]
