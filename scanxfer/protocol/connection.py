@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from . import auth
 from .buffer import ReceiveBuffer
 from .events import (
     ASK_DIGEST_ON,
@@ -41,7 +40,6 @@ from .events import (
     Digest,
     ErrorCode,
     Event,
-    FrameAuthError,
     Hello,
     LocalProtocolError,
     Nack,
@@ -54,7 +52,7 @@ from .events import (
     Welcome,
 )
 from .frames import FRAME_HEAD, FRAME_TYPES, MAX_BODY, FrameType, decode_body, encode, parse_enum
-from .integrity import TAG_SIZE, FrameMac, tag_matches
+from .integrity import TAG_SIZE, FrameAuth, check_payload
 from .states import (
     CONNECTION_TRANSITIONS,
     FILE_TRANSITIONS,
@@ -112,10 +110,7 @@ class Connection:
         self._can_cancel = False
         self._can_ask_digest = False
         self._can_authenticate = False
-        self._frame_key: bytes | None = None  # what the frame keys are derived from
-        self._handshake = hashlib.sha256()  # the handshake frames, as they crossed the wire
-        self._seal: FrameMac | None = None  # our tags, once frames are authenticated
-        self._check: FrameMac | None = None  # the peer's tags
+        self._tags = FrameAuth(sender_side=role is Role.SENDER)
         self._input = ReceiveBuffer()
         self._payload: _Payload | None = None  # inside a DATA payload
         self._outgoing: _Payload | None = None  # our payload, while it still needs its tag
@@ -150,7 +145,7 @@ class Connection:
         Both ends give their sender's `server_key` before WELCOME passes: the sender derives
         it from its secret, the receiver reads it from its key record once the proof checked.
         """
-        self._frame_key = server_key
+        self._tags.use_key(server_key)
 
     # -- outgoing --------------------------------------------------------------
 
@@ -167,12 +162,13 @@ class Connection:
             raise LocalProtocolError(f"{type(event).__name__} with {due} payload bytes due")
         raw = encode(event)
         self._apply(event, self.role)
-        if self._seal is None:
+        if not self._tags.on:
             self._record_handshake(event, raw)
             return raw
-        sealed = raw + self._seal.tag(raw)
+        sealed = raw + self._tags.seal(raw)
         if isinstance(event, DataHeader):
-            self._outgoing = _Payload(event.file_id, event.length, self._seal.begin())
+            mac = self._tags.outgoing_payload()
+            self._outgoing = _Payload(event.file_id, event.length, mac)
             sealed += self.send_payload(b"")  # an empty payload is complete at once
         return sealed
 
@@ -185,7 +181,7 @@ class Connection:
         """
         outgoing = self._outgoing
         if outgoing is None:
-            if self._seal is not None and data:
+            if self._tags.on and data:
                 raise LocalProtocolError("payload bytes without a DATA header")
             return b""
         if len(data) > outgoing.remaining:
@@ -234,7 +230,7 @@ class Connection:
         self._apply(event, peer)
         self._record_handshake(event, raw)
         if isinstance(event, DataHeader):
-            mac = None if self._check is None else self._check.begin()
+            mac = self._tags.incoming_payload()
             self._payload = _Payload(event.file_id, event.length, mac)
         return event
 
@@ -268,11 +264,7 @@ class Connection:
             if self._eof:
                 raise RemoteProtocolError("connection closed before the payload's tag")
             return False
-        if not tag_matches(payload.mac, self._input.take(TAG_SIZE)):
-            raise FrameAuthError(
-                f"frame authentication failed: the payload of file {payload.file_id} was "
-                "altered on the way"
-            )
+        check_payload(payload.file_id, payload.mac, self._input.take(TAG_SIZE))
         return True
 
     def _next_frame(self) -> tuple[Event, bytes] | NeedData:
@@ -284,36 +276,22 @@ class Connection:
         # Checked before buffering the body: a peer never sizes our allocations.
         if length > MAX_BODY:
             raise RemoteProtocolError(f"{kind.name} frame of {length} bytes exceeds {MAX_BODY}")
-        tag_size = 0 if self._check is None else TAG_SIZE
+        tag_size = TAG_SIZE if self._tags.on else 0
         if len(self._input) < FRAME_HEAD.size + length + tag_size:
             return NEED_DATA
         raw = self._input.take(FRAME_HEAD.size + length)
-        if self._check is not None:
+        if self._tags.on:
             # Before a field is read: nothing of a frame that fails its tag is acted on.
-            sequence = self._check.sequence
-            mac = self._check.begin()
-            mac.update(raw)
-            if not tag_matches(mac, self._input.take(TAG_SIZE)):
-                raise FrameAuthError(
-                    f"frame authentication failed: {kind.name} frame number {sequence} "
-                    "was altered, injected, replayed or reordered on the way"
-                )
+            self._tags.check(kind.name, raw, self._input.take(TAG_SIZE))
         return decode_body(kind, raw[FRAME_HEAD.size :]), raw
 
     def _record_handshake(self, event: Event, raw: bytes) -> None:
         """Hash a handshake frame; after WELCOME, switch frame authentication on if agreed."""
         if not isinstance(event, Hello | Challenge | Authenticate | Welcome):
             return
-        self._handshake.update(raw)
-        if not (isinstance(event, Welcome) and self._can_authenticate):
-            return
-        if self._frame_key is None:
-            raise LocalProtocolError("frame authentication negotiated without use_frame_key")
-        keys = auth.frame_keys(self._frame_key, self._handshake.digest())
-        ours, theirs = keys.sender_to_receiver, keys.receiver_to_sender
-        if self.role is Role.RECEIVER:
-            ours, theirs = theirs, ours
-        self._seal, self._check = FrameMac(ours), FrameMac(theirs)
+        self._tags.record(raw)
+        if isinstance(event, Welcome) and self._can_authenticate:
+            self._tags.start()
 
     # -- the rules, shared by both directions -----------------------------------
 

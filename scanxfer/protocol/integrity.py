@@ -17,11 +17,14 @@ import hashlib
 import hmac
 import struct
 
+from . import auth
+from .events import FrameAuthError, LocalProtocolError
+
 TAG_SIZE = 16
 _SEQUENCE = struct.Struct(">Q")
 
 
-class FrameMac:
+class _Direction:
     """The tags of one direction of one connection, in order."""
 
     def __init__(self, key: bytes) -> None:
@@ -35,13 +38,74 @@ class FrameMac:
         self.sequence += 1
         return mac
 
-    def tag(self, data: bytes) -> bytes:
-        """The tag of the next frame, whose bytes are `data`."""
-        mac = self.begin()
-        mac.update(data)
+
+class FrameAuth:
+    """Frame authentication at one end of one connection (docs/protocol.md 2.1).
+
+    It hashes the handshake frames as they pass; once WELCOME has passed and both ends
+    agreed, `start` derives the keys, and from then on `seal` tags what this end sends and
+    `check` what it receives.
+    """
+
+    def __init__(self, sender_side: bool) -> None:
+        self._sender_side = sender_side
+        self._server_key: bytes | None = None
+        self._handshake = hashlib.sha256()  # the handshake frames, as they crossed the wire
+        self._ours: _Direction | None = None
+        self._theirs: _Direction | None = None
+
+    @property
+    def on(self) -> bool:
+        return self._ours is not None
+
+    def use_key(self, server_key: bytes) -> None:
+        self._server_key = server_key
+
+    def record(self, frame: bytes) -> None:
+        """One handshake frame, sent or received, for the keys' salt."""
+        self._handshake.update(frame)
+
+    def start(self) -> None:
+        """WELCOME has passed and both ends asked for tags: every later unit carries one."""
+        if self._server_key is None:
+            raise LocalProtocolError("frame authentication negotiated without use_frame_key")
+        keys = auth.frame_keys(self._server_key, self._handshake.digest())
+        ours, theirs = keys.sender_to_receiver, keys.receiver_to_sender
+        if not self._sender_side:
+            ours, theirs = theirs, ours
+        self._ours, self._theirs = _Direction(ours), _Direction(theirs)
+
+    def seal(self, frame: bytes) -> bytes:
+        """The tag of a frame this end sends."""
+        mac = self.outgoing_payload()
+        mac.update(frame)
         return mac.digest()
 
+    def outgoing_payload(self) -> hashlib.blake2b:
+        """The tag of the next unit this end sends, to be fed its bytes."""
+        assert self._ours is not None  # only once started
+        return self._ours.begin()
 
-def tag_matches(mac: hashlib.blake2b, tag: bytes | memoryview) -> bool:
-    """Whether `tag` is the tag `mac` computes, compared in constant time."""
-    return hmac.compare_digest(mac.digest(), bytes(tag))
+    def incoming_payload(self) -> hashlib.blake2b | None:
+        """The tag the peer's next unit must carry, to be fed its bytes; None before `start`."""
+        return None if self._theirs is None else self._theirs.begin()
+
+    def check(self, name: str, frame: bytes, tag: bytes) -> None:
+        """Raise FrameAuthError unless `tag` is the peer's tag of `frame` (named `name`)."""
+        assert self._theirs is not None  # only once started
+        sequence = self._theirs.sequence
+        mac = self._theirs.begin()
+        mac.update(frame)
+        if not hmac.compare_digest(mac.digest(), tag):
+            raise FrameAuthError(
+                f"frame authentication failed: {name} frame number {sequence} was altered, "
+                "injected, replayed or reordered on the way"
+            )
+
+
+def check_payload(file_id: int, mac: hashlib.blake2b, tag: bytes) -> None:
+    """Raise FrameAuthError unless `tag` ends the payload `mac` was fed."""
+    if not hmac.compare_digest(mac.digest(), tag):
+        raise FrameAuthError(
+            f"frame authentication failed: the payload of file {file_id} was altered on the way"
+        )
