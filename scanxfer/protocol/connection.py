@@ -9,7 +9,8 @@ each refuses what the other may not do.  Which frame may come when is the tables
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 from .buffer import ReceiveBuffer
 from .events import (
@@ -52,7 +53,7 @@ from .events import (
     Welcome,
 )
 from .frames import FRAME_HEAD, FRAME_TYPES, MAX_BODY, FrameType, decode_body, encode, parse_enum
-from .integrity import TAG_SIZE, FrameAuth, check_payload
+from .integrity import SEGMENT, TAG_SIZE, FrameAuth, check_segment, segments
 from .states import (
     CONNECTION_TRANSITIONS,
     FILE_TRANSITIONS,
@@ -83,11 +84,19 @@ _EVENT_NAMES = {frame: kind.__name__ for kind, frame in FRAME_TYPES.items()}
 
 @dataclass(slots=True)
 class _Payload:
-    """A DATA payload on its way: whose, how many bytes are still to come, and its tag."""
+    """A DATA payload on its way: whose, and how many bytes are still to come.
+
+    With frame authentication also its segments (integrity.SEGMENT): the tags still due,
+    and for our own payload the tag being computed and the bytes left in its segment.
+    """
 
     file_id: int
     remaining: int
-    mac: hashlib.blake2b | None = None  # fed the payload when frames are authenticated
+    tags_due: int = 0
+    passed: int = 0  # bytes of the segments checked so far
+    mac: hashlib.blake2b | None = None
+    segment_left: int = 0
+    checked: deque[memoryview] = field(default_factory=deque)  # received, tag checked
 
 
 class Connection:
@@ -167,34 +176,50 @@ class Connection:
             return raw
         sealed = raw + self._tags.seal(raw)
         if isinstance(event, DataHeader):
-            mac = self._tags.outgoing_payload()
-            self._outgoing = _Payload(event.file_id, event.length, mac)
-            sealed += self.send_payload(b"")  # an empty payload is complete at once
+            self._outgoing = _Payload(event.file_id, event.length)
+            self._next_segment_out(self._outgoing)
+            if not event.length:
+                sealed += self.send_payload(b"")  # an empty payload still has its tag
         return sealed
 
     def send_payload(self, data: bytes | memoryview) -> bytes:
-        """Account for payload bytes about to go out; return what must follow them.
+        """The bytes to put on the wire for payload bytes about to go out.
 
-        That is the payload's tag once its last byte is given, else nothing.  Without
-        frame authentication it is always nothing, and the payload need not pass here
-        (the sender streams it with sendfile).
+        With frame authentication, `data` with the tag of each segment it completes right
+        after that segment's last byte; without, `data` itself, and the payload need not
+        pass here at all (the sender streams it with sendfile).
         """
         outgoing = self._outgoing
         if outgoing is None:
-            if self._tags.on and data:
+            if self._tags.on:
                 raise LocalProtocolError("payload bytes without a DATA header")
-            return b""
+            return bytes(data)
         if len(data) > outgoing.remaining:
             raise LocalProtocolError(
                 f"{len(data)} payload bytes for file {outgoing.file_id}, {outgoing.remaining} due"
             )
-        assert outgoing.mac is not None  # only authenticated payloads are tracked
-        outgoing.mac.update(data)
-        outgoing.remaining -= len(data)
-        if outgoing.remaining:
-            return b""
-        self._outgoing = None
-        return outgoing.mac.digest()
+        view = memoryview(data).cast("B")
+        pieces: list[bytes | memoryview] = []
+        while True:
+            piece, view = view[: outgoing.segment_left], view[outgoing.segment_left :]
+            assert outgoing.mac is not None  # set for each segment
+            outgoing.mac.update(piece)
+            pieces.append(piece)
+            outgoing.remaining -= len(piece)
+            outgoing.segment_left -= len(piece)
+            if not outgoing.segment_left:
+                pieces.append(outgoing.mac.digest())
+                if not outgoing.remaining:
+                    self._outgoing = None
+                    break
+                self._next_segment_out(outgoing)
+            if not view:
+                break
+        return b"".join(pieces)
+
+    def _next_segment_out(self, outgoing: _Payload) -> None:
+        outgoing.mac = self._tags.next_outgoing()
+        outgoing.segment_left = min(SEGMENT, outgoing.remaining)
 
     # -- incoming --------------------------------------------------------------
 
@@ -230,17 +255,18 @@ class Connection:
         self._apply(event, peer)
         self._record_handshake(event, raw)
         if isinstance(event, DataHeader):
-            mac = self._tags.incoming_payload()
-            self._payload = _Payload(event.file_id, event.length, mac)
+            tags = segments(event.length) if self._tags.on else 0
+            self._payload = _Payload(event.file_id, event.length, tags)
         return event
 
     def _next_payload_event(self) -> DataChunk | DataEnd | NeedData:
         payload = self._payload
         assert payload is not None  # called only inside a payload
+        if payload.checked:
+            return DataChunk(payload.file_id, payload.checked.popleft())
+        if payload.tags_due:
+            return self._check_segment(payload)
         if payload.remaining == 0:
-            if payload.mac is not None and not self._payload_tag_checked(payload):
-                self._input.own()
-                return NEED_DATA
             self._payload = None
             end = DataEnd(payload.file_id)
             entry, after = self._in_flight(end, _other(self.role), RemoteProtocolError)
@@ -253,19 +279,33 @@ class Connection:
             return NEED_DATA
         chunk = self._input.take_view(payload.remaining)
         payload.remaining -= len(chunk)
-        if payload.mac is not None:
-            payload.mac.update(chunk)
         return DataChunk(payload.file_id, chunk)
 
-    def _payload_tag_checked(self, payload: _Payload) -> bool:
-        """Check the tag after a payload; False while it has not all arrived."""
-        assert payload.mac is not None  # called only for authenticated payloads
-        if len(self._input) < TAG_SIZE:
+    def _check_segment(self, payload: _Payload) -> DataChunk | DataEnd | NeedData:
+        """Take the next segment once it and its tag are here; hand it on once they match.
+
+        So no payload byte reaches the caller unchecked, and at most a segment waits here.
+        """
+        size = min(SEGMENT, payload.remaining)
+        if len(self._input) < size + TAG_SIZE:
             if self._eof:
-                raise RemoteProtocolError("connection closed before the payload's tag")
-            return False
-        check_payload(payload.file_id, payload.mac, self._input.take(TAG_SIZE))
-        return True
+                due = payload.remaining
+                raise RemoteProtocolError(f"connection closed with {due} payload bytes due")
+            self._input.own()
+            return NEED_DATA
+        mac, left = self._tags.next_incoming(), size
+        pieces: list[memoryview] = []
+        while left:
+            piece = self._input.take_view(left)
+            mac.update(piece)
+            pieces.append(piece)
+            left -= len(piece)
+        check_segment(payload.file_id, payload.passed, mac, self._input.take(TAG_SIZE))
+        payload.checked.extend(pieces)
+        payload.remaining -= size
+        payload.passed += size
+        payload.tags_due -= 1
+        return self._next_payload_event()
 
     def _next_frame(self) -> tuple[Event, bytes] | NeedData:
         """The next frame as an event and the bytes it came in, once all of them are here."""

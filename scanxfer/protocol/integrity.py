@@ -2,9 +2,12 @@
 
 TLS authenticates every record, so with TLS nothing here is used.  Without it, each end
 seals what it sends with the key of its direction (`auth.frame_keys`) and a sequence number
-that both ends count, starting at 0 after WELCOME: one number per frame, one per DATA
-payload.  A frame that was altered, injected, replayed, reordered or left out fails its
-tag, because its bytes or the number it was sealed under differ from what the peer expects.
+that both ends count, starting at 0 after WELCOME: one number per frame, and one per
+SEGMENT bytes of a DATA payload.  A frame that was altered, injected, replayed, reordered
+or left out fails its tag, because its bytes or the number it was sealed under differ from
+what the peer expects.  A payload is tagged by segments so that the receiver can check its
+bytes before it stores them, holding no more than a segment, and keep what was checked when
+the connection ends mid-file, for resume.
 
 The tag is keyed BLAKE2b cut to TAG_SIZE bytes over the sequence number (u64 big-endian)
 and the bytes: keyed BLAKE2b is a MAC by design (no HMAC construction needed), and in
@@ -21,6 +24,7 @@ from . import auth
 from .events import FrameAuthError, LocalProtocolError
 
 TAG_SIZE = 16
+SEGMENT = 1 << 16  # payload bytes per tag; the last segment of a payload may be shorter
 _SEQUENCE = struct.Struct(">Q")
 
 
@@ -77,18 +81,19 @@ class FrameAuth:
 
     def seal(self, frame: bytes) -> bytes:
         """The tag of a frame this end sends."""
-        mac = self.outgoing_payload()
+        mac = self.next_outgoing()
         mac.update(frame)
         return mac.digest()
 
-    def outgoing_payload(self) -> hashlib.blake2b:
-        """The tag of the next unit this end sends, to be fed its bytes."""
+    def next_outgoing(self) -> hashlib.blake2b:
+        """The tag of the next unit (frame or segment) this end sends, to be fed its bytes."""
         assert self._ours is not None  # only once started
         return self._ours.begin()
 
-    def incoming_payload(self) -> hashlib.blake2b | None:
-        """The tag the peer's next unit must carry, to be fed its bytes; None before `start`."""
-        return None if self._theirs is None else self._theirs.begin()
+    def next_incoming(self) -> hashlib.blake2b:
+        """The tag the peer's next unit must carry, to be fed its bytes."""
+        assert self._theirs is not None  # only once started
+        return self._theirs.begin()
 
     def check(self, name: str, frame: bytes, tag: bytes) -> None:
         """Raise FrameAuthError unless `tag` is the peer's tag of `frame` (named `name`)."""
@@ -103,9 +108,15 @@ class FrameAuth:
             )
 
 
-def check_payload(file_id: int, mac: hashlib.blake2b, tag: bytes) -> None:
-    """Raise FrameAuthError unless `tag` ends the payload `mac` was fed."""
+def segments(length: int) -> int:
+    """How many tags a payload of `length` bytes carries: an empty one has one too."""
+    return max(1, -(-length // SEGMENT))
+
+
+def check_segment(file_id: int, offset: int, mac: hashlib.blake2b, tag: bytes) -> None:
+    """Raise FrameAuthError unless `tag` ends the segment `mac` was fed."""
     if not hmac.compare_digest(mac.digest(), tag):
         raise FrameAuthError(
-            f"frame authentication failed: the payload of file {file_id} was altered on the way"
+            f"frame authentication failed: the payload of file {file_id} was altered on the "
+            f"way (the {SEGMENT}-byte segment at payload byte {offset})"
         )

@@ -250,9 +250,9 @@ class ConnectionHandler:
             self._refused(f"not a scanxfer handshake: {error}{hint}")
         elif isinstance(error, p.FrameAuthError):
             log.error(
-                "%s: %s; closing the connection, nothing of the file on its way is stored. "
-                "Someone on the network may be tampering with it (use tls: true), or the link "
-                "corrupts data",
+                "%s: %s; closing the connection, and no byte that failed is stored. Someone on "
+                "the network may be tampering with it (use tls: true), or the link corrupts "
+                "data",
                 self.peer,
                 error,
             )
@@ -336,7 +336,6 @@ class ConnectionHandler:
             self.services,
             self._reply,
             ask_digests=self.conn.can_ask_digest,
-            payload_tags=self.conn.authenticates_frames,
         )
         instance = hello.options.get(p.INSTANCE_OPTION)
         if instance:

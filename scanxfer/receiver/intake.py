@@ -68,15 +68,11 @@ class Intake:
         services: Services,
         reply: Callable[[p.Event], None],
         ask_digests: bool = False,
-        payload_tags: bool = False,
     ) -> None:
         self.peer, self.sender, self.config, self._reply = peer, sender, config, reply
         # The connection negotiated ASK_DIGEST: a file this receiver may hold already is
         # told by its digest before any of its bytes are sent again.
         self.ask_digests = ask_digests
-        # Frames are authenticated (plain TCP): a payload's bytes count only once the tag
-        # after them checked out, so those of a payload cut short are not kept for resume.
-        self.payload_tags = payload_tags
         self.store, self.stats = services.store, services.stats
         self.reservations = services.reservations
         self.limits = Limits.of(config)
@@ -94,8 +90,6 @@ class Intake:
 
     def finish(self) -> None:
         """The connection is over: keep partials for resume."""
-        if self.current is not None and self.payload_tags:
-            self._keep_checked_bytes(self.current)
         # Whole but not yet durable: kept as partials, a re-offer resumes at their end.
         self.files.update((incoming.offer.file_id, incoming) for incoming in self.sealed)
         self.sealed.clear()
@@ -344,25 +338,6 @@ class Intake:
         incoming.settle()
         if incoming.partial is not None:
             incoming.partial.discard()
-
-    def _keep_checked_bytes(self, incoming: _Incoming) -> None:
-        """Cut inside a payload whose tag never came or failed: its bytes may be anyone's.
-
-        The bytes held before it (checked on an earlier connection) stay for resume.
-        """
-        del self.files[incoming.offer.file_id]
-        self.current = None
-        incoming.settle()
-        if incoming.partial is None:
-            return
-        incoming.partial.release(keep=incoming.resumed_from)
-        log.info(
-            "%s: %s: its payload ended before its tag was checked; none of its bytes kept, "
-            "it resumes at byte %d",
-            self.peer,
-            incoming.offer.path,
-            incoming.resumed_from,
-        )
 
     def on_cancel(self, event: p.Cancel) -> None:
         """The sender withdrew the file: what it would send is not the file it offered."""

@@ -252,10 +252,7 @@ class Session:
         zeros = memoryview(bytes(min(missing, TLS_CHUNK)))
         while missing > 0:
             chunk = min(missing, len(zeros))
-            self._sendall(zeros[:chunk])
-            trailer = self.conn.send_payload(zeros[:chunk])
-            if trailer:
-                self._sendall(trailer)
+            self._sendall(self.conn.send_payload(zeros[:chunk]))
             missing -= chunk
             self.alive()
 

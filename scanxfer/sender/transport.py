@@ -31,7 +31,7 @@ from .pacing import MAX_SLICE, SLICE_SECONDS, Pacer
 # TLS, and frame authentication on plain TCP, cannot use sendfile: the bytes are read and
 # encrypted, or tagged, this much a time.
 TLS_SLICE = 1 << 18
-# Given the payload bytes about to go out, returns what must follow them (their tag).
+# Given payload bytes about to go out, returns the bytes to send for them (with their tags).
 Seal = Callable[[memoryview], bytes]
 
 
@@ -363,8 +363,5 @@ def _read_slice(
 ) -> tuple[int, bool]:
     count = os.preadv(fd, [view], offset)
     if count:
-        sock.sendall(view[:count])
-        trailer = b"" if seal is None else seal(view[:count])
-        if trailer:
-            sock.sendall(trailer)
+        sock.sendall(view[:count] if seal is None else seal(view[:count]))
     return count, count == 0

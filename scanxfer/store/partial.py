@@ -290,22 +290,12 @@ class PartialFile:
             write_meta(self._store.partial_dir, self._key, self._relpath, self._size, self._digest)
             self._named = True
 
-    def release(self, keep: int | None = None) -> bool:
+    def release(self) -> bool:
         """Keep the bytes on disk for a later resume; close and let others open this file.
 
-        With `keep`, only the first `keep` bytes stay: the caller cannot vouch for the rest
-        (a payload cut off before its tag was checked).  Should they not be cut (and made
-        durable, lest a power cut bring them back), none stay.
         Returns False only if they were dropped instead, because another version of this
         path was opened meanwhile (see `claims`): these bytes could never resume.
         """
-        if keep is not None and self._fd is not None and keep < self.offset:
-            try:
-                os.ftruncate(self._fd, keep)
-                os.fsync(self._fd)
-            except OSError:
-                self.discard()
-                return True
         if not self._close_fd():
             return True
         claims = self._store.claims

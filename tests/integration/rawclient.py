@@ -101,8 +101,7 @@ class RawSender:
     def stream(self, ready: p.Ready, payload: bytes) -> None:
         """The DATA that `ready` asks for: the rest of `payload` from its offset."""
         self.send(p.DataHeader(ready.file_id, ready.offset, len(payload) - ready.offset))
-        rest = payload[ready.offset :]
-        self.send_raw(rest + self.conn.send_payload(rest))
+        self.send_raw(self.conn.send_payload(payload[ready.offset :]))
 
     def send_raw(self, data: bytes) -> None:
         """Bytes the state machine does not see: payload, or a frame it would refuse to send."""

@@ -1,11 +1,11 @@
 """A man in the middle of plain-TCP scanxfer connections, frame by frame.
 
 `faultproxy` breaks bytes at offsets; this relay knows the frame layout of docs/protocol.md
-(a tag after every frame once the handshake is over, and after each DATA payload), so a test
-can change one field of one frame, as an attacker who reads the plain protocol would: flip
-the retryable bit of a NACK, rename an OFFER's file, or slip a forged frame in after relaying
-a real handshake.  Only the first connection is tampered with; later ones pass clean, so the
-sender's retry shows what it recorded meanwhile.
+(a tag after every frame once the handshake is over, and after each segment of a DATA
+payload), so a test can change one field of one frame, as an attacker who reads the plain
+protocol would: flip the retryable bit of a NACK, rename an OFFER's file, or slip a forged
+frame in after relaying a real handshake.  Only the first connection is tampered with;
+later ones pass clean, so the sender's retry shows what it recorded meanwhile.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from scanxfer import protocol as p
 from scanxfer.protocol.frames import FRAME_HEAD
+from scanxfer.protocol.integrity import segments
 
 UPSTREAM, DOWNSTREAM = "sender -> receiver", "receiver -> sender"
 HANDSHAKE_FRAMES = 2  # each way: HELLO and AUTHENTICATE, CHALLENGE and WELCOME; untagged
@@ -84,7 +85,7 @@ class _Direction:
         self.frames += 1
         if tagged and kind == p.FrameType.DATA:
             (payload,) = _PAYLOAD_LENGTH.unpack_from(frame, FRAME_HEAD.size + 12)
-            self.passthrough = payload + p.TAG_SIZE
+            self.passthrough = payload + segments(payload) * p.TAG_SIZE
         return self._tamper(kind, frame, tagged)
 
     def _tamper(self, kind: int, frame: bytearray, tagged: bool) -> bytes:

@@ -14,6 +14,7 @@ import pytest
 
 from scanxfer import protocol as p
 from scanxfer.protocol import auth
+from scanxfer.protocol.integrity import SEGMENT
 
 SERVER_KEY = bytes(range(32))
 DIGEST = bytes(range(16))
@@ -138,54 +139,61 @@ def test_a_handshake_altered_on_the_way_fails_at_the_first_frame() -> None:
         events(receiver, sender.send(offer()))
 
 
-def test_a_payload_is_tagged_and_checked_before_it_ends() -> None:
+def ready_for(size: int) -> tuple[p.Connection, p.Connection]:
+    """A pair whose file 1, of `size` bytes, is READY from 0."""
     sender, receiver = handshake()
-    events(receiver, sender.send(offer()))
+    events(receiver, sender.send(p.Offer(1, "scan.npy", size, 0, DIGEST)))
     events(sender, receiver.send(p.Ready(1, 0)))
-    wire = sender.send(p.DataHeader(1, 0, 4))
-    assert sender.send_payload(b"ab") == b""
-    tag = sender.send_payload(b"cd")
-    assert len(tag) == p.TAG_SIZE
-    got = events(receiver, wire + b"abcd" + tag)
-    assert [type(event) for event in got] == [p.DataHeader, p.DataChunk, p.DataEnd]
+    return sender, receiver
 
 
-def test_a_changed_payload_byte_is_refused_before_the_payload_ends() -> None:
-    sender, receiver = handshake()
-    events(receiver, sender.send(offer()))
-    events(sender, receiver.send(p.Ready(1, 0)))
-    wire = sender.send(p.DataHeader(1, 0, 4))
-    sender.send_payload(b"ab")
-    tag = sender.send_payload(b"cd")
-    got = []
-    with pytest.raises(p.FrameAuthError, match="payload of file 1"):
-        receiver.receive_data(wire + b"abce" + tag)
+def payload_bytes(got: list[p.Event]) -> bytes:
+    return b"".join(bytes(event.data) for event in got if isinstance(event, p.DataChunk))
+
+
+def test_a_payload_carries_a_tag_after_each_segment() -> None:
+    size = 2 * SEGMENT + 5
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    sender, receiver = ready_for(size)
+    wire = sender.send(p.DataHeader(1, 0, size))
+    # Given in pieces that do not line up with the segments, as a sender reads them.
+    for start in range(0, size, 50_000):
+        wire += sender.send_payload(payload[start : start + 50_000])
+    assert len(wire) == len(p.encode(p.DataHeader(1, 0, size))) + size + 4 * p.TAG_SIZE
+    got = events(receiver, wire)
+    assert payload_bytes(got) == payload
+    assert isinstance(got[0], p.DataHeader) and got[-1] == p.DataEnd(1)
+
+
+def test_a_changed_payload_byte_is_refused_before_its_segment_is_handed_on() -> None:
+    size = 2 * SEGMENT
+    sender, receiver = ready_for(size)
+    wire = bytearray(sender.send(p.DataHeader(1, 0, size)) + sender.send_payload(bytes(size)))
+    header = len(wire) - size - 2 * p.TAG_SIZE
+    wire[header + SEGMENT + p.TAG_SIZE + 7] ^= 1  # in the second segment
+    got: list[p.Event] = []
+    receiver.receive_data(bytes(wire))
+    with pytest.raises(p.FrameAuthError, match=f"segment at payload byte {SEGMENT}"):
         while (event := receiver.next_event()) is not p.NEED_DATA:
             got.append(event)
-    assert not any(isinstance(event, p.DataEnd) for event in got)
+    # The first segment checked out and was handed on; not a byte of the second.
+    assert payload_bytes(got) == bytes(SEGMENT)
 
 
-def test_a_payload_cut_before_its_tag_is_an_error_not_an_end() -> None:
-    sender, receiver = handshake()
-    events(receiver, sender.send(offer()))
-    events(sender, receiver.send(p.Ready(1, 0)))
-    wire = sender.send(p.DataHeader(1, 0, 4))
-    sender.send_payload(b"abcd")
-    receiver.receive_data(wire + b"abcd")
-    seen = []
-    while (event := receiver.next_event()) is not p.NEED_DATA:
-        seen.append(event)
-    assert not any(isinstance(event, p.DataEnd) for event in seen)
+def test_no_payload_byte_is_handed_on_before_its_segment_tag_arrives() -> None:
+    sender, receiver = ready_for(4)
+    wire = sender.send(p.DataHeader(1, 0, 4)) + sender.send_payload(b"abcd")
+    got = events(receiver, wire[:-1])
+    assert [type(event) for event in got] == [p.DataHeader]
     receiver.receive_data(b"")
-    with pytest.raises(p.RemoteProtocolError, match="before the payload's tag"):
+    with pytest.raises(p.RemoteProtocolError, match="4 payload bytes due"):
         receiver.next_event()
 
 
 def test_an_empty_payload_gets_its_tag_with_its_header() -> None:
-    sender, receiver = handshake()
-    events(receiver, sender.send(p.Offer(1, "empty.npy", 0, 0, DIGEST)))
-    events(sender, receiver.send(p.Ready(1, 0)))
+    sender, receiver = ready_for(0)
     wire = sender.send(p.DataHeader(1, 0, 0))
+    assert len(wire) == len(p.encode(p.DataHeader(1, 0, 0))) + 2 * p.TAG_SIZE
     assert [type(e) for e in events(receiver, wire)] == [p.DataHeader, p.DataEnd]
 
 

@@ -19,6 +19,7 @@ import xxhash
 
 from scanxfer import protocol as p
 from scanxfer.config import ReceiverConfig, load_receiver_config
+from scanxfer.protocol.integrity import SEGMENT
 from scanxfer.receiver import ReceivedFile, Services, Stats
 from scanxfer.receiver.after_store import AfterStore
 from scanxfer.receiver.gate import Gate
@@ -63,7 +64,6 @@ class Wire:
             services,
             self._reply,
             ask_digests=self.receiver.can_ask_digest,
-            payload_tags=self.receiver.authenticates_frames,
         )
 
     def _handshake(self, window: int, options: dict[str, bytes]) -> None:
@@ -419,39 +419,32 @@ def test_a_sender_that_did_not_ask_gets_ready_and_sends_the_bytes_as_before(
     assert wire.send(p.Digest(2, digest(PAYLOAD))) == [p.Ack(2, p.Outcome.DUPLICATE, "scan.npy")]
 
 
-def cut_mid_payload(wire: Wire, file_id: int, start: int, end: int) -> None:
-    """Send PAYLOAD[start:end] of a READY file, then the connection ends: no more, no tag."""
-    header = wire.sender.send(p.DataHeader(file_id, start, len(PAYLOAD) - start))
-    wire.sender.send_payload(PAYLOAD[start:end])
-    wire.receiver.receive_data(header + PAYLOAD[start:end])
+BIG = bytes(range(256)) * (3 * SEGMENT // 256)  # three segments of frame authentication
+
+
+def cut_mid_payload(wire: Wire, start: int, end: int) -> None:
+    """Send BIG[start:end] of file 1, READY at `start`; then the connection ends."""
+    header = wire.sender.send(p.DataHeader(1, start, len(BIG) - start))
+    wire.receiver.receive_data(header + wire.sender.send_payload(BIG[start:end]))
     while (event := wire.receiver.next_event()) is not p.NEED_DATA:
         wire.intake.on_event(event)
     wire.intake.finish()
 
 
-def test_a_payload_cut_before_its_tag_leaves_none_of_its_bytes(harness: Harness) -> None:
-    """With frame authentication, bytes count once the tag after them checked out."""
+def test_a_cut_payload_resumes_after_its_last_checked_segment(harness: Harness) -> None:
+    """With frame authentication only bytes whose segment tag checked out reach the store."""
+    offer = p.Offer(1, "scan.npy", len(BIG), MTIME_NS, digest(BIG))
     first = harness.wire(options=FRAME_AUTH)
     assert first.receiver.authenticates_frames
-    assert first.send(p.Offer(1, "scan.npy", len(PAYLOAD), MTIME_NS, digest(PAYLOAD))) == [
-        p.Ready(1, 0)
-    ]
-    cut_mid_payload(first, 1, 0, len(PAYLOAD) // 2)
-    wire = harness.wire(options=FRAME_AUTH)
-    assert wire.send(p.Offer(2, "scan.npy", len(PAYLOAD), MTIME_NS, digest(PAYLOAD))) == [
-        p.Ready(2, 0)
-    ]
-
-
-def test_bytes_held_from_before_stay_when_a_later_payload_is_cut(harness: Harness) -> None:
-    """Those held before the cut payload began were vouched for by an earlier tag (or TLS)."""
-    third = len(PAYLOAD) // 3
-    first = harness.wire()  # no frame authentication: its bytes count as they arrive
-    offer = p.Offer(1, "scan.npy", len(PAYLOAD), MTIME_NS, digest(PAYLOAD))
     assert first.send(offer) == [p.Ready(1, 0)]
-    cut_mid_payload(first, 1, 0, third)
+    cut_mid_payload(first, 0, SEGMENT + SEGMENT // 2)
     second = harness.wire(options=FRAME_AUTH)
-    assert second.send(offer) == [p.Ready(1, third)]
-    cut_mid_payload(second, 1, third, 2 * third)
+    assert second.send(offer) == [p.Ready(1, SEGMENT)]
+    cut_mid_payload(second, SEGMENT, SEGMENT + 10)  # not a whole segment: nothing more
     wire = harness.wire(options=FRAME_AUTH)
-    assert wire.send(offer) == [p.Ready(1, third)]
+    assert wire.send(offer) == [p.Ready(1, SEGMENT)]
+    rest = wire.sender.send(p.DataHeader(1, SEGMENT, len(BIG) - SEGMENT))
+    assert wire.send(rest + wire.sender.send_payload(BIG[SEGMENT:])) == [
+        p.Ack(1, p.Outcome.STORED, "scan.npy")
+    ]
+    assert (harness.incoming / "scan.npy").read_bytes() == BIG
