@@ -97,10 +97,10 @@ class RemoteProtocolError(ProtocolError):
 
 
 class FrameAuthError(RemoteProtocolError):
-    """A frame or payload failed its tag: altered, injected, replayed, reordered or missing.
+    """A frame or payload segment failed its tag: altered, injected, replayed, reordered, or
+    one before it is missing (docs/protocol.md 2.1).
 
-    Nothing of it may be acted on: the connection ends, and the payload it belonged to
-    counts for nothing.
+    Nothing of it is handed on, nor anything after it: the connection ends.
     """
 
 

@@ -306,7 +306,8 @@ class Session:
         except p.FrameAuthError as error:
             raise ConnectionLost(
                 f"{error}: the connection was tampered with or the link corrupts data; "
-                "nothing it said is believed, its files will be offered again"
+                "nothing from that frame on is believed, and files without an answer are "
+                "offered again"
             ) from error
         except p.RemoteProtocolError as error:
             raise ConnectionLost(f"receiver broke the protocol: {error}") from error
