@@ -11,7 +11,7 @@ Two error types, as in h11: `RemoteProtocolError` means the peer broke the rules
 `LocalProtocolError` means our own code tried to send something illegal (a bug).
 """
 
-from .connection import Connection, FileInFlight, negotiate, welcome_options
+from .connection import Connection, FileInFlight, asks_frame_auth, negotiate, welcome_options
 from .events import (
     ASK_DIGEST_ON,
     ASK_DIGEST_OPTION,
@@ -19,6 +19,8 @@ from .events import (
     CANCEL_OPTION,
     DEFERRED_DIGEST,
     DIGEST_SIZE,
+    FRAME_AUTH_ON,
+    FRAME_AUTH_OPTION,
     INSTANCE_OPTION,
     MAX_SIZE,
     MAX_WINDOW,
@@ -40,6 +42,7 @@ from .events import (
     Error,
     ErrorCode,
     Event,
+    FrameAuthError,
     Hello,
     LocalProtocolError,
     Nack,
@@ -53,6 +56,7 @@ from .events import (
     Welcome,
 )
 from .frames import MAGIC, MAX_BODY, FrameType, decode_body, encode
+from .integrity import TAG_SIZE
 from .states import ConnPhase, ConnState, FileEvent, FileState
 
 __all__ = [
@@ -62,6 +66,8 @@ __all__ = [
     "CANCEL_OPTION",
     "DEFERRED_DIGEST",
     "DIGEST_SIZE",
+    "FRAME_AUTH_ON",
+    "FRAME_AUTH_OPTION",
     "INSTANCE_OPTION",
     "MAGIC",
     "MAX_BODY",
@@ -71,6 +77,7 @@ __all__ = [
     "NONCE_SIZE",
     "PROOF_SIZE",
     "PROTOCOL_VERSION",
+    "TAG_SIZE",
     "Ack",
     "AskDigest",
     "Authenticate",
@@ -91,6 +98,7 @@ __all__ = [
     "FileEvent",
     "FileInFlight",
     "FileState",
+    "FrameAuthError",
     "FrameType",
     "Hello",
     "LocalProtocolError",
@@ -103,6 +111,7 @@ __all__ = [
     "RemoteProtocolError",
     "Role",
     "Welcome",
+    "asks_frame_auth",
     "decode_body",
     "encode",
     "negotiate",

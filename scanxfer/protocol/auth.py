@@ -133,3 +133,31 @@ def server_proof(record: Verifier, signed: bytes) -> bytes:
 def check_server_proof(secret: bytes, signed: bytes, proof: bytes) -> bool:
     """True if the receiver that sent `proof` holds this sender's verifier."""
     return hmac.compare_digest(server_proof(verifier(secret), signed), proof)
+
+
+@dataclass(frozen=True)
+class FrameKeys:
+    """The frame-authentication keys of one connection, one per direction."""
+
+    sender_to_receiver: bytes
+    receiver_to_sender: bytes
+
+
+_FRAME_KEYS_LABEL = b"scanxfer frame keys v1"
+
+
+def frame_keys(server_key: bytes, handshake: bytes) -> FrameKeys:
+    """HKDF-SHA256 (RFC 5869) of `server_key`, salted with the handshake's SHA-256.
+
+    `server_key` never crosses the wire, and both ends hold it (the sender derives it from
+    its secret), so an eavesdropper cannot compute these keys.  `handshake` is the SHA-256
+    of the four handshake frames as they crossed the wire: fresh nonces make the keys new for
+    every connection, and a handshake altered on the way (an option stripped, another window)
+    leaves the two ends with different keys, so the first frame after it fails its tag.
+    """
+    prk = hmac.digest(handshake, server_key, "sha256")  # HKDF-Extract(salt, IKM)
+
+    def expand(direction: bytes) -> bytes:  # HKDF-Expand for one block of 32 bytes
+        return hmac.digest(prk, _FRAME_KEYS_LABEL + b" " + direction + b"\x01", "sha256")
+
+    return FrameKeys(expand(b"sender to receiver"), expand(b"receiver to sender"))

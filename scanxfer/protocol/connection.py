@@ -8,7 +8,9 @@ each refuses what the other may not do.  Which frame may come when is the tables
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from collections import deque
+from dataclasses import dataclass, field
 
 from .buffer import ReceiveBuffer
 from .events import (
@@ -18,6 +20,8 @@ from .events import (
     CANCEL_OPTION,
     DEFERRED_DIGEST,
     DIGEST_SIZE,
+    FRAME_AUTH_ON,
+    FRAME_AUTH_OPTION,
     MAX_SIZE,
     MAX_WINDOW,
     NEED_DATA,
@@ -49,6 +53,7 @@ from .events import (
     Welcome,
 )
 from .frames import FRAME_HEAD, FRAME_TYPES, MAX_BODY, FrameType, decode_body, encode, parse_enum
+from .integrity import SEGMENT, TAG_SIZE, FrameAuth, check_segment, segments
 from .states import (
     CONNECTION_TRANSITIONS,
     FILE_TRANSITIONS,
@@ -79,10 +84,19 @@ _EVENT_NAMES = {frame: kind.__name__ for kind, frame in FRAME_TYPES.items()}
 
 @dataclass(slots=True)
 class _Payload:
-    """The DATA payload being received: whose, and how many bytes are still to come."""
+    """A DATA payload on its way: whose, and how many bytes are still to come.
+
+    With frame authentication also its segments (integrity.SEGMENT): the tags still due,
+    and for our own payload the tag being computed and the bytes left in its segment.
+    """
 
     file_id: int
     remaining: int
+    tags_due: int = 0
+    passed: int = 0  # bytes of the segments checked so far
+    mac: hashlib.blake2b | None = None
+    segment_left: int = 0
+    checked: deque[memoryview] = field(default_factory=deque)  # received, tag checked
 
 
 class Connection:
@@ -104,8 +118,11 @@ class Connection:
         self._hello: Hello | None = None
         self._can_cancel = False
         self._can_ask_digest = False
+        self._can_authenticate = False
+        self._tags = FrameAuth(sender_side=role is Role.SENDER)
         self._input = ReceiveBuffer()
         self._payload: _Payload | None = None  # inside a DATA payload
+        self._outgoing: _Payload | None = None  # our payload, while it still needs its tag
         self._eof = False
 
     @property
@@ -123,6 +140,22 @@ class Connection:
         """Whether the receiver may send ASK_DIGEST: the HELLO asked, and the WELCOME echoed it."""
         return self._can_ask_digest
 
+    @property
+    def authenticates_frames(self) -> bool:
+        """Whether every frame and payload after WELCOME carries a tag (docs/protocol.md 2.1).
+
+        Negotiated by FRAME_AUTH_OPTION, which each end asks for only on plain TCP.
+        """
+        return self._can_authenticate
+
+    def use_frame_key(self, server_key: bytes) -> None:
+        """The key the frame keys come from, should the handshake negotiate them.
+
+        Both ends give their sender's `server_key` before WELCOME passes: the sender derives
+        it from its secret, the receiver reads it from its key record once the proof checked.
+        """
+        self._tags.use_key(server_key)
+
     # -- outgoing --------------------------------------------------------------
 
     def send(self, event: Event) -> bytes:
@@ -133,8 +166,60 @@ class Connection:
         """
         if FRAME_TYPES.get(type(event)) not in SENDS[self.role]:
             raise LocalProtocolError(f"a {self.role.value} cannot send {type(event).__name__}")
+        if self._outgoing is not None:
+            due = self._outgoing.remaining
+            raise LocalProtocolError(f"{type(event).__name__} with {due} payload bytes due")
+        raw = encode(event)
         self._apply(event, self.role)
-        return encode(event)
+        if not self._tags.on:
+            self._record_handshake(event, raw)
+            return raw
+        sealed = raw + self._tags.seal(raw)
+        if isinstance(event, DataHeader):
+            self._outgoing = _Payload(event.file_id, event.length)
+            self._next_segment_out(self._outgoing)
+            if not event.length:
+                sealed += self.send_payload(b"")  # an empty payload still has its tag
+        return sealed
+
+    def send_payload(self, data: bytes | memoryview) -> bytes:
+        """The bytes to put on the wire for payload bytes about to go out.
+
+        With frame authentication, `data` with the tag of each segment it completes right
+        after that segment's last byte; without, `data` itself, and the payload need not
+        pass here at all (the sender streams it with sendfile).
+        """
+        outgoing = self._outgoing
+        if outgoing is None:
+            if self._tags.on:
+                raise LocalProtocolError("payload bytes without a DATA header")
+            return bytes(data)
+        if len(data) > outgoing.remaining:
+            raise LocalProtocolError(
+                f"{len(data)} payload bytes for file {outgoing.file_id}, {outgoing.remaining} due"
+            )
+        view = memoryview(data).cast("B")
+        pieces: list[bytes | memoryview] = []
+        while True:
+            piece, view = view[: outgoing.segment_left], view[outgoing.segment_left :]
+            assert outgoing.mac is not None  # set for each segment
+            outgoing.mac.update(piece)
+            pieces.append(piece)
+            outgoing.remaining -= len(piece)
+            outgoing.segment_left -= len(piece)
+            if not outgoing.segment_left:
+                pieces.append(outgoing.mac.digest())
+                if not outgoing.remaining:
+                    self._outgoing = None
+                    break
+                self._next_segment_out(outgoing)
+            if not view:
+                break
+        return b"".join(pieces)
+
+    def _next_segment_out(self, outgoing: _Payload) -> None:
+        outgoing.mac = self._tags.next_outgoing()
+        outgoing.segment_left = min(SEGMENT, outgoing.remaining)
 
     # -- incoming --------------------------------------------------------------
 
@@ -155,25 +240,32 @@ class Connection:
         """The next event from the bytes received so far, or NEED_DATA."""
         if self._payload is not None:
             return self._next_payload_event()
-        event = self._next_frame()
-        if event is NEED_DATA:
+        frame = self._next_frame()
+        if frame is NEED_DATA:
             if self._eof:
                 if self._input:
                     raise RemoteProtocolError("connection closed in the middle of a frame")
                 return ConnectionClosed()
             self._input.own()
             return NEED_DATA
+        event, raw = frame
         peer = _other(self.role)
         if FRAME_TYPES[type(event)] not in SENDS[peer]:
             raise RemoteProtocolError(f"a {self.role.value} cannot receive {type(event).__name__}")
         self._apply(event, peer)
+        self._record_handshake(event, raw)
         if isinstance(event, DataHeader):
-            self._payload = _Payload(event.file_id, event.length)
+            tags = segments(event.length) if self._tags.on else 0
+            self._payload = _Payload(event.file_id, event.length, tags)
         return event
 
     def _next_payload_event(self) -> DataChunk | DataEnd | NeedData:
         payload = self._payload
         assert payload is not None  # called only inside a payload
+        if payload.checked:
+            return DataChunk(payload.file_id, payload.checked.popleft())
+        if payload.tags_due:
+            return self._check_segment(payload)
         if payload.remaining == 0:
             self._payload = None
             end = DataEnd(payload.file_id)
@@ -189,7 +281,34 @@ class Connection:
         payload.remaining -= len(chunk)
         return DataChunk(payload.file_id, chunk)
 
-    def _next_frame(self) -> Event | NeedData:
+    def _check_segment(self, payload: _Payload) -> DataChunk | DataEnd | NeedData:
+        """Take the next segment once it and its tag are here; hand it on once they match.
+
+        So no payload byte reaches the caller unchecked, and at most a segment waits here.
+        """
+        size = min(SEGMENT, payload.remaining)
+        if len(self._input) < size + TAG_SIZE:
+            if self._eof:
+                due = payload.remaining
+                raise RemoteProtocolError(f"connection closed with {due} payload bytes due")
+            self._input.own()
+            return NEED_DATA
+        mac, left = self._tags.next_incoming(), size
+        pieces: list[memoryview] = []
+        while left:
+            piece = self._input.take_view(left)
+            mac.update(piece)
+            pieces.append(piece)
+            left -= len(piece)
+        check_segment(payload.file_id, payload.passed, mac, self._input.take(TAG_SIZE))
+        payload.checked.extend(pieces)
+        payload.remaining -= size
+        payload.passed += size
+        payload.tags_due -= 1
+        return self._next_payload_event()
+
+    def _next_frame(self) -> tuple[Event, bytes] | NeedData:
+        """The next frame as an event and the bytes it came in, once all of them are here."""
         if len(self._input) < FRAME_HEAD.size:
             return NEED_DATA
         kind_value, length = FRAME_HEAD.unpack(self._input.peek(FRAME_HEAD.size))
@@ -197,10 +316,22 @@ class Connection:
         # Checked before buffering the body: a peer never sizes our allocations.
         if length > MAX_BODY:
             raise RemoteProtocolError(f"{kind.name} frame of {length} bytes exceeds {MAX_BODY}")
-        if len(self._input) < FRAME_HEAD.size + length:
+        tag_size = TAG_SIZE if self._tags.on else 0
+        if len(self._input) < FRAME_HEAD.size + length + tag_size:
             return NEED_DATA
-        self._input.take(FRAME_HEAD.size)
-        return decode_body(kind, self._input.take(length))
+        raw = self._input.take(FRAME_HEAD.size + length)
+        if self._tags.on:
+            # Before a field is read: nothing of a frame that fails its tag is acted on.
+            self._tags.check(kind.name, raw, self._input.take(TAG_SIZE))
+        return decode_body(kind, raw[FRAME_HEAD.size :]), raw
+
+    def _record_handshake(self, event: Event, raw: bytes) -> None:
+        """Hash a handshake frame; after WELCOME, switch frame authentication on if agreed."""
+        if not isinstance(event, Hello | Challenge | Authenticate | Welcome):
+            return
+        self._tags.record(raw)
+        if isinstance(event, Welcome) and self._can_authenticate:
+            self._tags.start()
 
     # -- the rules, shared by both directions -----------------------------------
 
@@ -286,6 +417,9 @@ class Connection:
         self._can_cancel = _asks_cancel(self._hello.options) and _asks_cancel(event.options)
         self._can_ask_digest = _asks_for_digests(self._hello.options) and _asks_for_digests(
             event.options
+        )
+        self._can_authenticate = asks_frame_auth(self._hello) and _asks(
+            event.options, FRAME_AUTH_OPTION, FRAME_AUTH_ON
         )
 
     def _on_offer(self, event: Offer, sent_by: Role, fail: type[ProtocolError]) -> None:
@@ -403,24 +537,37 @@ def _other(role: Role) -> Role:
     return Role.RECEIVER if role is Role.SENDER else Role.SENDER
 
 
+def _asks(options: dict[str, bytes], key: str, on: bytes) -> bool:
+    return options.get(key) == on
+
+
 def _asks_cancel(options: dict[str, bytes]) -> bool:
-    return options.get(CANCEL_OPTION) == CANCEL_ON
+    return _asks(options, CANCEL_OPTION, CANCEL_ON)
 
 
 def _asks_for_digests(options: dict[str, bytes]) -> bool:
-    return options.get(ASK_DIGEST_OPTION) == ASK_DIGEST_ON
+    return _asks(options, ASK_DIGEST_OPTION, ASK_DIGEST_ON)
 
 
-def welcome_options(hello: Hello) -> dict[str, bytes]:
+def asks_frame_auth(hello: Hello) -> bool:
+    """Whether the sender of `hello` offers to authenticate every frame (FRAME_AUTH_OPTION)."""
+    return _asks(hello.options, FRAME_AUTH_OPTION, FRAME_AUTH_ON)
+
+
+def welcome_options(hello: Hello, authenticate_frames: bool = False) -> dict[str, bytes]:
     """The options a receiver puts in its WELCOME for `hello`: the extensions both ends use.
 
     Each is echoed only when the HELLO asked for it, so a sender learns what it may use.
+    Frame authentication only when `authenticate_frames` too: a receiver asks for it on
+    plain TCP alone, since TLS authenticates every record already.
     """
     options = {}
     if _asks_cancel(hello.options):
         options[CANCEL_OPTION] = CANCEL_ON
     if _asks_for_digests(hello.options):
         options[ASK_DIGEST_OPTION] = ASK_DIGEST_ON
+    if authenticate_frames and asks_frame_auth(hello):
+        options[FRAME_AUTH_OPTION] = FRAME_AUTH_ON
     return options
 
 

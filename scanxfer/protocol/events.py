@@ -29,6 +29,11 @@ CANCEL_ON = b"\x01"
 # any of its bytes cross again.  Its value is ASK_DIGEST_ON.
 ASK_DIGEST_OPTION = "ask_digest"
 ASK_DIGEST_ON = b"\x01"
+# HELLO option, echoed in WELCOME the same way: every frame after WELCOME, and every DATA
+# payload, is followed by a tag (docs/protocol.md 2.1).  Asked for and echoed only on plain
+# TCP (`tls: false`): TLS authenticates every record already.  Its value is FRAME_AUTH_ON.
+FRAME_AUTH_OPTION = "frame_auth"
+FRAME_AUTH_ON = b"\x01"
 
 NONCE_SIZE = 32
 PROOF_SIZE = 32  # HMAC-SHA256
@@ -89,6 +94,14 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer sent something the protocol forbids: drop the connection."""
+
+
+class FrameAuthError(RemoteProtocolError):
+    """A frame or payload segment failed its tag: altered, injected, replayed, reordered, or
+    one before it is missing (docs/protocol.md 2.1).
+
+    Nothing of it is handed on, nor anything after it: the connection ends.
+    """
 
 
 # --- events -----------------------------------------------------------------

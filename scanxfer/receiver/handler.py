@@ -49,7 +49,7 @@ class ConnectionHandler:
     ) -> None:
         # host: the address failures are counted against; peer: host:port, for the log.
         self.sock: socket.socket | TLSChannel = sock  # what the protocol talks through
-        self.plain = sock  # what another thread shuts to end a blocking read
+        self.plain_socket = sock  # what another thread shuts to end a blocking read
         self.host, self.address, self.peer = host, peer, peer
         self.config, self.services = config, services
         # Asks the door for a max_connections slot once the key is proven (doors.Door.settle).
@@ -94,14 +94,14 @@ class ConnectionHandler:
     def abort(self) -> None:
         """End this connection from another thread: its recv ends, and `run` cleans up."""
         self.aborted.set()
-        shut(self.plain)
+        shut(self.plain_socket)
 
     def stop(self) -> None:
         """The receiver is stopping: end the blocking recv, but not the way out.
 
         The handler then says SHUTTING_DOWN to its sender and keeps its partials for resume.
         """
-        shut(self.plain, socket.SHUT_RD)
+        shut(self.plain_socket, socket.SHUT_RD)
 
     def reconfigure(self, config: ReceiverConfig) -> None:
         # Before the handshake: the intake it makes takes these settings; after: its limits.
@@ -118,7 +118,7 @@ class ConnectionHandler:
 
     def _secure(self) -> bool:
         """The TLS handshake, within the handshake deadline; False if it failed."""
-        wrapped = self.services.gate.wrap(self.plain)
+        wrapped = self.services.gate.wrap(self.plain_socket)
         if not isinstance(wrapped, TLSChannel):
             return True
         self.sock = wrapped
@@ -253,9 +253,22 @@ class ConnectionHandler:
             if self.first_byte == _TLS_RECORD_TYPE and self.services.gate.context is None:
                 hint = " (a TLS client: this receiver has tls: false, so the sender needs it too)"
             self._refused(f"not a scanxfer handshake: {error}{hint}")
+        elif isinstance(error, p.FrameAuthError):
+            log.error(
+                "%s: %s; closing the connection, and no byte that failed is stored. Someone on "
+                "the network may be tampering with it (use tls: true), or the link corrupts "
+                "data",
+                self.peer,
+                error,
+            )
         else:
             log.warning("%s: protocol error, closing: %s", self.peer, error)
         self._send_error(error.code, str(error))
+
+    @property
+    def plain(self) -> bool:
+        """tls: false: every frame after the handshake then carries a tag of its own."""
+        return self.services.gate.context is None
 
     def _on_hello(self, hello: p.Hello) -> bool:
         version = p.negotiate(hello)
@@ -263,6 +276,19 @@ class ConnectionHandler:
             spoken = f"{hello.min_version}..{hello.max_version}"
             message = f"no shared protocol version (sender speaks {spoken})"
             log.warning("%s: %s", self.peer, message)
+            self._reply(p.Error(p.ErrorCode.UNSUPPORTED_VERSION, message))
+            return True
+        if self.plain and not p.asks_frame_auth(hello):
+            # Without TLS its frames would go unauthenticated: anyone on the path could
+            # alter an OFFER or inject a file under its name.
+            self._refused(
+                f"sender {hello.name!r} cannot authenticate its frames, which this receiver "
+                "requires with tls: false: upgrade scanxfer on the sender (or use TLS)"
+            )
+            message = (
+                "this receiver has tls: false and takes only senders that authenticate every "
+                "frame: upgrade scanxfer on this sender"
+            )
             self._reply(p.Error(p.ErrorCode.UNSUPPORTED_VERSION, message))
             return True
         self.hello = hello
@@ -292,7 +318,9 @@ class ConnectionHandler:
             self._reply(p.Error(p.ErrorCode.TOO_MANY_CONNECTIONS, message))
             return True
         proof = auth.server_proof(verdict.record, signed)
-        options = p.welcome_options(hello)
+        if self.plain:
+            self.conn.use_frame_key(verdict.record.server_key)
+        options = p.welcome_options(hello, authenticate_frames=self.plain)
         self._reply(
             p.Welcome(self.config.name, self.config.window, proof, self.conn.version, options)
         )

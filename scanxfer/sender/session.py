@@ -48,6 +48,8 @@ INSTANCE = secrets.token_bytes(8)
 # The extensions this sender asks for in its HELLO (docs/protocol.md 3.1): withdrawing a file
 # that changed, and telling a deferred digest early when the receiver may hold the file.
 EXTENSIONS = {p.CANCEL_OPTION: p.CANCEL_ON, p.ASK_DIGEST_OPTION: p.ASK_DIGEST_ON}
+# Asked for on plain TCP only, where nothing else authenticates the frames; TLS does.
+FRAME_AUTH = {p.FRAME_AUTH_OPTION: p.FRAME_AUTH_ON}
 
 
 class Session:
@@ -69,6 +71,9 @@ class Session:
         self._secret = auth.decode_secret(config.key)
         self._signed = b""
         options = {p.INSTANCE_OPTION: instance, **EXTENSIONS}
+        if not config.tls:
+            options |= FRAME_AUTH
+            self.conn.use_frame_key(auth.verifier(self._secret).server_key)
         hello = p.Hello(config.name, options=options)
         self._outbox = bytearray(self.conn.send(hello))
         self.last_heard = time.monotonic()
@@ -107,6 +112,12 @@ class Session:
             raise AuthenticationFailed(
                 f"{where(self.config)} accepted this sender without knowing its key: it is "
                 f"not the receiver this sender was paired with"
+            )
+        if not self.config.tls and not self.conn.authenticates_frames:
+            # Its frames would be unauthenticated: anyone on the path could forge an ACK.
+            raise AuthenticationFailed(
+                f"{where(self.config)} cannot authenticate frames, which this sender requires "
+                f"with tls: false: upgrade scanxfer on the receiver (or use TLS)"
             )
 
     @property
@@ -238,10 +249,10 @@ class Session:
         """
         if deferred and not self.conn.can_cancel:
             raise FileChanged(f"{job.relpath} shrank while being sent")
-        zeros = bytes(min(missing, TLS_CHUNK))
+        zeros = memoryview(bytes(min(missing, TLS_CHUNK)))
         while missing > 0:
             chunk = min(missing, len(zeros))
-            self._sendall(zeros[:chunk])
+            self._sendall(self.conn.send_payload(zeros[:chunk]))
             missing -= chunk
             self.alive()
 
@@ -255,7 +266,8 @@ class Session:
 
     def _sendfile(self, job: FileJob, offset: int, length: int) -> int:
         try:
-            return send_in_slices(self.sock, job, offset, length, self.alive)
+            seal = self.conn.send_payload if self.conn.authenticates_frames else None
+            return send_in_slices(self.sock, job, offset, length, self.alive, seal)
         except OSError as error:
             raise ConnectionLost(f"connection lost while streaming: {error}") from error
 
@@ -264,7 +276,7 @@ class Session:
             self._sendall(self._outbox)
             self._outbox.clear()
 
-    def _sendall(self, data: bytes | bytearray) -> None:
+    def _sendall(self, data: bytes | bytearray | memoryview) -> None:
         try:
             self.sock.sendall(data)
         except OSError as error:
@@ -291,6 +303,12 @@ class Session:
             self.conn.receive_data(data)
             while (event := self.conn.next_event()) is not p.NEED_DATA:
                 self._on_event(event)
+        except p.FrameAuthError as error:
+            raise ConnectionLost(
+                f"{error}: the connection was tampered with or the link corrupts data; "
+                "nothing from that frame on is believed, and files without an answer are "
+                "offered again"
+            ) from error
         except p.RemoteProtocolError as error:
             raise ConnectionLost(f"receiver broke the protocol: {error}") from error
 

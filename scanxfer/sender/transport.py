@@ -32,7 +32,11 @@ from .pacing import MAX_SLICE, SLICE_SECONDS, Pacer
 
 log = logging.getLogger(__name__)
 
-TLS_SLICE = 1 << 18  # TLS cannot use sendfile: the bytes are read and encrypted this much a time
+# TLS, and frame authentication on plain TCP, cannot use sendfile: the bytes are read and
+# encrypted, or tagged, this much a time.
+TLS_SLICE = 1 << 18
+# Given payload bytes about to go out, returns the bytes to send for them (with their tags).
+Seal = Callable[[memoryview], bytes]
 
 
 class ConnectionLost(Exception):
@@ -281,28 +285,34 @@ def where(config: SenderConfig) -> str:
 
 
 def send_in_slices(
-    sock: socket.socket, job: FileJob, offset: int, length: int, pulse: Pulse
+    sock: socket.socket,
+    job: FileJob,
+    offset: int,
+    length: int,
+    pulse: Pulse,
+    seal: Seal | None = None,
 ) -> int:
     """Send `length` bytes of the job's file from `offset`; how many went (fewer: it shrank).
 
     A slice at a time, each taking about SLICE_SECONDS whatever the link's speed, with
     `pulse` between slices: a sign of life, the progress count, the pace of `max_rate`, and
     a stop request noticed mid-file.  Plain TCP uses sendfile (the bytes never pass through
-    Python); TLS cannot, so the bytes are read and handed to it in slices.  The socket must
-    have a timeout: a link that takes nothing for that long is a stall (TimeoutError).
+    Python); TLS cannot, nor can `seal` (frame authentication, which must see the bytes it
+    tags), so then the bytes are read and sent in slices.  The socket must have a timeout: a
+    link that takes nothing for that long is a stall (TimeoutError).
     """
     assert job.handle is not None  # prepared before it was offered
     fd = job.handle.fileno()
     pulse.resumed(job.relpath, offset)
-    tls = isinstance(sock, ssl.SSLSocket)
-    buffer = memoryview(bytearray(TLS_SLICE)) if tls else None
+    reads = seal is not None or isinstance(sock, ssl.SSLSocket)
+    buffer = memoryview(bytearray(TLS_SLICE)) if reads else None
     stall = sock.gettimeout() or SLICE_SECONDS
     quiet_since = time.monotonic()
     sent = 0
     while sent < length:
-        want = min(pulse.pacer.slice_size(TLS_SLICE if tls else MAX_SLICE), length - sent)
+        want = min(pulse.pacer.slice_size(TLS_SLICE if reads else MAX_SLICE), length - sent)
         if buffer is not None:
-            count, ended = _tls_slice(sock, fd, offset + sent, buffer[:want])
+            count, ended = _read_slice(sock, fd, offset + sent, buffer[:want], seal)
         else:
             count, ended = _sendfile_slice(sock, fd, offset + sent, want)
         sent += count
@@ -354,8 +364,10 @@ def _sendfile_slice(sock: socket.socket, fd: int, offset: int, count: int) -> tu
     return sent, False
 
 
-def _tls_slice(sock: socket.socket, fd: int, offset: int, view: memoryview) -> tuple[int, bool]:
+def _read_slice(
+    sock: socket.socket, fd: int, offset: int, view: memoryview, seal: Seal | None
+) -> tuple[int, bool]:
     count = os.preadv(fd, [view], offset)
     if count:
-        sock.sendall(view[:count])
+        sock.sendall(view[:count] if seal is None else seal(view[:count]))
     return count, count == 0

@@ -25,6 +25,8 @@ from scanxfer.tls import client_context, peer_fingerprint
 
 from .harness import GIVE_UP_SECONDS, TEST_SENDER, ReceiverProcess, credentials, wait_until
 
+FRAME_AUTH = {p.FRAME_AUTH_OPTION: p.FRAME_AUTH_ON}
+
 
 class RawSender:
     """One connection; `RawSender(port)` is already authenticated with the test key."""
@@ -49,9 +51,11 @@ class RawSender:
             self.channel = bytes.fromhex(peer_fingerprint(sock))
         self.sock = sock
         self.name = name
-        self.options = options or {}  # for the HELLO
         self.secret = auth.decode_secret(secret or credentials().secret)
         self.conn = p.Connection(p.Role.SENDER)
+        # For the HELLO; on plain TCP, like the real sender, it authenticates its frames.
+        self.options = (options or {}) if tls else {**FRAME_AUTH, **(options or {})}
+        self.conn.use_frame_key(auth.verifier(self.secret).server_key)
         self.ids = iter(range(1, 10**6))
         self.sent = bytearray()  # every byte this client wrote, for replay tests
         if authenticate:
@@ -97,7 +101,7 @@ class RawSender:
     def stream(self, ready: p.Ready, payload: bytes) -> None:
         """The DATA that `ready` asks for: the rest of `payload` from its offset."""
         self.send(p.DataHeader(ready.file_id, ready.offset, len(payload) - ready.offset))
-        self.send_raw(payload[ready.offset :])
+        self.send_raw(self.conn.send_payload(payload[ready.offset :]))
 
     def send_raw(self, data: bytes) -> None:
         """Bytes the state machine does not see: payload, or a frame it would refuse to send."""

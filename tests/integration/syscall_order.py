@@ -233,6 +233,7 @@ def socket_bytes(call: Call) -> tuple[str, bytes] | None:
 
 def acks_in(buffer: bytearray, starts: list[tuple[int, int]]) -> Iterator[AckSent]:
     offset = 0
+    tag = 0  # a WELCOME that grants frame authentication puts a tag after each later frame
     while offset + FRAME_HEAD.size <= len(buffer):
         kind, length = FRAME_HEAD.unpack_from(buffer, offset)
         body = bytes(buffer[offset + FRAME_HEAD.size : offset + FRAME_HEAD.size + length])
@@ -242,7 +243,11 @@ def acks_in(buffer: bytearray, starts: list[tuple[int, int]]) -> Iterator[AckSen
             event = p.decode_body(p.FrameType.ACK, body)
             assert isinstance(event, p.Ack)
             yield AckSent(event, max(line for start, line in starts if start <= offset))
-        offset += FRAME_HEAD.size + length
+        offset += FRAME_HEAD.size + length + tag
+        if kind == p.FrameType.WELCOME:
+            welcome = p.decode_body(p.FrameType.WELCOME, body)
+            assert isinstance(welcome, p.Welcome)
+            tag = p.TAG_SIZE if welcome.options.get(p.FRAME_AUTH_OPTION) == p.FRAME_AUTH_ON else 0
 
 
 # --- the replay -------------------------------------------------------------------------------

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from scanxfer.protocol.integrity import SEGMENT
 
 from .faultproxy import FaultProxy, Plan
 from .harness import (
@@ -244,8 +247,9 @@ def test_a_stalled_connection_is_abandoned_and_reopened(
     assert count_matches(r"resuming ", receiver.log) >= 1
 
 
-def test_a_flipped_byte_is_caught_by_the_digest_and_the_file_resent(tmp_path: Path) -> None:
-    # Plain TCP: under TLS the record's MAC would catch the flip first (the next test).
+def test_a_flipped_byte_is_caught_by_the_payload_tag_and_the_file_resent(tmp_path: Path) -> None:
+    # Plain TCP: the tag after the payload catches it (docs/protocol.md 2.1), before the
+    # digest could; under TLS the record's MAC does (the last test of these three).
     settings = tmp_path / "receiver.yaml"
     settings.write_text("tls: false\n")
     receiver = ReceiverProcess(tmp_path / "pi", config=settings).start()
@@ -255,9 +259,9 @@ def test_a_flipped_byte_is_caught_by_the_digest_and_the_file_resent(tmp_path: Pa
     expected = ["s0.npy", "s1.npy", "s2.npy"]
     # Offers and handshake are a few hundred bytes: offset 512 KiB is inside the first payload.
     with FaultProxy(receiver.port, [Plan(flip_at=512 << 10)]) as proxy:
-        log = deliver_through(tmp_path, proxy, receiver, expected, tls="false")
+        deliver_through(tmp_path, proxy, receiver, expected, tls="false")
         assert proxy.link(1).flipped.is_set()
-    assert count_matches(r"digest mismatch", log) == 1
+    assert count_matches(r"frame authentication failed", receiver.log) == 1
     assert receiver.partials() == []
     receiver.stop()
 
@@ -269,9 +273,13 @@ def test_a_flipped_byte_in_a_file_with_a_deferred_digest_is_caught_too(tmp_path:
     receiver = ReceiverProcess(tmp_path / "pi", config=settings).start()
     write_big_scan(tmp_path / "scans" / "big.npy", 16)
     with FaultProxy(receiver.port, [Plan(flip_at=5 << 20)]) as proxy:
-        log = deliver_through(tmp_path, proxy, receiver, ["big.npy"], tls="false")
+        deliver_through(tmp_path, proxy, receiver, ["big.npy"], tls="false")
         assert proxy.link(1).flipped.is_set()
-    assert count_matches(r"digest mismatch", log) == 1
+    assert count_matches(r"frame authentication failed", receiver.log) == 1
+    # The segments before the damaged one were checked and kept: the resend resumed at the
+    # start of the damaged segment, before the flipped byte, and the file is intact.
+    (resumed,) = re.findall(r"resumed at (\d+)", receiver.log)
+    assert int(resumed) % SEGMENT == 0 and int(resumed) < 5 << 20
     assert receiver.partials() == []
     receiver.stop()
 

@@ -12,7 +12,7 @@ import pytest
 from numpy.lib import format as npy_format
 
 from scanxfer import protocol as p
-from scanxfer.sender.session import EXTENSIONS
+from scanxfer.sender.session import EXTENSIONS, FRAME_AUTH
 from scanxfer.verify import compare_files
 
 from ..procs import start_scanxfer
@@ -198,9 +198,10 @@ def test_a_backlog_built_while_the_receiver_is_down_drains_oldest_first(tmp_path
 def ready_frames(receiver_name: str) -> int:
     """Bytes a plain-TCP receiver sends before its first ACK when one file is offered."""
     challenge = p.encode(p.Challenge(1, bytes(p.NONCE_SIZE)))
-    options = EXTENSIONS  # echoed: the sender asks for CANCEL and ASK_DIGEST
+    # Echoed: the sender asks for CANCEL and ASK_DIGEST, and on plain TCP for frame tags.
+    options = {**EXTENSIONS, **FRAME_AUTH}
     welcome = p.encode(p.Welcome(receiver_name, 64, bytes(p.PROOF_SIZE), 1, options))
-    return len(challenge) + len(welcome) + len(p.encode(p.Ready(1, 0)))
+    return len(challenge) + len(welcome) + len(p.encode(p.Ready(1, 0))) + p.TAG_SIZE
 
 
 def test_after_send_delete_waits_for_the_durable_ack(tmp_path: Path) -> None:

@@ -42,13 +42,14 @@ class ScriptedReceiver:
         self.record = entry.verifier
 
     def accept(
-        self, cancel: bool = True, ask_digest: bool = False
+        self, cancel: bool = True, ask_digest: bool = False, tls: bool = True
     ) -> tuple[socket.socket, p.Connection]:
         """Take a connection through the handshake; `cancel`, `ask_digest`: echo that option
-        (a receiver from before ASK_DIGEST does not echo it)."""
+        (a receiver from before ASK_DIGEST does not echo it); without `tls`, plain TCP as a
+        receiver from before frame authentication speaks it (no `frame_auth` echoed)."""
         plain, _ = self.listener.accept()
         plain.settimeout(60)
-        sock = self.context.wrap_socket(plain, server_side=True)
+        sock = self.context.wrap_socket(plain, server_side=True) if tls else plain
         conn = p.Connection(p.Role.RECEIVER)
         hello = next_event(sock, conn)
         assert isinstance(hello, p.Hello)
@@ -56,7 +57,8 @@ class ScriptedReceiver:
         sock.sendall(conn.send(p.Challenge(1, nonce)))
         answer = next_event(sock, conn)
         assert isinstance(answer, p.Authenticate)
-        signed = auth.transcript(1, hello.name, nonce, answer.nonce, self.channel)
+        channel = self.channel if tls else b""
+        signed = auth.transcript(1, hello.name, nonce, answer.nonce, channel)
         assert auth.check_client_proof(self.record, signed, answer.proof)
         assert hello.options.get(p.ASK_DIGEST_OPTION) == p.ASK_DIGEST_ON  # the sender asks
         options = {p.CANCEL_OPTION: p.CANCEL_ON} if cancel else {}
@@ -256,3 +258,18 @@ def test_a_receiver_without_ask_digest_gets_the_digest_after_the_data(tmp_path: 
     assert isinstance(next_event(sock, conn), p.Bye)
     sock.close()
     assert sender.wait(60) == 0, sender.log
+
+
+def test_a_plain_receiver_that_cannot_authenticate_frames_gets_no_offer(tmp_path: Path) -> None:
+    """With tls: false, frames without tags could be forged: the sender asks for them, and a
+    receiver that does not grant them is told to upgrade, before anything is offered."""
+    write_scan(tmp_path / "scans" / "scan.npy", (8, 8), seed=1)
+    receiver = ScriptedReceiver()
+    config = sender_config(tmp_path / "s.yaml", receiver.port, tmp_path / "scans", tls="false")
+    sender = send_once_in_background(config)
+    sock, conn = receiver.accept(tls=False)
+    assert isinstance(next_event(sock, conn), p.ConnectionClosed)  # no OFFER, not even a BYE
+    sock.close()
+    assert sender.wait(60) != 0, sender.log
+    assert "cannot authenticate frames" in sender.log
+    assert "upgrade scanxfer on the receiver" in sender.log

@@ -19,6 +19,7 @@ import xxhash
 
 from scanxfer import protocol as p
 from scanxfer.config import ReceiverConfig, load_receiver_config
+from scanxfer.protocol.integrity import SEGMENT
 from scanxfer.receiver import ReceivedFile, Services, Stats
 from scanxfer.receiver.after_store import AfterStore
 from scanxfer.receiver.gate import Gate
@@ -28,6 +29,8 @@ from scanxfer.store import PARTIAL_FOLDER, Store, StoreLimits
 SENDER = "scanner"
 MTIME_NS = 1_700_000_000_123_456_789
 PAYLOAD = bytes(range(256)) * 40
+FRAME_KEY = bytes(32)  # for the wires that authenticate their frames (plain TCP)
+FRAME_AUTH = {p.FRAME_AUTH_OPTION: p.FRAME_AUTH_ON}
 
 
 def digest(data: bytes) -> bytes:
@@ -47,6 +50,8 @@ class Wire:
     ) -> None:
         self.sender = p.Connection(p.Role.SENDER)
         self.receiver = p.Connection(p.Role.RECEIVER, config.window)
+        self.sender.use_frame_key(FRAME_KEY)
+        self.receiver.use_frame_key(FRAME_KEY)
         self._handshake(config.window, options or {})
         self.outbox = bytearray()
         if services is None:  # several wires share one to stand for one receiver
@@ -72,7 +77,8 @@ class Wire:
             self.sender.send(p.Authenticate(b"s" * p.NONCE_SIZE, b"p" * p.PROOF_SIZE))
         )
         self.receiver.next_event()
-        welcome = p.Welcome("pi", window, b"w" * p.PROOF_SIZE, options=p.welcome_options(hello))
+        echo = p.welcome_options(hello, authenticate_frames=True)  # when the sender asks
+        welcome = p.Welcome("pi", window, b"w" * p.PROOF_SIZE, options=echo)
         self.sender.receive_data(self.receiver.send(welcome))
         self.sender.next_event()
         assert self.sender.state is self.receiver.state is p.ConnState.OPEN
@@ -411,3 +417,34 @@ def test_a_sender_that_did_not_ask_gets_ready_and_sends_the_bytes_as_before(
     assert wire.send(deferred(2, PAYLOAD)) == [p.Ready(2, 0)]
     assert wire.send(p.DataHeader(2, 0, len(PAYLOAD)), PAYLOAD) == []
     assert wire.send(p.Digest(2, digest(PAYLOAD))) == [p.Ack(2, p.Outcome.DUPLICATE, "scan.npy")]
+
+
+BIG = bytes(range(256)) * (3 * SEGMENT // 256)  # three segments of frame authentication
+
+
+def cut_mid_payload(wire: Wire, start: int, end: int) -> None:
+    """Send BIG[start:end] of file 1, READY at `start`; then the connection ends."""
+    header = wire.sender.send(p.DataHeader(1, start, len(BIG) - start))
+    wire.receiver.receive_data(header + wire.sender.send_payload(BIG[start:end]))
+    while (event := wire.receiver.next_event()) is not p.NEED_DATA:
+        wire.intake.on_event(event)
+    wire.intake.finish()
+
+
+def test_a_cut_payload_resumes_after_its_last_checked_segment(harness: Harness) -> None:
+    """With frame authentication only bytes whose segment tag checked out reach the store."""
+    offer = p.Offer(1, "scan.npy", len(BIG), MTIME_NS, digest(BIG))
+    first = harness.wire(options=FRAME_AUTH)
+    assert first.receiver.authenticates_frames
+    assert first.send(offer) == [p.Ready(1, 0)]
+    cut_mid_payload(first, 0, SEGMENT + SEGMENT // 2)
+    second = harness.wire(options=FRAME_AUTH)
+    assert second.send(offer) == [p.Ready(1, SEGMENT)]
+    cut_mid_payload(second, SEGMENT, SEGMENT + 10)  # not a whole segment: nothing more
+    wire = harness.wire(options=FRAME_AUTH)
+    assert wire.send(offer) == [p.Ready(1, SEGMENT)]
+    rest = wire.sender.send(p.DataHeader(1, SEGMENT, len(BIG) - SEGMENT))
+    assert wire.send(rest + wire.sender.send_payload(BIG[SEGMENT:])) == [
+        p.Ack(1, p.Outcome.STORED, "scan.npy")
+    ]
+    assert (harness.incoming / "scan.npy").read_bytes() == BIG
