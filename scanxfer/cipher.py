@@ -85,8 +85,10 @@ def read_cpuinfo() -> str:
 
 def openssl_config(choice: Choice) -> str | None:
     """The OpenSSL configuration file the process needs for `choice`; None: OpenSSL's own."""
-    if choice.cipher != CHACHA20:
-        return None
+    return _shipped_config() if choice.cipher == CHACHA20 else None
+
+
+def _shipped_config() -> str:
     return str(resources.files("scanxfer") / "defaults" / _CONFIG_FILE)
 
 
@@ -98,7 +100,7 @@ def follow(choice: Choice) -> None:
     service (Type=notify, NotifyAccess=main) sees one process start.
     """
     wanted, current = openssl_config(choice), os.environ.get("OPENSSL_CONF")
-    if current == wanted or (wanted is None and current != openssl_config(Choice(CHACHA20, ""))):
+    if current == wanted or (wanted is None and current != _shipped_config()):
         return  # already so; or OpenSSL's own choice, under a configuration of the user's
     if wanted is None:
         del os.environ["OPENSSL_CONF"]

@@ -53,13 +53,10 @@ def store_in(folder: Path, settings: Path, unit_dir: Path = ADMIN_UNIT_DIR) -> P
     folder = Path(os.path.abspath(folder))
     _refuse_unit_unsafe(folder)
     config = load_receiver_config(settings)
-    owner = _service_owner(config.state_dir)
+    owner = store_setup.service_owner(config.state_dir)
     _make_for(folder, owner)
     folders = Folders.of(folder, None, config.state_dir)
-    if owner is None:
-        store_setup.check(folders, config.min_free_space)
-    else:
-        store_setup.check_as(owner, folders, config.min_free_space)
+    store_setup.check_as(owner, folders, config.min_free_space)
     drop_in = unit_dir / f"{SERVICE}.d" / DROP_IN_NAME
     _write(drop_in, drop_in_text(folder), mode=0o644)
     _write(settings, _settings_text(settings, folder), mode=0o644, check=_loads)
@@ -92,14 +89,6 @@ def apply(placement: Placement) -> bool:
         return False
     _systemctl("restart", SERVICE)
     return True
-
-
-def _service_owner(state_dir: Path) -> tuple[int, int] | None:
-    """The (uid, gid) the service runs as: the owner of its state folder, when we are root."""
-    try:
-        return atomic.state_owner(state_dir)
-    except FileNotFoundError:
-        return None
 
 
 def _make_for(folder: Path, owner: tuple[int, int] | None) -> None:

@@ -17,7 +17,6 @@ import logging
 from collections.abc import Callable, Sequence
 
 from .. import scrape
-from ..atomic import state_owner
 from ..config import ReceiverConfig
 from ..errors import ExitCode, ScanxferError
 from ..keys.listening import recorded
@@ -114,14 +113,8 @@ def check_storage(config: ReceiverConfig) -> Folders:
     Returns the folders checked, their paths absolute.
     """
     folders = Folders.of(config.incoming_dir, config.partial_dir, config.state_dir)
-    try:
-        owner = state_owner(config.state_dir)
-    except FileNotFoundError:
-        owner = None  # a state folder still to be made: it will be ours
-    if owner is None:
-        store_setup.check(folders, config.min_free_space)
-    else:
-        store_setup.check_as(owner, folders, config.min_free_space)
+    owner = store_setup.service_owner(config.state_dir)
+    store_setup.check_as(owner, folders, config.min_free_space)
     return folders
 
 

@@ -59,7 +59,7 @@ from .partial import (
     remove_partial,
     scan_partials,
 )
-from .setup import Folders, adopt_partials, describe_error, prepare
+from .setup import Folders, adopt_partials, describe_error, free_space, prepare
 
 __all__ = [
     "PARTIAL_FOLDER",
@@ -268,8 +268,7 @@ class Store:
 
     def free_bytes(self) -> int:
         """Space available to the receiver in the incoming directory."""
-        st = os.statvfs(self.incoming_dir)
-        return st.f_bavail * st.f_frsize
+        return free_space(self.incoming_dir)
 
     def sync_sealed(self, partials: Sequence[PartialFile]) -> None:
         """Make a batch of sealed partials durable together; on failure all are dropped.

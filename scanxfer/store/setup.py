@@ -160,14 +160,14 @@ def _make(folder: Path, own: Path) -> None:
 
 
 def _unmakeable(exc: OSError, folder: Path) -> str:
-    """Why `folder` could not be made: the fix is to make it as root and give it away."""
-    if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+    """Why `folder` could not be made.  Refused to this user (or, under the service, by its
+    sandbox), the fix is to make it as root and give it away; else the error says it all."""
+    sandboxed = exc.errno == errno.EROFS and _under_systemd()
+    if exc.errno not in (errno.EACCES, errno.EPERM) and not sandboxed:
         return f"cannot make {folder}: {describe_error(exc, _nearest(folder))}"
     make = f"sudo mkdir -p {folder} && sudo chown {_user()}: {folder}"
-    if exc.errno == errno.EROFS and _under_systemd():
+    if sandboxed:
         make += f", then {_ALLOW.format(path=folder)}"
-    elif exc.errno == errno.EROFS:
-        return f"cannot make {folder}: {describe_error(exc, _nearest(folder))}"
     return (
         f"cannot make {folder}: user {_user()} may not write in {_nearest(folder)}; make it: {make}"
     )
@@ -259,9 +259,14 @@ def _placing_error(exc: OSError, folders: Folders) -> str:
     )
 
 
+def free_space(folder: Path) -> int:
+    """Bytes this user may still write on the filesystem of `folder`."""
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
+
+
 def _check_space(incoming: Path, min_free_space: int) -> None:
-    st = os.statvfs(incoming)
-    free = st.f_bavail * st.f_frsize
+    free = free_space(incoming)
     if free < min_free_space:
         raise StoreSetupError(
             f"cannot store into {incoming}: only {human_size(free)} is free on its disk, less "
@@ -322,13 +327,26 @@ def adopt_partials(former: Path, folders: Folders) -> tuple[int, int]:
     return moved, dropped
 
 
-def check_as(owner: tuple[int, int], folders: Folders, min_free_space: int = 0) -> None:
-    """`check`, done by a child process that runs as `owner` (uid, gid).
+def service_owner(state_dir: Path) -> atomic.Owner | None:
+    """The (uid, gid) the service runs as, when this is root and another user owns the state
+    folder; None: this very process is the one to check as."""
+    try:
+        return atomic.state_owner(state_dir)
+    except FileNotFoundError:
+        return None  # a state folder still to be made: it will be ours
+
+
+def check_as(owner: atomic.Owner | None, folders: Folders, min_free_space: int = 0) -> None:
+    """`check`, done as `owner` (see `service_owner`): by a child process that runs as that
+    user, or right here for None.
 
     `sudo scanxfer receive --check` runs as root, who may write anywhere: checked as root, a
     folder the service's own user cannot write would pass.  So root checks as the owner of
     the state folder, the user the service runs as.
     """
+    if owner is None:
+        check(folders, min_free_space)
+        return
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: drop to the owner, check, report the message (if any), exit
@@ -343,7 +361,7 @@ def check_as(owner: tuple[int, int], folders: Folders, min_free_space: int = 0) 
         raise StoreSetupError(message or f"the check as uid {owner[0]} failed")
 
 
-def _checked_as(owner: tuple[int, int], folders: Folders, min_free_space: int, out: int) -> int:
+def _checked_as(owner: atomic.Owner, folders: Folders, min_free_space: int, out: int) -> int:
     try:
         uid, gid = owner
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,3 +51,13 @@ def start_receiver(tmp_path: Path) -> Iterator[StartReceiver]:
     for receiver in started:
         if receiver.child is not None and receiver.child.process.poll() is None:
             receiver.stop()
+
+
+@pytest.fixture
+def open_folder() -> Iterator[Path]:
+    """A folder anyone may enter (pytest's own are root's alone), for a check run as another
+    user, such as the service's (nobody in these tests)."""
+    path = Path(tempfile.mkdtemp(prefix="scanxfer-test-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)

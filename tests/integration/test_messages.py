@@ -12,6 +12,7 @@ from pathlib import Path
 import scanxfer
 
 from ..procs import start_scanxfer
+from .attack import scanxfer as run_scanxfer
 from .harness import install_credentials, unused_port
 
 REPO = Path(scanxfer.__file__).parents[1]
@@ -20,8 +21,18 @@ REPO = Path(scanxfer.__file__).parents[1]
 def test_a_storage_folder_that_cannot_be_made_is_named_once(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("not a folder\n")
     result = subprocess.run(
-        [sys.executable, "-m", "scanxfer", "receive", "--listen", "127.0.0.1:0", "--dir",
-         str(tmp_path / "a-file" / "incoming"), "--state-dir", str(tmp_path / "state")],
+        [
+            sys.executable,
+            "-m",
+            "scanxfer",
+            "receive",
+            "--listen",
+            "127.0.0.1:0",
+            "--dir",
+            str(tmp_path / "a-file" / "incoming"),
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -82,19 +93,9 @@ def test_a_restart_only_setting_set_back_needs_no_restart(tmp_path: Path) -> Non
     ], child.log
 
 
-def _scanxfer(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scanxfer", *argv],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def _receive(tmp_path: Path, listen: str) -> subprocess.CompletedProcess[str]:
     incoming, state = str(tmp_path / "incoming"), str(tmp_path / "state")
-    return _scanxfer("receive", "--listen", listen, "--dir", incoming, "--state-dir", state)
+    return run_scanxfer("receive", "--listen", listen, "--dir", incoming, "--state-dir", state)
 
 
 def test_a_port_in_use_asks_whether_another_receiver_runs(tmp_path: Path) -> None:
@@ -122,8 +123,8 @@ def test_an_address_this_host_lacks_is_named(tmp_path: Path) -> None:
 
 def test_the_replace_hint_acts_on_the_same_state_dir(tmp_path: Path) -> None:
     state = str(tmp_path / "state")
-    assert _scanxfer("keys", "add", "lab-pc", "--state-dir", state).returncode == 0
-    again = _scanxfer("keys", "add", "lab-pc", "--state-dir", state)
+    assert run_scanxfer("keys", "add", "lab-pc", "--state-dir", state).returncode == 0
+    again = run_scanxfer("keys", "add", "lab-pc", "--state-dir", state)
     assert again.returncode == 1
     assert again.stderr == (
         "scanxfer: error: sender 'lab-pc' already has a key; to give it a new one (the old one "
@@ -133,9 +134,9 @@ def test_the_replace_hint_acts_on_the_same_state_dir(tmp_path: Path) -> None:
 
 def test_revoking_a_revoked_key_is_nothing_to_do(tmp_path: Path) -> None:
     state = str(tmp_path / "state")
-    assert _scanxfer("keys", "add", "lab-pc", "--state-dir", state).returncode == 0
-    assert _scanxfer("keys", "revoke", "lab-pc", "--state-dir", state).returncode == 0
-    again = _scanxfer("keys", "revoke", "lab-pc", "--state-dir", state)
+    assert run_scanxfer("keys", "add", "lab-pc", "--state-dir", state).returncode == 0
+    assert run_scanxfer("keys", "revoke", "lab-pc", "--state-dir", state).returncode == 0
+    again = run_scanxfer("keys", "revoke", "lab-pc", "--state-dir", state)
     assert again.returncode == 0
     assert re.fullmatch(
         r"scanxfer: the key of lab-pc was already revoked on "

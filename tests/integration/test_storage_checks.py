@@ -12,7 +12,6 @@ import pwd
 import shutil
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,15 +100,6 @@ def test_too_little_free_space_is_refused(tmp_path: Path) -> None:
     )
     checked = receive(tmp_path, "min_free_space: 1000TiB\n", "--check")
     assert (checked.returncode, checked.stderr.strip()[: len(prefix)]) == (4, prefix)
-
-
-@pytest.fixture
-def open_folder() -> Iterator[Path]:
-    """A folder anyone may enter (pytest's own are root's alone), for a check run as nobody."""
-    path = Path(tempfile.mkdtemp(prefix="scanxfer-test-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path)
 
 
 def test_a_folder_the_service_user_may_not_write_is_refused(open_folder: Path) -> None:

@@ -8,19 +8,12 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
-import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-import scanxfer
 from scanxfer.store import PARTIAL_FOLDER
 
-REPO = Path(scanxfer.__file__).parents[1]
+from .attack import scanxfer as run_scanxfer
+
 NOBODY = pwd.getpwnam("nobody")
 SETTINGS = """\
 # The lab's receiver.
@@ -28,15 +21,6 @@ listen: 127.0.0.1:0   # any free port
 state_dir: {state}
 incoming_dir: null
 {extra}"""
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    """A folder anyone may enter, so that the service's user (nobody here) can be checked."""
-    path = Path(tempfile.mkdtemp(prefix="scanxfer-test-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path)
 
 
 def receiver_settings(root: Path, extra: str = "") -> Path:
@@ -50,21 +34,12 @@ def receiver_settings(root: Path, extra: str = "") -> Path:
     return settings
 
 
-def scanxfer_cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scanxfer", *argv],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def test_store_in_gives_the_folder_away_and_changes_settings_and_sandbox(root: Path) -> None:
+def test_store_in_gives_the_folder_away_and_changes_settings_and_sandbox(open_folder: Path) -> None:
+    root = open_folder
     settings = receiver_settings(root)
     (root / "usb").mkdir()
     scans, units = root / "usb" / "scans", root / "units"
-    result = scanxfer_cli("store-in", str(scans), "-c", str(settings), "--unit-dir", str(units))
+    result = run_scanxfer("store-in", str(scans), "-c", str(settings), "--unit-dir", str(units))
     assert result.returncode == 0, result.stderr
     owner = NOBODY.pw_uid if os.geteuid() == 0 else os.geteuid()
     assert scans.stat().st_uid == owner
@@ -84,17 +59,18 @@ def test_store_in_gives_the_folder_away_and_changes_settings_and_sandbox(root: P
         "scanxfer-receiver",
     ]
     assert os.listdir(scans) == []  # the check left no probe behind
-    checked = scanxfer_cli("receive", "--check", "-c", str(settings))
+    checked = run_scanxfer("receive", "--check", "-c", str(settings))
     assert checked.returncode == 0, checked.stderr
     assert f"files can be stored in {scans}" in checked.stderr
     assert PARTIAL_FOLDER not in os.listdir(scans)  # a check makes nothing
 
 
-def test_a_disk_not_mounted_changes_nothing(root: Path) -> None:
+def test_a_disk_not_mounted_changes_nothing(open_folder: Path) -> None:
+    root = open_folder
     settings = receiver_settings(root)
     before = settings.read_text()
     scans, units = root / "usb" / "scans", root / "units"
-    result = scanxfer_cli("store-in", str(scans), "-c", str(settings), "--unit-dir", str(units))
+    result = run_scanxfer("store-in", str(scans), "-c", str(settings), "--unit-dir", str(units))
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"scanxfer: error: {scans.parent} does not exist: if {scans} is on a disk, mount it "
@@ -103,20 +79,22 @@ def test_a_disk_not_mounted_changes_nothing(root: Path) -> None:
     assert settings.read_text() == before and not units.exists() and not scans.parent.exists()
 
 
-def test_a_folder_that_fails_the_check_changes_no_settings(root: Path) -> None:
+def test_a_folder_that_fails_the_check_changes_no_settings(open_folder: Path) -> None:
+    root = open_folder
     settings = receiver_settings(root, "min_free_space: 1000TiB\n")
     before = settings.read_text()
     scans, units = root / "scans", root / "units"
-    result = scanxfer_cli("store-in", str(scans), "-c", str(settings), "--unit-dir", str(units))
+    result = run_scanxfer("store-in", str(scans), "-c", str(settings), "--unit-dir", str(units))
     assert result.returncode == 4
     assert result.stderr.startswith(f"scanxfer: error: cannot store into {scans}: only ")
     assert "less than min_free_space (1000.0 TiB)" in result.stderr
     assert settings.read_text() == before and not units.exists()
 
 
-def test_a_folder_name_a_unit_cannot_carry_is_refused(root: Path) -> None:
+def test_a_folder_name_a_unit_cannot_carry_is_refused(open_folder: Path) -> None:
+    root = open_folder
     settings = receiver_settings(root)
-    result = scanxfer_cli("store-in", str(root / "my scans"), "-c", str(settings))
+    result = run_scanxfer("store-in", str(root / "my scans"), "-c", str(settings))
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"scanxfer: error: '{root / 'my scans'}' has a blank, a quote or a backslash in it, "
