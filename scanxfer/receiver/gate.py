@@ -94,7 +94,10 @@ class Gate:
                 format_fingerprint(identity.fingerprint),
             )
         else:
-            log.warning("tls is false: files and names cross the network unencrypted")
+            log.warning(
+                "tls is false: files and names cross the network unencrypted, and tagging "
+                "every byte costs more CPU than TLS would (README: Raspberry Pi budget)"
+            )
         if not self.keyring.active_names():
             log.warning(
                 "no sender has a key yet, so nobody can deliver: issue one with "

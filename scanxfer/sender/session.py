@@ -19,6 +19,7 @@ import ssl
 import time
 from collections import deque
 
+from .. import cipher
 from .. import protocol as p
 from ..config import SenderConfig
 from ..protocol import auth
@@ -344,8 +345,17 @@ class Session:
 def open_session(config: SenderConfig, alive: Pulse) -> Session:
     """Connect and complete the handshake: the scanxfer kind's `TransportKind.open`."""
     session = Session(config, INSTANCE, alive)
-    log.info("connected to %s", where(config))
+    log.info("connected to %s: %s", where(config), protection(session.sock))
     return session
+
+
+def protection(sock: socket.socket) -> str:
+    """What guards the connection, for the log: the TLS version and the cipher the receiver
+    chose (it decides, see scanxfer.cipher), or plain TCP's frame tags."""
+    if isinstance(sock, ssl.SSLSocket):
+        suite, version, _ = sock.cipher() or ("?", "?", 0)
+        return f"{version.replace('TLSv', 'TLS ')}, {cipher.describe(suite)}"
+    return "plain TCP (tls: false), every frame authenticated, nothing encrypted"
 
 
 def check_pairing(config: SenderConfig) -> None:

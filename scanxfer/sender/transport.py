@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .. import cipher
 from .. import protocol as p
 from ..config import SenderConfig
 from .job import FileJob
@@ -241,8 +240,6 @@ def tls_handshake(sock: socket.socket, context: ssl.SSLContext, pulse: Pulse) ->
         secured.close()  # the socket it wrapped is closed with it
         raise
     secured.settimeout(timeout)
-    suite, version, _ = secured.cipher() or ("?", "?", 0)
-    log.debug("%s, %s, chosen by the receiver", version, cipher.describe(suite))
     return secured
 
 

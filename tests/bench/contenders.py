@@ -44,6 +44,9 @@ class Run:
     sender_cpu_seconds: float
     receiver_peak_rss_mib: float | None  # None where the receiving side is several processes
     sender_peak_rss_mib: float
+    # What guarded the connection, as scanxfer's sender logged it ("TLS 1.3, AES-256-GCM"):
+    # the cipher the receiver negotiated, not the one it was asked for.  None for the others.
+    session: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -158,7 +161,7 @@ def run_scanxfer(
     the sender's bandwidth limit (bytes per second); `metrics` turns on the receiver's
     endpoint, scraped throughout (`send --once` serves none: only the sender daemon does);
     `cipher` is the receiver's tls_cipher."""
-    tool = "scanxfer TLS" if tls else "scanxfer metrics" if metrics else "scanxfer"
+    tool = f"scanxfer TLS {cipher}" if tls else "scanxfer metrics" if metrics else "scanxfer"
     limit = "" if max_rate is None else f"max_rate: {max_rate}\n"
     with scanxfer_receiver(work, tls, metrics, cipher) as (receiver, port):
         sender_config = paired_sender_config(
@@ -186,7 +189,17 @@ def run_scanxfer(
         sender_cpu,
         receiver.peak_rss_kib / 1024,
         sender.peak_rss_kib / 1024,
+        _session(sender),
     )
+
+
+def _session(sender: Proc) -> str:
+    """The sender's 'connected to receiver ADDRESS: TLS 1.3, CIPHER' line, after the colon;
+    a run on more than one connection must have used the same protection throughout."""
+    said = set(re.findall(r"connected to receiver \S+: (.+)", sender.log))
+    if len(said) != 1:
+        raise RuntimeError(f"the sender connected {len(said)} ways: {sorted(said)}")
+    return said.pop()
 
 
 def run_pump(source: Path, work: Path, files: int, size: int) -> Run:

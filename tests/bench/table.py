@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .report import TLS_NOTE, Target, get, ratio
+from .report import TLS_CIPHERS, TLS_NOTE, Target, get, ratio, tls_tool
 from .writers import rows as writer_check_rows
 
 
@@ -34,6 +34,7 @@ def render(results: dict[str, Any], summary: dict[str, Any], verdicts: list[Targ
         "",
         f"**{TLS_NOTE}**",
         "",
+        *_negotiated(summary),
         f"| Workload | Figure | scanxfer | bare pump | {rsync} | ÷ pump | ÷ rsync |",
         "|---|---|--:|--:|--:|--:|--:|",
         *_bulk_rows(summary, rsync),
@@ -93,16 +94,37 @@ def _bulk_rows(summary: dict[str, Any], rsync: str) -> list[str]:
         ("B2", "B5: during B2", "receiver_cpu_s_per_gb", "receiver CPU s per GB", 2),
     )
     for workload, label, key, figure, digits in specs:
-        for tool, suffix in (
-            ("scanxfer", ""),
-            ("scanxfer TLS", ", TLS"),
-            ("scanxfer metrics", ", metrics on"),
-        ):
+        for tool, suffix in _variants(summary, workload):
             if get(summary, workload, tool) is not None:
                 values = [get(summary, workload, name, key) for name in (tool, "pump")]
                 rsync_value = get(summary, workload, rsync, key)
                 rows.append(_row(label + suffix, figure, values, rsync_value, digits))
     return rows
+
+
+def _variants(summary: dict[str, Any], workload: str) -> list[tuple[str, str]]:
+    """scanxfer's tools with the words their rows are marked by; a TLS row names the cipher
+    the sessions negotiated (the setting's name only for results that did not record it)."""
+    tls = []
+    for cipher in TLS_CIPHERS:
+        said = get(summary, workload, tls_tool(cipher), "sessions") or {}
+        names = sorted({session.rpartition(", ")[2] for session in said}) or [cipher]
+        tls.append((tls_tool(cipher), f", TLS {' / '.join(names)}"))
+    return [("scanxfer", ""), *tls, ("scanxfer metrics", ", metrics on")]
+
+
+def _negotiated(summary: dict[str, Any]) -> list[str]:
+    """What each scanxfer tool's sessions used, as its sender logged it on connecting."""
+    lines = []
+    for workload in ("B1", "B2"):
+        for tool, figures in summary.get(workload, {}).items():
+            said = figures.get("sessions") or {}
+            counted = "; ".join(f"{session} ({n} runs)" for session, n in sorted(said.items()))
+            if counted:
+                lines.append(f"- {workload}, {tool}: {counted}")
+    if not lines:
+        return []
+    return ["Negotiated, as each scanxfer sender logged it on connecting:", "", *lines, ""]
 
 
 def _latency_rows(summary: dict[str, Any]) -> list[str]:

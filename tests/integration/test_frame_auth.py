@@ -77,6 +77,7 @@ def test_a_flipped_bit_in_an_offer_stores_nothing_under_another_name(
     status = sender_status(config)
     assert status["delivered"] == 1 and status["failed"] == []
     assert status["last_delivered"]["stored_path"] == SCAN, log
+    assert "plain TCP (tls: false), every frame authenticated, nothing encrypted" in log
     receiver.stop()
 
 
