@@ -155,5 +155,3 @@ def _systemctl(*arguments: str) -> None:
             f"systemctl {' '.join(arguments)} failed: {result.stderr.strip()}; "
             f"see journalctl -u {SERVICE}"
         )
-
-

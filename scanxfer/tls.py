@@ -28,6 +28,7 @@ from pathlib import Path
 
 from scanxfer import atomic
 from scanxfer.errors import ScanxferError
+from scanxfer.tls_channel import TLSChannel
 
 TLS_DIR_NAME = "tls"
 CERT_FILE_NAME = "cert.pem"
@@ -152,10 +153,10 @@ def fingerprint_of(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def peer_fingerprint(sock: ssl.SSLSocket) -> str:
+def peer_fingerprint(sock: ssl.SSLSocket | TLSChannel) -> str:
     """The fingerprint of the certificate the other end presented; ssl.SSLError if none."""
     der = sock.getpeercert(binary_form=True)
-    if not der:
+    if not isinstance(der, bytes) or not der:
         raise ssl.SSLError("the peer presented no certificate")
     return fingerprint_of(der)
 

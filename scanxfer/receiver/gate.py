@@ -25,7 +25,7 @@ from ..keys import Keyring, keys_path
 from ..keys.seen import SeenLog, seen_path
 from ..protocol import auth
 from ..tls import ensure_identity, format_fingerprint, server_context
-from .tls_channel import TLSChannel
+from ..tls_channel import TLSChannel
 
 log = logging.getLogger("scanxfer.receiver")
 

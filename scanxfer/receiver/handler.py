@@ -23,9 +23,9 @@ from .. import cipher
 from .. import protocol as p
 from ..config import ReceiverConfig
 from ..protocol import auth
+from ..tls_channel import TLSChannel
 from .intake import Intake
 from .shared import SenderKey, Services, shut
-from .tls_channel import TLSChannel
 
 log = logging.getLogger("scanxfer.receiver")
 

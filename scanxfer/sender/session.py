@@ -24,6 +24,7 @@ from .. import protocol as p
 from ..config import SenderConfig
 from ..protocol import auth
 from ..tls import client_context, format_fingerprint, peer_fingerprint, pin_matches
+from ..tls_channel import TLSChannel
 from .job import BackgroundDigest, FileChanged, FileJob, file_digest
 from .transport import (
     Answer,
@@ -314,7 +315,7 @@ class Session:
             raise ConnectionLost(f"receiver broke the protocol: {error}") from error
 
     def _pending(self) -> bool:
-        return isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0
+        return isinstance(self.sock, TLSChannel) and self.sock.pending() > 0
 
     def _on_event(self, event: p.Event) -> None:
         match event:
@@ -349,10 +350,10 @@ def open_session(config: SenderConfig, alive: Pulse) -> Session:
     return session
 
 
-def protection(sock: socket.socket) -> str:
+def protection(sock: socket.socket | TLSChannel) -> str:
     """What guards the connection, for the log: the TLS version and the cipher the receiver
     chose (it decides, see scanxfer.cipher), or plain TCP's frame tags."""
-    if isinstance(sock, ssl.SSLSocket):
+    if isinstance(sock, TLSChannel):
         suite, version, _ = sock.cipher() or ("?", "?", 0)
         return f"{version.replace('TLSv', 'TLS ')}, {cipher.describe(suite)}"
     return "plain TCP (tls: false), every frame authenticated, nothing encrypted"
@@ -378,7 +379,7 @@ PAIR_HINT = "on the receiver `sudo scanxfer keys add NAME`, then here `scanxfer 
 NOT_PAIRED = f"this sender has no key yet: {PAIR_HINT}"
 
 
-def _connect(config: SenderConfig, pulse: Pulse) -> tuple[socket.socket, bytes]:
+def _connect(config: SenderConfig, pulse: Pulse) -> tuple[socket.socket | TLSChannel, bytes]:
     """A connection to the receiver, TLS-secured and pinned unless tls is false.
 
     Returns the socket and the channel the proofs are bound to (the pinned certificate).

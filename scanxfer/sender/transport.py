@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from .. import protocol as p
 from ..config import SenderConfig
+from ..tls_channel import TLSChannel
 from .job import FileJob
 from .pacing import MAX_SLICE, SLICE_SECONDS, Pacer
 
@@ -226,38 +227,18 @@ def _connect_to(
     return sock
 
 
-def tls_handshake(sock: socket.socket, context: ssl.SSLContext, pulse: Pulse) -> ssl.SSLSocket:
-    """The TLS handshake in short waits, checking in with the pulse between them.
+def tls_handshake(sock: socket.socket, context: ssl.SSLContext, pulse: Pulse) -> TLSChannel:
+    """The TLS handshake, checking in with the pulse while it waits for the receiver.
 
-    Raises TimeoutError after the socket's timeout (stall_timeout) without progress.
+    Raises TimeoutError after the socket's timeout (stall_timeout) without the handshake done.
     """
-    timeout = sock.gettimeout()
-    secured = context.wrap_socket(sock, do_handshake_on_connect=False)
-    secured.setblocking(False)
+    secured = TLSChannel(sock, context, server_side=False)
     try:
-        _handshake_in_steps(secured, time.monotonic() + (timeout or 0), timeout is None, pulse)
+        secured.do_handshake(pulse)
     except BaseException:
         secured.close()  # the socket it wrapped is closed with it
         raise
-    secured.settimeout(timeout)
     return secured
-
-
-def _handshake_in_steps(
-    secured: ssl.SSLSocket, deadline: float, patient: bool, pulse: Pulse
-) -> None:
-    while True:
-        try:
-            secured.do_handshake()
-            return
-        except ssl.SSLWantReadError:
-            ready = select.select([secured], [], [], CHECK_SECONDS)[0]
-        except ssl.SSLWantWriteError:
-            ready = select.select([], [secured], [], CHECK_SECONDS)[1]
-        if not ready:
-            pulse()
-            if not patient and time.monotonic() > deadline:
-                raise TimeoutError("the TLS handshake made no progress")
 
 
 # Opens a transport to the configured receiver; its `Pulse` is called during long waits and
@@ -282,7 +263,7 @@ def where(config: SenderConfig) -> str:
 
 
 def send_in_slices(
-    sock: socket.socket,
+    sock: socket.socket | TLSChannel,
     job: FileJob,
     offset: int,
     length: int,
@@ -301,7 +282,7 @@ def send_in_slices(
     assert job.handle is not None  # prepared before it was offered
     fd = job.handle.fileno()
     pulse.resumed(job.relpath, offset)
-    reads = seal is not None or isinstance(sock, ssl.SSLSocket)
+    reads = seal is not None or isinstance(sock, TLSChannel)
     buffer = memoryview(bytearray(TLS_SLICE)) if reads else None
     stall = sock.gettimeout() or SLICE_SECONDS
     quiet_since = time.monotonic()
@@ -311,6 +292,7 @@ def send_in_slices(
         if buffer is not None:
             count, ended = _read_slice(sock, fd, offset + sent, buffer[:want], seal)
         else:
+            assert isinstance(sock, socket.socket)  # `reads` for a TLS channel
             count, ended = _sendfile_slice(sock, fd, offset + sent, want)
         sent += count
         now = time.monotonic()
@@ -328,15 +310,16 @@ def send_in_slices(
     return sent
 
 
-def _reset_on_close(sock: socket.socket) -> None:
+def _reset_on_close(sock: socket.socket | TLSChannel) -> None:
     """Make closing the socket reset the connection instead of trickling out what it holds.
 
     After a stop mid-file the bytes still queued would keep the receiver's side of the
     connection, and the partial with it, busy for as long as a slow link takes to carry them;
     the next run would be told the file is being received on another connection.
     """
+    plain = sock.plain if isinstance(sock, TLSChannel) else sock
     with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        plain.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 def _sendfile_slice(sock: socket.socket, fd: int, offset: int, count: int) -> tuple[int, bool]:
@@ -362,7 +345,7 @@ def _sendfile_slice(sock: socket.socket, fd: int, offset: int, count: int) -> tu
 
 
 def _read_slice(
-    sock: socket.socket, fd: int, offset: int, view: memoryview, seal: Seal | None
+    sock: socket.socket | TLSChannel, fd: int, offset: int, view: memoryview, seal: Seal | None
 ) -> tuple[int, bool]:
     count = os.preadv(fd, [view], offset)
     if count:

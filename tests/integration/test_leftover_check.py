@@ -32,8 +32,19 @@ def run_pytest_on(tmp_path: Path, source: str) -> subprocess.CompletedProcess[st
     probe = tmp_path / "test_probe.py"
     probe.write_text(source)
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest",
-         "--rootdir", str(tmp_path), str(probe)],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "tests.conftest",
+            "--rootdir",
+            str(tmp_path),
+            str(probe),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

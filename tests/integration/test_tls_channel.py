@@ -23,4 +23,3 @@ def test_a_stopping_receiver_says_so_through_tls(start_receiver: StartReceiver) 
         p.Error(p.ErrorCode.SHUTTING_DOWN, "receiver is shutting down")
     ]
     client.close()
-

@@ -200,6 +200,7 @@ def test_a_real_tls13_handshake_shows_the_pinned_fingerprint(
         client_side.sendall(b"ping")
         assert server_side.recv(4) == b"ping"
 
+
 def test_a_sender_talking_to_another_receiver_sees_a_different_fingerprint(
     tmp_path: Path, identity: tls.ReceiverIdentity
 ) -> None:

@@ -1,9 +1,11 @@
-"""The receiver's TLS channel over a real socket pair: records split across reads, many
-records gathered in one read, the end of the connection, and a deadline a trickle cannot
-stretch."""
+"""The TLS channel over a real socket pair.  The receiver's side: records split across reads,
+many records gathered in one read, the end of the connection, and a deadline a trickle cannot
+stretch.  The sender's side: the pinned certificate and the pulse during the handshake, all
+the records of one sendall in one send, and records already read that select cannot see."""
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 import threading
@@ -11,8 +13,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from scanxfer.receiver.tls_channel import TLSChannel
-from scanxfer.tls import client_context, ensure_identity, server_context
+from scanxfer.tls import (
+    ReceiverIdentity,
+    client_context,
+    ensure_identity,
+    peer_fingerprint,
+    server_context,
+)
+from scanxfer.tls_channel import TLSChannel
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +133,134 @@ def test_the_way_out_works_after_the_way_in_is_shut(pair: tuple[TLSChannel, Clie
     channel.sendall(b"goodbye")
     client.incoming.write(client.sock.recv(65536))
     assert client.tls.read(1024) == b"goodbye"
+
+
+class CountingSocket(socket.socket):
+    """A real socket that counts the sendall calls made on it."""
+
+    sends = 0
+
+    def sendall(self, data: bytes | bytearray | memoryview, flags: int = 0) -> None:  # type: ignore[override]
+        self.sends += 1
+        super().sendall(data, flags)
+
+
+@pytest.fixture
+def client_pair(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[TLSChannel, ssl.SSLSocket, str]]:
+    """A sender's channel and the receiver's SSLSocket, joined; and the receiver's fingerprint."""
+    identity = ensure_identity(tmp_path_factory.mktemp("tls"), "test receiver")
+    a, b = socket.socketpair()
+    counted = CountingSocket(fileno=a.detach())
+    channel = TLSChannel(counted, client_context(), server_side=False)
+    channel.settimeout(30)
+    server = server_context(identity).wrap_socket(
+        b, server_side=True, do_handshake_on_connect=False
+    )
+    handshake = threading.Thread(target=server.do_handshake)
+    handshake.start()
+    channel.do_handshake()
+    handshake.join()
+    yield channel, server, identity.fingerprint
+    counted.close()
+    server.close()
+
+
+def receiving_end(identity: ReceiverIdentity, sock: socket.socket) -> ssl.SSLSocket:
+    return server_context(identity).wrap_socket(
+        sock, server_side=True, do_handshake_on_connect=False
+    )
+
+
+def test_a_sender_sees_the_receivers_certificate_and_cipher(
+    client_pair: tuple[TLSChannel, ssl.SSLSocket, str],
+) -> None:
+    channel, server, fingerprint = client_pair
+    assert peer_fingerprint(channel) == fingerprint
+    assert channel.cipher() == server.cipher()
+
+
+def test_all_the_records_of_one_sendall_leave_in_one_send(
+    client_pair: tuple[TLSChannel, ssl.SSLSocket, str],
+) -> None:
+    channel, server, _ = client_pair
+    assert isinstance(channel.plain, CountingSocket)
+    before = channel.plain.sends
+    payload = bytes(range(256)) * 1024  # 16 records of 16 KiB
+    reader = threading.Thread(target=lambda: got.extend(read_exactly(server, len(payload))))
+    got = bytearray()
+    reader.start()
+    channel.sendall(payload)
+    reader.join()
+    assert bytes(got) == payload
+    assert channel.plain.sends - before == 1  # an SSLSocket makes a write per record: 16
+
+
+def read_exactly(sock: ssl.SSLSocket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        data += sock.recv(size - len(data))
+    return bytes(data)
+
+
+def test_records_read_with_an_earlier_one_are_pending_though_select_sees_nothing(
+    client_pair: tuple[TLSChannel, ssl.SSLSocket, str],
+) -> None:
+    channel, server, _ = client_pair
+    server.sendall(b"first")
+    server.sendall(b"second")  # its own record, in the kernel's buffer with the first
+    assert channel.recv(5) == b"first"  # one read of the socket took both records
+    assert select.select([channel], [], [], 0)[0] == []
+    assert channel.pending() == len(b"second")
+    assert channel.recv(100) == b"second"
+    assert channel.pending() == 0
+
+
+def test_the_handshake_calls_the_pulse_while_the_receiver_is_silent(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    identity = ensure_identity(tmp_path_factory.mktemp("tls"), "test receiver")
+    a, b = socket.socketpair()
+    channel = TLSChannel(a, client_context(), server_side=False)
+    server = server_context(identity).wrap_socket(
+        b, server_side=True, do_handshake_on_connect=False
+    )
+    pulses, answer = [], threading.Event()
+
+    def pulse() -> None:
+        pulses.append(1)
+        if len(pulses) == 3:
+            answer.set()  # only now does the receiver take up the handshake
+
+    def take_up() -> None:
+        if answer.wait(30):
+            server.do_handshake()
+
+    handshake = threading.Thread(target=take_up)
+    handshake.start()
+    try:
+        channel.do_handshake(pulse)
+    finally:
+        answer.set()
+        handshake.join()
+        a.close()
+        server.close()
+    assert len(pulses) >= 3 and channel.cipher() is not None
+
+
+def test_a_pulse_that_raises_ends_the_handshake(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    a, b = socket.socketpair()
+    channel = TLSChannel(a, client_context(), server_side=False)
+
+    def stop() -> None:
+        raise InterruptedError("stop requested")
+
+    try:
+        with pytest.raises(InterruptedError):
+            channel.do_handshake(stop)  # the far end never answers
+    finally:
+        a.close()
+        b.close()
