@@ -29,6 +29,8 @@ from scanxfer.verify import verify_trees
 
 from ..procs import Proc, start_scanxfer
 
+REPO = Path(__file__).resolve().parents[2]  # where `python -m tests...` finds the tests
+
 # "Give up" bound for waits that normally end in seconds; never an assertion about speed.
 GIVE_UP_SECONDS = 180
 TEST_SENDER = "test-sender"
@@ -64,9 +66,12 @@ def install_credentials(state_dir: Path) -> None:
 class ReceiverProcess:
     """`scanxfer receive` on 127.0.0.1 with its directories under one root."""
 
-    def __init__(self, root: Path, port: int = 0, config: Path | None = None) -> None:
+    def __init__(
+        self, root: Path, port: int = 0, config: Path | None = None, program: str = "scanxfer"
+    ) -> None:
         self.root = root
         self.config = config
+        self.program = program  # the module `python -m` runs: scanxfer, or a test's driver of it
         self.incoming = root / "incoming"
         self.state = root / "state"
         self.port = port
@@ -75,17 +80,10 @@ class ReceiverProcess:
 
     def start(self) -> ReceiverProcess:
         config = ["-c", str(self.config)] if self.config else []
-        self.child = start_scanxfer(
-            "receiver",
-            "receive",
-            *config,
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            "--dir",
-            str(self.incoming),
-            "--state-dir",
-            str(self.state),
-        )
+        places = ["--dir", str(self.incoming), "--state-dir", str(self.state)]
+        listen = ["--listen", f"127.0.0.1:{self.port}"]
+        argv = [sys.executable, "-m", self.program, "receive", *config, *listen, *places]
+        self.child = Proc("receiver", argv, cwd=REPO)
         self.port = int(self.child.wait_for(r"listening on \S+:(\d+)", 30).group(1))
         return self
 

@@ -18,6 +18,7 @@ from scanxfer.tls import client_context
 
 from .harness import ReceiverProcess, assert_identical, send_once, sender_config, write_scan
 
+PI4 = "tests.integration.pi4_cpu"  # scanxfer on a CPU reported as a Pi 4's
 EXPECTED = {"chacha20": "ChaCha20-Poly1305", "aes": "AES-256-GCM"}
 
 
@@ -57,6 +58,25 @@ def test_an_older_sender_offering_aes_first_gets_chacha20(tmp_path: Path) -> Non
     finally:
         receiver.stop()
     assert suite is not None and suite[0] == "TLS_CHACHA20_POLY1305_SHA256"
+
+
+def test_auto_on_a_cpu_without_aes_gets_chacha20_on_both_ends(tmp_path: Path) -> None:
+    settings = tmp_path / "receiver.yaml"
+    settings.write_text("tls_cipher: auto\n")
+    receiver = ReceiverProcess(tmp_path / "pi", config=settings, program=PI4)
+    receiver.start()
+    try:
+        scans = tmp_path / "scans"
+        write_scan(scans / "a.npy", (64, 64), seed=2)
+        sender = send_once(sender_config(tmp_path / "sender.yaml", receiver.port, scans))
+        assert sender.returncode == 0, sender.log
+        said = rf"connected to receiver \S+:{receiver.port}: TLS 1\.3, ChaCha20-Poly1305$"
+        assert re.search(said, sender.log, re.M), sender.log
+        assert_identical(scans, receiver.incoming)
+    finally:
+        receiver.stop()
+    started = "TLS 1.3, ChaCha20-Poly1305: this CPU has no AES instructions; certificate"
+    assert receiver.log.count(started) == 1, receiver.log
 
 
 def test_auto_follows_this_machines_cpu(tmp_path: Path) -> None:
