@@ -49,6 +49,11 @@ def render(results: dict[str, Any], summary: dict[str, Any], verdicts: list[Targ
             for t in verdicts
         ),
         "",
+        "Issue 6 set the tls: false targets when plain TCP carried the bytes untouched. Since "
+        "issue 16 every byte there carries a tag, which the sender must read the file to make "
+        "(no sendfile) and the receiver must check: B1's throughput and CPU targets for "
+        "tls: false are out of reach by design, and TLS, the default, is the faster mode.",
+        "",
         *_rate_limit_rows(summary),
         *(writer_check_rows(results["W1"], summary["W1"]) if "W1" in results else []),
         *_details(results, summary, rsync),
