@@ -40,10 +40,12 @@ system-test-arm64: prerequisites venv
 prerequisites:
 	bash tests/system/prerequisites.sh
 
-# ruff, mypy on scanxfer/ (0 errors), then the import rules of docs/architecture.md
-# (import-linter; its contracts are in pyproject.toml). Any finding fails.
+# ruff (its checks, and the format every file is in), mypy on scanxfer/ (0 errors), then the
+# import rules of docs/architecture.md (import-linter; its contracts are in pyproject.toml).
+# Any finding fails.
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 

@@ -182,7 +182,19 @@ def _bulk(
                 flush=True,
             )
     shutil.rmtree(source)
-    return {"files": workload.count, "bytes": size, "shape": workload.shape, "runs": runs}
+    return {
+        "files": workload.count,
+        "bytes": size,
+        "shape": workload.shape,
+        # Its own stamp: --merge may put it beside sections measured at another commit.
+        **_stamp(work),
+        "runs": runs,
+    }
+
+
+def _stamp(work: Path) -> dict[str, str]:
+    """When and at which commit a section was measured."""
+    return {"date": report.stamp(), "commit": report.machine(work)["commit"]}
 
 
 def _rate_limited(reps: int, work: Path) -> dict[str, Any]:
@@ -212,9 +224,7 @@ def _rate_limited(reps: int, work: Path) -> dict[str, Any]:
         "files": workload.count,
         "bytes": size,
         "max_rate": B6_MAX_RATE,
-        # Its own stamp: --merge may put it beside sections measured at another commit.
-        "date": report.stamp(),
-        "commit": report.machine(work)["commit"],
+        **_stamp(work),
         "runs": runs,
     }
 
@@ -288,7 +298,7 @@ def _latency(reps: int, files: int, work: Path) -> dict[str, Any]:
                 f"p99 {ack['p99']:.1f} ms at {run.rate_hz:.1f} Hz",
                 flush=True,
             )
-    return {"files": files, "interval_seconds": B3_INTERVAL, "runs": runs}
+    return {"files": files, "interval_seconds": B3_INTERVAL, **_stamp(work), "runs": runs}
 
 
 def _merged(results: dict[str, Any], only: set[str]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ def render(results: dict[str, Any], summary: dict[str, Any], verdicts: list[Targ
         "",
         _machine_line(results),
         "",
+        *_stamps(results),
         f"Loopback, medians of {results['repetitions']} repetitions; 1-minute load average "
         f"{results['load_average_before']:.2f} before, {results['load_average_after']:.2f} after "
         "(other work on the machine slows every tool). Ratios divide scanxfer's "
@@ -69,6 +70,17 @@ def _machine_line(results: dict[str, Any]) -> str:
         f"{m['memory_gib']} GiB RAM · {m['filesystem']} · Python {m['python']} · "
         f"rsync {results['rsync_version']} · scanxfer {m['scanxfer']} ({m['commit']})"
     )
+
+
+def _stamps(results: dict[str, Any]) -> list[str]:
+    """When and at which commit B1, B2 and B3 were measured: with --merge they may come from
+    different runs than the header (results from before the stamps have none)."""
+    stamped = [
+        f"{name} {results[name]['date']} at {results[name]['commit']}"
+        for name in ("B1", "B2", "B3")
+        if "date" in results.get(name, {})
+    ]
+    return [f"Measured: {'; '.join(stamped)}.", ""] if stamped else []
 
 
 def _verdict(met: bool | None) -> str:
