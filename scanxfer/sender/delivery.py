@@ -30,7 +30,7 @@ from .. import protocol as p
 from ..config import SenderConfig
 from ..sizes import human_size, rate
 from ..watcher import Condition, Readiness, Version, assess
-from .handoff import after_delivery
+from .handoff import after_delivery, finish_interrupted_hand_offs
 from .job import FileChanged, FileJob, NotReady
 from .ledger import Ledger, Outcome, Verdict
 from .retry import Backoff, Clock, SystemClock
@@ -96,6 +96,8 @@ class Delivery:
         self._tiebreak = itertools.count()
         # Between the slices of a file: the watchdog, the stop, the progress, the limit.
         self.pulse = Pulse(self.alive, self.stop, self.progress, self.config.max_rate)
+        # Before the watch folder is looked at: a scan a killed sender left half-deleted.
+        finish_interrupted_hand_offs(self.config, self.ledger.delivered_version)
 
     def add(self, relpath: str) -> None:
         """Consider a complete file: queue it unless the journal says it is done."""

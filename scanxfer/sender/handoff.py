@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from ..config import SenderConfig
@@ -79,13 +80,76 @@ def _delete(source: Path, guard: WriterGuard, relpath: str) -> bool:
 
 def _remove(source: Path, guard: WriterGuard, relpath: str) -> bool:
     # Renamed aside first: an unlink cannot be taken back if a writer turns up meanwhile.
-    aside = source.with_name(f".{source.name}.scanxfer-deleting")
+    aside = source.with_name(f".{source.name}{DELETING}")
     os.rename(source, aside)
     if not _still_ours(aside, guard):
-        _put_back(aside, source, relpath)
+        _put_back(aside, source, relpath, WRITER_CAME)
         return False
     os.unlink(aside)
     return True
+
+
+# The name a scan has between being renamed aside and unlinked (`_remove`): hidden, so the
+# watcher passes over it.  A sender killed in between leaves it there.
+DELETING = ".scanxfer-deleting"
+# The name of a copy into sent/ on another filesystem until it is complete (`_move_across`).
+COPYING = ".scanxfer-copying"
+WRITER_CAME = "was opened for writing while it was handed off; left in place"
+
+
+def finish_interrupted_hand_offs(
+    config: SenderConfig, delivered: Callable[[str], Version | None]
+) -> None:
+    """Finish what a sender killed mid-hand-off left: the scans hidden to be deleted, and
+    the unfinished copies into a sent/ on another filesystem (whose originals are all still
+    in the watch folder: an original goes only once its copy is complete and in place).
+
+    `delivered(relpath)` is the version the journal says was delivered.  The very file that
+    was delivered is deleted, as it was about to be, if after_send still says delete;
+    anything else (a writer came back to it, the journal does not know it, after_send
+    changed since) goes back under its own name, and the usual course takes it from there.
+    """
+    if config.sent_dir.is_dir():
+        for partial in config.sent_dir.rglob(f".*{COPYING}"):
+            partial.unlink(missing_ok=True)
+            log.info("removed %s, a copy a stopped sender left unfinished", partial)
+    if not config.watch_dir.is_dir():
+        return
+    deleting = config.after_send == "delete"
+    for aside in config.watch_dir.rglob(f".*{DELETING}"):
+        if not aside.is_file() or aside.is_symlink():
+            continue
+        source = aside.with_name(aside.name[1 : -len(DELETING)])
+        relpath = source.relative_to(config.watch_dir).as_posix()
+        try:
+            _finish_delete(aside, source, relpath, delivered(relpath) if deleting else None)
+        except OSError as error:
+            log.warning("could not finish deleting %s after delivery: %s", relpath, error)
+
+
+def _finish_delete(aside: Path, source: Path, relpath: str, delivered: Version | None) -> None:
+    """Delete `aside` if it is the `delivered` version (None: never), else put it back."""
+    if source.exists() and os.path.samefile(source, aside):
+        os.unlink(aside)  # killed while putting it back: it is in place already
+        return
+    try:
+        with guard_against_writers(aside) as guard:
+            st = guard.stat
+            # The rename aside moved its ctime; size, mtime and inode are the delivered file's.
+            ours = delivered is not None and (st.st_size, st.st_mtime_ns, st.st_ino) == (
+                delivered.size,
+                delivered.mtime_ns,
+                delivered.inode,
+            )
+            if ours and not guard.intruded():
+                os.unlink(aside)
+                log.info(
+                    "deleted %s after delivery (a stopped sender had left it half-done)", relpath
+                )
+                return
+    except WriterPresent:
+        pass  # a writer holds it: the data is not the delivered file's for sure
+    _put_back(aside, source, relpath, "was being deleted when a sender stopped; put back")
 
 
 def _move(source: Path, target: Path, guard: WriterGuard, relpath: str) -> bool:
@@ -98,7 +162,7 @@ def _move(source: Path, target: Path, guard: WriterGuard, relpath: str) -> bool:
             raise _OtherFilesystem(target) from error
         raise
     if not _still_ours(target, guard):
-        _put_back(target, source, relpath)
+        _put_back(target, source, relpath, WRITER_CAME)
         return False
     log.info("moved %s to %s after delivery", relpath, target)
     return True
@@ -110,7 +174,7 @@ def _move_across(source: Path, target: Path, version: Version, relpath: str) -> 
     The copy is made without the lease, which would make a writer wait as long as the copy
     takes; it is kept only if the original was the delivered version before and after it.
     """
-    partial = target.with_name(f".{target.name}.scanxfer-copying")
+    partial = target.with_name(f".{target.name}{COPYING}")
     try:
         copied = _copy_version(source, partial, version)
         if copied:
@@ -154,8 +218,9 @@ def _still_ours(path: Path, guard: WriterGuard) -> bool:
     return same and not guard.intruded()
 
 
-def _put_back(moved: Path, source: Path, relpath: str) -> None:
-    """Undo a rename without overwriting: link back under the old name, then drop the new."""
+def _put_back(moved: Path, source: Path, relpath: str, why: str) -> None:
+    """Undo a rename without overwriting: link back under the old name, then drop the new;
+    `why` completes the log line."""
     try:
         os.link(moved, source)
     except FileExistsError:
@@ -164,7 +229,7 @@ def _put_back(moved: Path, source: Path, relpath: str) -> None:
         )
         return
     os.unlink(moved)
-    log.info("%s was opened for writing while it was handed off; left in place", relpath)
+    log.info("%s %s", relpath, why)
 
 
 def _free_name(target: Path) -> Path:

@@ -281,6 +281,13 @@ class Ledger:
             path,
         )
 
+    def delivered_version(self, path: str) -> Version | None:
+        """The version of `path` last delivered, if it is the one the journal holds now."""
+        row = self._row(path)
+        if row is None or State(row["state"]) is not State.DELIVERED:
+            return None
+        return Version(row["size"], row["mtime_ns"], row["ctime_ns"], row["inode"])
+
     def delivered_digest(self, path: str, size: int) -> bytes | None:
         """The digest of the delivered version of `path`, if it had `size` bytes and is known.
 

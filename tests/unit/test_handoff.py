@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from scanxfer.config import SenderConfig, load_sender_config
-from scanxfer.sender.handoff import after_delivery
+from scanxfer.sender.handoff import after_delivery, finish_interrupted_hand_offs
 from scanxfer.watcher import Version
 
 
@@ -134,3 +134,65 @@ def test_a_move_to_another_filesystem_leaves_a_file_open_for_writing(
     assert scan.read_bytes() == b"scan data"
     assert list(other_filesystem.rglob("*.npy")) == []
     assert leftovers(other_filesystem) == []
+
+
+def hide(scan: Path) -> Path:
+    """What a sender killed between hiding a scan and unlinking it leaves."""
+    hidden = scan.with_name(f".{scan.name}.scanxfer-deleting")
+    os.rename(scan, hidden)
+    return hidden
+
+
+def test_an_interrupted_delete_of_the_delivered_scan_is_finished(
+    tmp_path: Path, scan: Path
+) -> None:
+    delivered = Version.of(scan.stat())
+    hidden = hide(scan)
+    finish_interrupted_hand_offs(settings(tmp_path, "delete"), {"run/scan.npy": delivered}.get)
+    assert not hidden.exists() and not scan.exists()
+
+
+@pytest.mark.parametrize("action", ["keep", "move"])
+def test_an_interrupted_delete_is_undone_once_after_send_no_longer_deletes(
+    tmp_path: Path, scan: Path, action: str
+) -> None:
+    delivered = Version.of(scan.stat())
+    hide(scan)
+    finish_interrupted_hand_offs(settings(tmp_path, action), {"run/scan.npy": delivered}.get)
+    assert scan.read_bytes() == b"scan data"
+    assert leftovers(tmp_path) == []
+
+
+def test_a_hidden_scan_the_journal_does_not_know_is_put_back(tmp_path: Path, scan: Path) -> None:
+    hide(scan)
+    finish_interrupted_hand_offs(settings(tmp_path, "delete"), {}.get)
+    assert scan.read_bytes() == b"scan data"
+    assert leftovers(tmp_path) == []
+
+
+def test_a_hidden_scan_a_writer_holds_is_put_back(
+    tmp_path: Path, scan: Path, writer: subprocess.Popen[str]
+) -> None:
+    delivered = Version.of(scan.stat())
+    hide(scan)
+    finish_interrupted_hand_offs(settings(tmp_path, "delete"), {"run/scan.npy": delivered}.get)
+    assert scan.read_bytes() == b"scan data"
+    assert leftovers(tmp_path) == []
+
+
+def test_a_scan_killed_while_being_put_back_keeps_its_name(tmp_path: Path, scan: Path) -> None:
+    delivered = Version.of(scan.stat())
+    hidden = hide(scan)
+    os.link(hidden, scan)  # `_put_back` had linked it back, and not yet unlinked the other
+    finish_interrupted_hand_offs(settings(tmp_path, "delete"), {"run/scan.npy": delivered}.get)
+    assert scan.read_bytes() == b"scan data"
+    assert leftovers(tmp_path) == []
+
+
+def test_a_copy_left_unfinished_in_sent_is_removed(tmp_path: Path, scan: Path) -> None:
+    unfinished = tmp_path / "sent" / "run" / ".scan.npy.scanxfer-copying"
+    unfinished.parent.mkdir(parents=True)
+    unfinished.write_bytes(b"scan")
+    finish_interrupted_hand_offs(settings(tmp_path, "move"), {}.get)
+    assert leftovers(tmp_path) == []
+    assert scan.read_bytes() == b"scan data"  # the original, which the next move copies again
