@@ -24,6 +24,13 @@ from ..watcher import Version, WriterGuard, WriterPresent, guard_against_writers
 
 log = logging.getLogger("scanxfer.sender")
 
+# The name a scan has between being renamed aside and unlinked (`_remove`): hidden, so the
+# watcher passes over it.  A sender killed in between leaves it there.
+DELETING = ".scanxfer-deleting"
+# The name of a copy into sent/ on another filesystem until it is complete (`_move_across`).
+COPYING = ".scanxfer-copying"
+WRITER_CAME = "was opened for writing while it was handed off; left in place"
+
 
 def after_delivery(config: SenderConfig, relpath: str, version: Version) -> bool:
     """Hand the delivered `version` of `relpath` off; False if it must wait for a writer.
@@ -89,27 +96,20 @@ def _remove(source: Path, guard: WriterGuard, relpath: str) -> bool:
     return True
 
 
-# The name a scan has between being renamed aside and unlinked (`_remove`): hidden, so the
-# watcher passes over it.  A sender killed in between leaves it there.
-DELETING = ".scanxfer-deleting"
-# The name of a copy into sent/ on another filesystem until it is complete (`_move_across`).
-COPYING = ".scanxfer-copying"
-WRITER_CAME = "was opened for writing while it was handed off; left in place"
-
-
 def finish_interrupted_hand_offs(
     config: SenderConfig, delivered: Callable[[str], Version | None]
 ) -> None:
-    """Finish what a sender killed mid-hand-off left: the scans hidden to be deleted, and
-    the unfinished copies into a sent/ on another filesystem (whose originals are all still
-    in the watch folder: an original goes only once its copy is complete and in place).
+    """Finish what a sender killed mid-hand-off left: the scans hidden to be deleted, and,
+    with after_send: move, the unfinished copies into a sent/ on another filesystem (whose
+    originals are all still in the watch folder: an original goes only once its copy is
+    complete and in place).
 
     `delivered(relpath)` is the version the journal says was delivered.  The very file that
     was delivered is deleted, as it was about to be, if after_send still says delete;
     anything else (a writer came back to it, the journal does not know it, after_send
     changed since) goes back under its own name, and the usual course takes it from there.
     """
-    if config.sent_dir.is_dir():
+    if config.after_send == "move" and config.sent_dir.is_dir():
         for partial in config.sent_dir.rglob(f".*{COPYING}"):
             partial.unlink(missing_ok=True)
             log.info("removed %s, a copy a stopped sender left unfinished", partial)
