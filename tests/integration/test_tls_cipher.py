@@ -22,24 +22,28 @@ PI4 = "tests.integration.pi4_cpu"  # scanxfer on a CPU reported as a Pi 4's
 EXPECTED = {"chacha20": "ChaCha20-Poly1305", "aes": "AES-256-GCM"}
 
 
-def receiver_with(tmp_path: Path, setting: str) -> ReceiverProcess:
+def receiver_with(tmp_path: Path, setting: str, program: str = "scanxfer") -> ReceiverProcess:
     settings = tmp_path / "receiver.yaml"
     settings.write_text(f"tls_cipher: {setting}\n")
-    return ReceiverProcess(tmp_path / "pi", config=settings).start()
+    return ReceiverProcess(tmp_path / "pi", config=settings, program=program).start()
+
+
+def deliver_and_check_cipher(tmp_path: Path, receiver: ReceiverProcess, said: str) -> None:
+    """A real sender delivers a scan, and says its connection used the cipher `said`."""
+    scans = tmp_path / "scans"
+    write_scan(scans / "a.npy", (64, 64), seed=1)
+    sender = send_once(sender_config(tmp_path / "sender.yaml", receiver.port, scans))
+    assert sender.returncode == 0, sender.log
+    connected = rf"connected to receiver \S+:{receiver.port}: TLS 1\.3, {said}$"
+    assert re.search(connected, sender.log, re.M), sender.log
+    assert_identical(scans, receiver.incoming)
 
 
 @pytest.mark.parametrize("setting", ["chacha20", "aes"])
 def test_the_setting_decides_the_cipher_on_both_ends(tmp_path: Path, setting: str) -> None:
     receiver = receiver_with(tmp_path, setting)
     try:
-        scans = tmp_path / "scans"
-        write_scan(scans / "a.npy", (64, 64), seed=1)
-        config = sender_config(tmp_path / "sender.yaml", receiver.port, scans)
-        sender = send_once(config)
-        assert sender.returncode == 0, sender.log
-        said = rf"connected to receiver \S+:{receiver.port}: TLS 1\.3, {EXPECTED[setting]}$"
-        assert re.search(said, sender.log, re.M), sender.log
-        assert_identical(scans, receiver.incoming)
+        deliver_and_check_cipher(tmp_path, receiver, EXPECTED[setting])
     finally:
         receiver.stop()
     started = f"TLS 1.3, {EXPECTED[setting]}: tls_cipher: {setting}; certificate fingerprint"
@@ -61,18 +65,9 @@ def test_an_older_sender_offering_aes_first_gets_chacha20(tmp_path: Path) -> Non
 
 
 def test_auto_on_a_cpu_without_aes_gets_chacha20_on_both_ends(tmp_path: Path) -> None:
-    settings = tmp_path / "receiver.yaml"
-    settings.write_text("tls_cipher: auto\n")
-    receiver = ReceiverProcess(tmp_path / "pi", config=settings, program=PI4)
-    receiver.start()
+    receiver = receiver_with(tmp_path, "auto", program=PI4)
     try:
-        scans = tmp_path / "scans"
-        write_scan(scans / "a.npy", (64, 64), seed=2)
-        sender = send_once(sender_config(tmp_path / "sender.yaml", receiver.port, scans))
-        assert sender.returncode == 0, sender.log
-        said = rf"connected to receiver \S+:{receiver.port}: TLS 1\.3, ChaCha20-Poly1305$"
-        assert re.search(said, sender.log, re.M), sender.log
-        assert_identical(scans, receiver.incoming)
+        deliver_and_check_cipher(tmp_path, receiver, "ChaCha20-Poly1305")
     finally:
         receiver.stop()
     started = "TLS 1.3, ChaCha20-Poly1305: this CPU has no AES instructions; certificate"
