@@ -26,6 +26,7 @@ connection settles through `Door.settle`, which tells it when the slots are full
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import math
 import socket
@@ -273,9 +274,25 @@ class CannotListen(OSError):
 def listen(address: Address, backlog: int, setting: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
     try:
-        return socket.create_server((address.host, address.port), family=family, backlog=backlog)
+        return socket.create_server(
+            (address.host, address.port),
+            family=family,
+            backlog=backlog,
+            dualstack_ipv6=_every_address(address.host),
+        )
     except OSError as error:
         raise CannotListen(address, setting, error) from error
+
+
+def _every_address(host: str) -> bool:
+    """Whether `host` is "::", which takes IPv4 as well (as `scanxfer keys add` assumes when
+    it puts this host's IPv4 address into a pairing line, and as the metrics endpoint does):
+    `socket.create_server` alone would make it IPv6 only."""
+    try:
+        unspecified = ipaddress.IPv6Address(host).is_unspecified
+    except ValueError:
+        return False
+    return unspecified and socket.has_dualstack_ipv6()
 
 
 def why_not_listening(address: Address, setting: str, error: OSError) -> str:

@@ -67,9 +67,15 @@ class ReceiverProcess:
     """`scanxfer receive` on 127.0.0.1 with its directories under one root."""
 
     def __init__(
-        self, root: Path, port: int = 0, config: Path | None = None, program: str = "scanxfer"
+        self,
+        root: Path,
+        port: int = 0,
+        config: Path | None = None,
+        program: str = "scanxfer",
+        host: str = "127.0.0.1",
     ) -> None:
         self.root = root
+        self.host = f"[{host}]" if ":" in host else host  # where it listens
         self.config = config
         self.program = program  # the module `python -m` runs: scanxfer, or a test's driver of it
         self.incoming = root / "incoming"
@@ -81,7 +87,7 @@ class ReceiverProcess:
     def start(self) -> ReceiverProcess:
         config = ["-c", str(self.config)] if self.config else []
         places = ["--dir", str(self.incoming), "--state-dir", str(self.state)]
-        listen = ["--listen", f"127.0.0.1:{self.port}"]
+        listen = ["--listen", f"{self.host}:{self.port}"]
         argv = [sys.executable, "-m", self.program, "receive", *config, *listen, *places]
         self.child = Proc("receiver", argv, cwd=REPO)
         self.port = int(self.child.wait_for(r"listening on \S+:(\d+)", 30).group(1))

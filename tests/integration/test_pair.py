@@ -6,6 +6,7 @@ and an exit status for each way it fails, no part of the key in any message, --r
 from __future__ import annotations
 
 import dataclasses
+import socket
 import subprocess
 from pathlib import Path
 
@@ -87,6 +88,28 @@ def test_keys_add_puts_the_port_the_running_receiver_listens_on_in_the_line(
     again = issue(receiver, "--replace")
     assert "port: the listen port in the receiver's settings" in again.stderr
     assert parse_pairing(again.stdout).port == 5000
+
+
+@pytest.mark.skipif(not socket.has_dualstack_ipv6(), reason="this host has no IPv6")
+def test_a_receiver_on_every_address_is_reached_at_the_address_its_line_names(
+    tmp_path: Path,
+) -> None:
+    """listen: "[::]:PORT" takes IPv4 too: `keys add` names this host's primary address, which
+    is IPv4 on most networks, and the sender must get in there."""
+    config = tmp_path / "receiver.yaml"
+    config.write_text("name: pi\n")
+    receiver = ReceiverProcess(tmp_path / "pi", config=config, host="::").start()
+    try:
+        issued = issue(receiver)
+        sender = settings(tmp_path)
+        paired = pair(sender, issued.stdout.strip())
+        assert paired.returncode == 0, issued.stderr + paired.stderr
+        write_scan(tmp_path / "scans" / "a.npy", (64,), seed=2)
+        delivered = send_once(sender)
+        assert delivered.returncode == 0, delivered.log
+    finally:
+        receiver.stop()
+    assert_identical(tmp_path / "scans", receiver.incoming)
 
 
 def test_a_receiver_that_does_not_answer_is_unreachable(
