@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..procs import Proc
+from .report import tls_tool
 
 REPO = Path(__file__).resolve().parents[2]
 GIVE_UP_SECONDS = 900  # a run this slow is broken, not slow
@@ -161,7 +162,7 @@ def run_scanxfer(
     the sender's bandwidth limit (bytes per second); `metrics` turns on the receiver's
     endpoint, scraped throughout (`send --once` serves none: only the sender daemon does);
     `cipher` is the receiver's tls_cipher."""
-    tool = f"scanxfer TLS {cipher}" if tls else "scanxfer metrics" if metrics else "scanxfer"
+    tool = tls_tool(cipher) if tls else "scanxfer metrics" if metrics else "scanxfer"
     limit = "" if max_rate is None else f"max_rate: {max_rate}\n"
     with scanxfer_receiver(work, tls, metrics, cipher) as (receiver, port):
         sender_config = paired_sender_config(
